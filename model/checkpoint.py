@@ -1,0 +1,79 @@
+"""Checkpoints: `STEM.safetensors` (weights; loading runs no pickle code) + `STEM.json` (a `ModelConfig`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig
+from .frontend import FROZEN_PREFIXES
+from .sed import BirdSED
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "default"
+
+
+class CheckpointError(Exception):
+    """The path is not a usable birdlive checkpoint; the message says why, in one line."""
+
+
+def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
+    """Accepts `STEM`, `STEM.safetensors`, `STEM.json`, or a training run folder (uses its `best`)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "best"
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+def save_checkpoint(model: BirdSED, path: str | Path) -> Path:
+    weights, config = checkpoint_paths(path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+             if not k.startswith(FROZEN_PREFIXES)}
+    # Write to temporary names and rename, so an interrupted save never leaves a half checkpoint behind.
+    tmp_w, tmp_c = weights.with_suffix(".safetensors.tmp"), config.with_suffix(".json.tmp")
+    save_file(state, str(tmp_w))
+    tmp_c.write_text(model.cfg.to_json())
+    tmp_w.replace(weights)
+    tmp_c.replace(config)
+    return weights.with_suffix("")
+
+
+def load_config(path: str | Path) -> ModelConfig:
+    _, config = checkpoint_paths(path)
+    if not config.is_file():
+        raise CheckpointError(f"no checkpoint config at {config}")
+    try:
+        return ModelConfig.load(config)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{config} is not a birdlive checkpoint config: {e}") from None
+
+
+def load_checkpoint(path: str | Path = DEFAULT_CHECKPOINT, device: str | torch.device = "cpu") -> BirdSED:
+    """Build the network from the JSON and load the safetensors weights, in eval mode on `device`."""
+    weights, _ = checkpoint_paths(path)
+    cfg = load_config(path)
+    if not weights.is_file():
+        raise CheckpointError(f"no checkpoint weights at {weights}")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights} is not a safetensors file: {e}") from None
+    try:
+        model = BirdSED(cfg)
+    except Exception as e:  # timm raises RuntimeError/KeyError for unknown names
+        raise CheckpointError(f"cannot build backbone {cfg.backbone!r}: {e}") from None
+    expected = {k for k in model.state_dict() if not k.startswith(FROZEN_PREFIXES)}
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights} does not match its config ({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise CheckpointError(f"{weights}: tensor shapes do not match the config: {str(e).splitlines()[0]}") from None
+    return model.to(device).eval()

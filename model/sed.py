@@ -1,0 +1,69 @@
+"""The sound-event-detection network: log-mel → timm backbone → frequency pooling → bi-GRU → attention head.
+
+Shape of the data through `BirdSED.forward` (B clips, K species):
+
+    wave (B, N) → log-mel (B, 1, T, F) → backbone feature map (B, C, T', F')
+      → pool over frequency ("RoI pooling": each time step becomes one C-vector) (B, T', C)
+      → linear + bi-GRU (B, T', H) → attention head:
+          framewise_logit (B, K, T')  resampled to the output grid (B, n_out, K), n_out = seconds * out_fps
+          clipwise = Σ_t softmax_t(att) · sigmoid(framewise_logit)   (PANNs decision-level attention)
+
+The backbone is any timm model that supports `features_only`; it is always built with `pretrained=False` —
+weights come only from the project's own checkpoints.
+"""
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .frontend import LogMelFrontend
+
+
+class AttentionHead(nn.Module):
+    """Per-species framewise scores and attention weights over time (PANNs `AttBlock`)."""
+
+    def __init__(self, hidden: int, num_classes: int):
+        super().__init__()
+        self.att = nn.Conv1d(hidden, num_classes, 1)
+        self.cla = nn.Conv1d(hidden, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # x (B, H, T') → framewise logits (B, K, T'), attention weights (B, K, T') summing to 1 over time
+        att = torch.softmax(torch.clamp(self.att(x), -10, 10), dim=-1)
+        return self.cla(x), att
+
+
+class BirdSED(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.frontend = LogMelFrontend(cfg)
+        self.backbone = timm.create_model(
+            cfg.backbone, pretrained=False, in_chans=1, features_only=True, out_indices=(cfg.feature_index,))
+        channels = self.backbone.feature_info.channels()[-1]
+        self.proj = nn.Linear(channels, cfg.hidden)
+        self.gru = nn.GRU(cfg.hidden, cfg.hidden // 2, batch_first=True, bidirectional=True)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = AttentionHead(cfg.hidden, cfg.num_classes)
+
+    def forward(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
+        """wave (B, N) at cfg.sample_rate → dict of
+        clipwise (B, K) probabilities, framewise (B, n_out, K) probabilities, framewise_logit (B, n_out, K)."""
+        n_out = max(1, int(round(wave.shape[-1] / self.cfg.sample_rate * self.cfg.out_fps)))
+        x = self.frontend(wave)                              # (B, 1, T, F)
+        x = self.backbone(x)[-1]                             # (B, C, T', F')
+        x = x.mean(dim=3) + x.amax(dim=3)                    # pool over frequency → (B, C, T')
+        x = self.dropout(x.transpose(1, 2))                  # (B, T', C)
+        x = F.relu(self.proj(x))
+        x, _ = self.gru(x)                                   # (B, T', H)
+        x = self.dropout(x).transpose(1, 2)                  # (B, H, T')
+        frame_logit, att = self.head(x)                      # (B, K, T') each
+        clipwise = (att * torch.sigmoid(frame_logit)).sum(dim=-1).clamp(1e-7, 1 - 1e-7)
+        # Resample to the fixed output grid so that a window of w seconds always yields w*out_fps frames,
+        # which is what lets the streamer stitch overlapping windows frame for frame.
+        frame_logit = F.interpolate(frame_logit, size=n_out, mode="linear", align_corners=False)
+        frame_logit = frame_logit.transpose(1, 2)            # (B, n_out, K)
+        return {"clipwise": clipwise, "framewise": torch.sigmoid(frame_logit), "framewise_logit": frame_logit}
