@@ -1,0 +1,143 @@
+"""EventSmoother: framewise species scores → bird-call events, incrementally, frame by frame."""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from .events import Event
+
+
+@dataclass
+class SmootherParams:
+    threshold_on: float = 0.5      # a call starts when the smoothed score reaches this …
+    threshold_off: float = 0.3     # … and lasts while it stays at or above this (hysteresis)
+    median_s: float = 0.3          # median filter length; removes one-frame flickers
+    min_duration_s: float = 0.2    # shorter events are dropped
+    merge_gap_s: float = 0.3       # events of one species closer than this become one
+    max_event_s: float = 30.0      # a longer chorus is reported in pieces, so nothing waits forever
+
+
+class _Track:
+    """One species' hysteresis state."""
+    __slots__ = ("run_start", "open_start", "scores", "pending")
+
+    def __init__(self):
+        self.run_start = None   # first frame of the current run of frames >= threshold_off
+        self.open_start = None  # onset frame of the open event
+        self.scores: list[float] = []
+        self.pending = None     # closed event waiting out the merge gap: [onset, offset, scores]
+
+
+class EventSmoother:
+    """Turns a score track (frames, K), fed in any chunking, into events; identical output for any chunking.
+
+    Latency: median half-length + merge gap after an event's offset (plus the stitcher's window delay upstream).
+    """
+
+    def __init__(self, labels: list[str], names: list[str], frame_s: float, params: SmootherParams | None = None,
+                 source: str = "", clock=None):
+        self.labels, self.names, self.frame_s = labels, names, frame_s
+        self.p = params or SmootherParams()
+        if self.p.threshold_off > self.p.threshold_on:
+            raise ValueError("threshold_off must not exceed threshold_on")
+        self.source, self.clock = source, clock
+        self.half = max(0, int(round(self.p.median_s / frame_s)) // 2)
+        self.min_frames = int(round(self.p.min_duration_s / frame_s))
+        self.gap_frames = int(round(self.p.merge_gap_s / frame_s))
+        self.max_frames = max(1, int(round(self.p.max_event_s / frame_s)))
+        self._raw: deque[np.ndarray] = deque(maxlen=2 * self.half + 1)  # frames around the one being smoothed
+        self._received = 0    # raw frames seen
+        self._smoothed = 0    # frames smoothed and stepped
+        self._tracks = [_Track() for _ in labels]
+
+    def push(self, frames: np.ndarray) -> list[Event]:
+        out: list[Event] = []
+        for f in np.asarray(frames, dtype=np.float32):
+            if self._received == 0:  # replicate the first frame on the left edge
+                self._raw.extend([f] * self.half)
+            self._raw.append(f)
+            self._received += 1
+            if len(self._raw) == 2 * self.half + 1:
+                out += self._step(np.median(np.stack(self._raw), axis=0))
+        return out
+
+    def finish(self) -> list[Event]:
+        """End of stream: smooth the last frames (right edge replicated), close everything open."""
+        out: list[Event] = []
+        if self._received:
+            last = self._raw[-1]
+            while self._smoothed < self._received:
+                self._raw.append(last)
+                out += self._step(np.median(np.stack(self._raw), axis=0))
+        for k, t in enumerate(self._tracks):
+            out += self._close(k, t, self._smoothed)
+        return sorted(out, key=lambda e: (e.onset_s, e.species))
+
+    def _step(self, s: np.ndarray) -> list[Event]:
+        i = self._smoothed
+        self._smoothed += 1
+        out: list[Event] = []
+        p = self.p
+        for k, t in enumerate(self._tracks):
+            v = float(s[k])
+            if t.open_start is None:
+                if v >= p.threshold_off:
+                    if t.run_start is None:
+                        t.run_start, t.scores = i, []
+                    t.scores.append(v)
+                    if v >= p.threshold_on:  # onset = where the score first rose above the off threshold
+                        out += self._open(k, t)
+                else:
+                    t.run_start = None
+            elif v >= p.threshold_off:
+                t.scores.append(v)
+                if i + 1 - t.open_start >= self.max_frames:  # long chorus: report this piece now
+                    out += self._emit(k, t.open_start, i + 1, t.scores)
+                    t.open_start = t.run_start = i + 1
+                    t.scores = []
+            else:
+                if t.scores:  # empty only right after a max-length split
+                    t.pending = [t.open_start, i, t.scores]
+                t.open_start = t.run_start = None
+                t.scores = []
+            if t.pending is not None and t.open_start is None:
+                # The earliest onset a later event could still get; past the gap, nothing can merge any more.
+                # (A run hovering between the thresholds could hold it forever, hence the max-length bound.)
+                earliest = t.run_start if t.run_start is not None else i + 1
+                if earliest - t.pending[1] > self.gap_frames or i - t.pending[1] >= self.max_frames:
+                    out += self._emit(k, *t.pending)
+                    t.pending = None
+        return out
+
+    def _open(self, k: int, t: _Track) -> list[Event]:
+        """Open an event at the current run; it continues the pending one if the gap between them is short."""
+        t.open_start = t.run_start
+        out: list[Event] = []
+        if t.pending is not None:
+            onset, offset, scores = t.pending
+            if t.open_start - offset <= self.gap_frames:
+                t.open_start, t.scores = onset, scores + t.scores
+            else:
+                out = self._emit(k, onset, offset, scores)
+            t.pending = None
+        return out
+
+    def _close(self, k: int, t: _Track, end: int) -> list[Event]:
+        """End of stream: everything open or pending is reported."""
+        out: list[Event] = []
+        if t.pending is not None:
+            out += self._emit(k, *t.pending)
+        if t.open_start is not None and t.scores:
+            out += self._emit(k, t.open_start, end, t.scores)
+        t.pending, t.open_start, t.run_start, t.scores = None, None, None, []
+        return out
+
+    def _emit(self, k: int, onset: int, offset: int, scores: list[float]) -> list[Event]:
+        if offset - onset < self.min_frames or not scores:
+            return []
+        on_s, off_s = onset * self.frame_s, offset * self.frame_s
+        wall = (lambda x: self.clock.at(x)) if self.clock is not None else (lambda x: None)
+        return [Event(self.labels[k], self.names[k] or self.labels[k], round(on_s, 3), round(off_s, 3),
+                      float(max(scores)), float(np.mean(scores)), self.source, wall(on_s), wall(off_s))]
