@@ -1,0 +1,191 @@
+"""`birdlive train`, `birdlive evaluate`, `birdlive augment-demo`: thin wrappers over `birdlive.train`.
+
+Registered by cli.py: app.command("train")(train), app.command("evaluate")(evaluate),
+app.command("augment-demo")(augment_demo).
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(msg: str) -> None:
+    err.print(f"[red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(1)
+
+
+def _range(text: str, name: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        _fail(f"--{name} wants two numbers like 0,20, not {text!r}")
+    if lo > hi:
+        _fail(f"--{name}: {lo} > {hi}")
+    return lo, hi
+
+
+def train(
+    data: List[Path] = typer.Argument(None, help="Recording datasets: species folders, a BirdCLEF train.csv, or a "
+                                               "xeno-canto folder with metadata.csv (weak labels, energy crops)."),
+    run: Path = typer.Option(Path("runs/train"), "--run", "-o", help="Run folder: checkpoints, split, logs."),
+    snippets: List[Path] = typer.Option([], "--snippets", help="Short-call sets (species folders) composed into "
+                                                               "windows with strong labels; repeatable."),
+    noise_dir: Optional[Path] = typer.Option(None, "--noise-dir", help="Real background noise files for augmentation."),
+    preset: str = typer.Option("cpu", "--preset", help="Model preset: tiny, cpu, full."),
+    window: float = typer.Option(5.0, "--window", help="Training window, seconds."),
+    epochs: int = typer.Option(30, "--epochs"),
+    epoch_size: Optional[int] = typer.Option(None, "--epoch-size", help="Windows per epoch (default: one per "
+                                                                        "training file and snippet run)."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW, warm-up + cosine)."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of each species' recordings held out."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the split, the windows and the weights."),
+    augment: str = typer.Option("all", "--augment", help="Augmentation set: all, none, mix, noise."),
+    no_mix: bool = typer.Option(False, "--no-mix"),
+    no_noise: bool = typer.Option(False, "--no-noise"),
+    no_stretch: bool = typer.Option(False, "--no-stretch"),
+    no_pitch: bool = typer.Option(False, "--no-pitch"),
+    no_specaug: bool = typer.Option(False, "--no-specaug"),
+    snr: str = typer.Option("0,20", "--snr", help="Noise SNR range in dB (whole window)."),
+    pitch: float = typer.Option(0.5, "--pitch", help="Pitch shift range, ± semitones."),
+    frame_weight: float = typer.Option(0.5, "--frame-weight", help="Weight of the framewise loss."),
+    focal_gamma: float = typer.Option(0.0, "--focal-gamma", help="0 = BCE (default); > 0 = focal loss."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget."),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    no_amp: bool = typer.Option(False, "--no-amp", help="No mixed precision on CUDA."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Decoded-audio cache (default "
+                                                                       "~/.cache/birdlive)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --run after its last epoch."),
+):
+    """Train a detector; keeps RUN/best (by validation macro mAP) for `birdlive replay --model RUN/best`."""
+    from birdlive.train import AugmentConfig, TrainConfig, TrainError
+    from birdlive.train import train as run_training
+    try:
+        aug = AugmentConfig.preset(augment)
+    except ValueError as e:
+        _fail(str(e))
+    aug.snr_db = _range(snr, "snr")
+    aug.pitch_semitones = pitch
+    for flag, fields in ((no_mix, ["mix_prob"]), (no_noise, ["noise_prob"]), (no_stretch, ["stretch_prob"]),
+                         (no_pitch, ["pitch_prob"])):
+        if flag:
+            for f in fields:
+                setattr(aug, f, 0.0)
+    if no_specaug:
+        aug.specaugment = False
+    if not resume and not data and not snippets:
+        _fail("give at least one dataset (DATA or --snippets), or --resume")
+    for p in list(data or []) + list(snippets) + ([noise_dir] if noise_dir else []):
+        if not p.exists():
+            _fail(f"{p}: no such file or folder")
+    cfg = TrainConfig(run_dir=str(run), data=[str(p) for p in data or []], snippets=[str(p) for p in snippets],
+                      noise_dir=str(noise_dir) if noise_dir else None, preset=preset, window_s=window, epochs=epochs,
+                      epoch_size=epoch_size, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed,
+                      frame_weight=frame_weight, focal_gamma=focal_gamma, max_minutes=max_minutes, workers=workers,
+                      device=device, amp=not no_amp, cache_dir=str(cache_dir) if cache_dir else None, augment=aug,
+                      command="birdlive " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    try:
+        s = run_training(cfg, resume=resume, console=console)
+    except TrainError as e:
+        _fail(str(e))
+    if s["interrupted"]:
+        raise typer.Exit(130)
+    figs = f"val mAP {s['val_map']:.3f}" if s["val_map"] is not None else "no validation set"
+    console.print(f"[green]done[/]: {s['epochs_done']} epochs, {s['time_s']:.0f} s; best epoch {s['best_epoch']} "
+                  f"({figs}) → {s['best']}")
+
+
+def evaluate(
+    data: List[Path] = typer.Argument(..., help="Datasets to score (any layout train reads)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint (STEM, RUN folder); default: "
+                                                                     "the shipped model."),
+    split: Optional[Path] = typer.Option(None, "--split", help="A run's split.json: score only its held-out files."),
+    subset: str = typer.Option("val", "--subset", help="With --split: val or train."),
+    strong: Optional[Path] = typer.Option(None, "--strong", help="Strong labels CSV (file, species, onset, offset) "
+                                                                 "for event-based F1."),
+    onset_tolerance: float = typer.Option(0.5, "--onset-tolerance", help="Event onset tolerance, seconds."),
+    offset_tolerance: Optional[float] = typer.Option(None, "--offset-tolerance", help="Also require offsets within "
+                                                     "max(this, 20 % of the event); default onsets only."),
+    noise_minutes: float = typer.Option(1.0, "--noise-minutes", help="Minutes of white, pink and brown noise each "
+                                                                     "for the false-positive check (0: skip)."),
+    noise_dbfs: float = typer.Option(-30.0, "--noise-dbfs", help="Level of that noise, dBFS RMS."),
+    hop: Optional[float] = typer.Option(None, "--hop", help="Window hop, seconds (default half a window)."),
+    max_windows: Optional[int] = typer.Option(None, "--max-windows", help="At most this many windows per file."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full results here."),
+    rows: int = typer.Option(20, "--rows", help="Species rows in the table (worst first)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+    device: str = typer.Option("cpu", "--device"),
+):
+    """Per-species AP, macro mAP, F1 at the model threshold, top-1, worst species; event F1; noise false positives."""
+    from birdlive.model import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
+    from birdlive.train import AudioError, DatasetError
+    from birdlive.train.evaluate import evaluate_model, fmt, results_table, write_json
+    try:
+        net = load_checkpoint(model or DEFAULT_CHECKPOINT, device)
+    except CheckpointError as e:
+        _fail(str(e))
+    for p in list(data) + [x for x in (split, strong) if x]:
+        if not p.exists():
+            _fail(f"{p}: no such file or folder")
+    try:
+        res = evaluate_model(net, [str(d) for d in data], split=str(split) if split else None, subset=subset,
+                             cache_dir=cache_dir, hop_s=hop, max_windows=max_windows,
+                             strong=str(strong) if strong else None, onset_tolerance=onset_tolerance,
+                             offset_tolerance=offset_tolerance, noise_minutes=noise_minutes, noise_dbfs=noise_dbfs,
+                             device=device)
+    except (DatasetError, AudioError, ValueError, KeyError) as e:
+        _fail(str(e))
+    res["model"] = str(model or DEFAULT_CHECKPOINT)
+    console.print(results_table(res, rows))
+    if res.get("skipped_species"):
+        console.print(f"[yellow]skipped files of {len(res['skipped_species'])} species the model does not know[/]")
+    if "events" in res:
+        ev = res["events"]
+        console.print(f"events (onset ±{ev['onset_tolerance']:g} s): F1 {fmt(ev['f1'])}  P {fmt(ev['precision'])}  "
+                      f"R {fmt(ev['recall'])}  ({ev['n_reference']} reference, {ev['n_estimated']} detected)")
+    if "noise_fp" in res:
+        nf = res["noise_fp"]
+        per = ", ".join(f"{c} {n}" for c, n in nf["events"].items())
+        console.print(f"false positives on {nf['minutes_each']:g} min each of pure noise at {nf['dbfs']:g} dBFS: "
+                      f"{nf['total']} events ({per})")
+    if json_out:
+        write_json(res, json_out)
+        console.print(f"results → {json_out}")
+
+
+def augment_demo(
+    file_a: Path = typer.Argument(..., help="First recording."),
+    file_b: Path = typer.Argument(..., help="Second recording (another species)."),
+    out: Path = typer.Option(Path("augment-demo"), "--out", "-o", help="Folder for mix.wav and mix.png."),
+    window: float = typer.Option(5.0, "--window"),
+    seed: int = typer.Option(0, "--seed"),
+    noise_dir: Optional[Path] = typer.Option(None, "--noise-dir"),
+    augment: str = typer.Option("all", "--augment", help="all, none, mix, noise."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Use this checkpoint's frontend for the picture."),
+):
+    """Write one training-style mixture of FILE_A and FILE_B (WAV) and the log-mel the model sees (PNG)."""
+    from birdlive.model import CheckpointError
+    from birdlive.train import AudioError, AugmentConfig
+    from birdlive.train.demo import augment_demo as run_demo
+    for p in (file_a, file_b):
+        if not p.is_file():
+            _fail(f"{p}: no such file")
+    try:
+        aug = AugmentConfig.preset(augment)
+        res = run_demo(file_a, file_b, out, window_s=window, seed=seed, augment=aug,
+                       noise_dir=str(noise_dir) if noise_dir else None, model=str(model) if model else None)
+    except (AudioError, CheckpointError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    a = res["applied"]
+    console.print(f"labels {', '.join(a['labels'])}; B at {a['b']['gain_db']:+.1f} dB"
+                  + (f", SNR {a['snr_db']:.1f} dB" if "snr_db" in a else "")
+                  + f" → {res['wav']}, {res['png']}")

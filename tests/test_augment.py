@@ -1,0 +1,220 @@
+"""Each augmentation changes the signal as intended; mixing gives union labels; the energy crop finds the call;
+the composer's strong targets sit where its notes are."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from birdlive.model import LogMelFrontend, create_config
+from birdlive.train.augment import (AugmentConfig, NoiseBank, add_noise, crop, energy_profile, mix, pitch_shift,
+                                    power, time_stretch, weak_example)
+from birdlive.train.cache import AudioCache
+from birdlive.train.composer import Composer, ComposerConfig, SnippetPool, frame_activity
+from birdlive.train.datasets import load_dataset
+from birdlive.train.synthetic import colored_noise, make_call
+from birdlive.train.windows import WindowSet
+
+SR = 32000
+
+
+def tone(freq, seconds, sr=SR, amp=0.5):
+    t = np.arange(int(seconds * sr)) / sr
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def peak_hz(x, sr=SR):
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return np.fft.rfftfreq(len(x), 1 / sr)[int(np.argmax(spec))]
+
+
+@pytest.fixture(scope="module")
+def frontend():
+    return LogMelFrontend(create_config("tiny", ["a"])).eval()
+
+
+def mel_peak_bin(frontend, x):
+    with torch.no_grad():
+        m = frontend.logmel(frontend.spectrogram(torch.from_numpy(x)[None]))[0, 0]   # (T, F)
+    return int(m[5:-5].mean(0).argmax())
+
+
+# ----------------------------------------------------------------------------------------- pitch / stretch
+
+@pytest.mark.parametrize("semitones", [3.0, -2.0])
+def test_pitch_shift_moves_mel_peak_by_expected_bins(frontend, semitones):
+    f0 = 3000.0
+    x = tone(f0, 1.0)
+    y = pitch_shift(x, SR, semitones)
+    assert len(y) == len(x)                                            # duration kept
+    expected = mel_peak_bin(frontend, tone(f0 * 2 ** (semitones / 12), 1.0))
+    before = mel_peak_bin(frontend, x)
+    assert abs(expected - before) >= 2                                 # the check can tell a shift from none
+    assert mel_peak_bin(frontend, y) == expected
+    assert peak_hz(y[4000:-4000]) == pytest.approx(f0 * 2 ** (semitones / 12), rel=0.01)
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.2])
+def test_time_stretch_scales_duration_and_keeps_pitch(factor):
+    x = np.zeros(2 * SR, np.float32)
+    x[SR // 2: SR] = tone(2500, 0.5)                                   # a 0.5 s call at 0.5-1.0 s
+    y = time_stretch(x, factor)
+    assert len(y) / len(x) == pytest.approx(factor, rel=0.01)
+    env = np.convolve(np.abs(y), np.ones(320) / 320, mode="same")
+    active_s = np.count_nonzero(env > 0.5 * env.max()) / SR
+    assert active_s == pytest.approx(0.5 * factor, abs=0.03)
+    mid = y[int(0.6 * factor * SR): int(0.9 * factor * SR)]
+    assert peak_hz(mid) == pytest.approx(2500, rel=0.01)
+
+
+# ------------------------------------------------------------------------------------------------- noise
+
+@pytest.mark.parametrize("color", ["white", "pink", "brown"])
+@pytest.mark.parametrize("snr", [0.0, 12.0])
+def test_colored_noise_hits_requested_snr(color, snr):
+    rng = np.random.default_rng(1)
+    x = make_call("trill", SR, rng)
+    x = np.pad(x, (4000, 6000)) * 0.3
+    y = add_noise(x, NoiseBank().sample(len(x), rng, colors=(color,), file_prob=0.0), snr)
+    measured = 10 * np.log10(power(x) / power(y - x))
+    assert measured == pytest.approx(snr, abs=0.5)
+
+
+def test_noise_files_hit_snr_and_skip_impulse_responses(tmp_path):
+    rng = np.random.default_rng(2)
+    (tmp_path / "noise" / "background").mkdir(parents=True)
+    (tmp_path / "noise" / "impulse_responses").mkdir()
+    rain = colored_noise(3 * 44100, "pink", rng) * 0.1
+    sf.write(tmp_path / "noise" / "background" / "rain.wav", rain, 44100)
+    sf.write(tmp_path / "noise" / "impulse_responses" / "ir.wav", np.eye(1, 4000)[0].astype(np.float32), 44100)
+    bank = NoiseBank.from_dir(tmp_path / "noise", AudioCache(tmp_path / "cache", SR))
+    assert [p.endswith("rain.wav") for p in bank.files] == [True]
+    x = tone(4000, 2.0, amp=0.2)
+    n = bank.sample(len(x), rng, file_prob=1.0)
+    assert power(n) == pytest.approx(1.0, rel=1e-3)
+    assert abs(peak_hz(n) - 4000) > 100                                # it is the file, not a tone
+    y = add_noise(x, n, 6.0)
+    assert 10 * np.log10(power(x) / power(y - x)) == pytest.approx(6.0, abs=0.5)
+
+
+# -------------------------------------------------------------------------------------------- energy crop
+
+def test_energy_crop_picks_the_call_and_ignores_rumble():
+    rng = np.random.default_rng(3)
+    x = colored_noise(10 * SR, "pink", rng) * 0.005
+    rumble = colored_noise(2 * SR, "brown", rng) * 0.3                 # loud, low: wind / traffic
+    x[1 * SR:3 * SR] += rumble
+    call = make_call("upsweep", SR, rng) * 0.1
+    at = int(6.3 * SR)
+    x[at:at + len(call)] += call
+    assert power(rumble) > 10 * power(call)                            # raw energy would pick the rumble
+    centre = at + len(call) // 2
+    prof = energy_profile(x, SR)
+    hits = lambda p: sum(s <= centre < s + 2 * SR for s in (crop(x, 2 * SR, rng, p, SR, prof)[1] for _ in range(40)))
+    assert hits(1.0) == 40
+    assert hits(0.0) < 25                                              # uniform crops miss it most of the time
+
+
+def test_short_recording_is_padded_at_random_offset():
+    rng = np.random.default_rng(4)
+    x = np.ones(SR // 2, np.float32)
+    offsets = set()
+    for _ in range(10):
+        w, start = crop(x, 2 * SR, rng, 1.0, SR)
+        assert len(w) == 2 * SR and w.sum() == pytest.approx(len(x))
+        offsets.add(start)
+    assert len(offsets) > 1
+
+
+# ------------------------------------------------------------------------------------------------- mixing
+
+def test_mix_targets_are_the_union_with_masks():
+    a = weak_example(np.full(100, 0.1, np.float32), [0], [2], 5, 4)      # species 0, secondary 2
+    b = weak_example(np.full(100, 0.2, np.float32), [1], [], 5, 4)
+    c = weak_example(np.zeros(100, np.float32), [3], [], 5, 4)
+    c.frame_target[1:3, 3], c.frame_mask[:] = 1.0, 1.0                 # strong labels: species 3 in frames 1-2
+    m = mix([a, b, c], [0.0, -6.0, 0.0])
+    assert m.clip_target.tolist() == [1, 1, 0, 1, 0]
+    assert m.clip_mask[2] == 0 and m.clip_mask[4] == 1                   # secondary stays unknown
+    assert m.frame_target[:, 3].tolist() == [0, 1, 1, 0] and m.frame_mask[:, 3].tolist() == [1, 1, 1, 1]
+    assert m.frame_mask[:, 0].sum() == 0 and m.frame_mask[:, 1].sum() == 0   # weak: when is unknown
+    np.testing.assert_allclose(m.wave, 0.1 + 0.2 * 10 ** (-6 / 20), rtol=1e-5)
+
+
+def test_mixed_windows_hold_exactly_the_labelled_species(tmp_path):
+    """Species = pure tones at distinct pitches; every mixed window's labels must be the tones that are in it."""
+    freqs = {"a": 1000.0, "b": 2500.0, "c": 5000.0, "d": 8000.0}
+    for sp, f in freqs.items():
+        (tmp_path / "data" / sp).mkdir(parents=True)
+        for i in range(2):
+            sf.write(tmp_path / "data" / sp / f"{sp}{i}.wav", tone(f, 3.0, amp=0.3), SR)
+    recs = load_dataset(tmp_path / "data").recordings
+    labels = sorted(freqs)
+    aug = AugmentConfig.none()
+    aug.mix_prob, aug.mix_max, aug.mix_gain_db = 1.0, 3, (-6.0, 0.0)
+    ws = WindowSet(recs, labels, AudioCache(tmp_path / "cache", SR), NoiseBank(), aug, 1.0, 10, 30, seed=5)
+    sizes = []
+    for i in range(30):
+        item = ws[i]
+        spec = np.abs(np.fft.rfft(item["wave"].numpy()))
+        hz = np.fft.rfftfreq(len(item["wave"]), 1 / SR)
+        present = {sp for sp, f in freqs.items() if spec[np.argmin(abs(hz - f))] > 0.05 * spec.max()}
+        labelled = {labels[k] for k in np.flatnonzero(item["clip_target"].numpy())}
+        assert present == labelled
+        sizes.append(len(labelled))
+    assert min(sizes) >= 2 and max(sizes) == 3
+
+
+# ----------------------------------------------------------------------------------------------- composer
+
+def write_snippets(root, species=("up", "down"), runs=2, notes=6, seed=0):
+    rng = np.random.default_rng(seed)
+    kinds = {"up": "upsweep", "down": "downsweep", "trill": "trill", "two": "two_tone"}
+    for sp in species:
+        (root / sp).mkdir(parents=True, exist_ok=True)
+        for r in range(runs):
+            for i in range(notes):
+                call = make_call(kinds[sp], 44100, rng)[: int(rng.uniform(0.08, 0.3) * 44100)]
+                sf.write(root / sp / f"{sp}_run{r:04d}_{i:05d}.flac", call * 0.5, 44100)
+
+
+def test_frame_activity_rule():
+    act = frame_activity(10, 10.0, [(0.05, 0.19), (0.52, 0.54), (0.71, 0.74)])
+    assert act.tolist() == [1, 1, 0, 0, 0, 1, 0, 1, 0, 0]
+
+
+def test_composer_strong_targets_match_where_the_notes_are(tmp_path):
+    write_snippets(tmp_path / "snip", species=("up", "down", "trill"))
+    ds = load_dataset(tmp_path / "snip")
+    pool = SnippetPool(ds.recordings, AudioCache(tmp_path / "cache", SR))
+    assert len(pool) == 6 and pool.species == ["down", "trill", "up"]   # runs grouped from the file names
+    aug = AugmentConfig.none()
+    aug.stretch_prob, aug.stretch_range = 0.5, (0.9, 1.1)
+    cfg = ComposerConfig(snr_db=(30.0, 30.0), background_dbfs=(-70.0, -70.0))
+    comp = Composer(pool, ds.labels, NoiseBank(), SR, 10.0, 3.0, cfg, aug)
+    rng = np.random.default_rng(6)
+    n_species, n_clear = [], 0
+    for _ in range(12):
+        ex, events = comp.compose(rng)
+        assert ex.wave.shape == (3 * SR,) and ex.frame_target.shape == (30, 3)
+        assert ex.clip_mask.all() and ex.frame_mask.all()
+        n_species.append(int(ex.clip_target.sum()))
+        # frames marked active hold notes; frames 30 ms or more away from every note hold only the background
+        frames = ex.wave.reshape(30, -1)
+        rms = np.sqrt(np.mean(frames ** 2, axis=1))
+        background = 10 ** (-70 / 20)
+        any_active = ex.frame_target.max(axis=1) > 0
+        assert any_active.any() and rms[any_active].min() > 10 * background
+        clear = np.array([not any(a - 0.03 < (j + 1) / 10 and b + 0.03 > j / 10 for _, a, b in events)
+                          for j in range(30)])
+        if clear.any():
+            assert rms[clear].max() < 3 * background
+        n_clear += int(clear.sum())
+        # each labelled species has notes (events) in the window, in its labelled frames
+        for k in np.flatnonzero(ex.clip_target):
+            sp = ds.labels[k]
+            ivals = [(a, b) for s, a, b in events if s == sp]
+            assert ivals and np.array_equal(frame_activity(30, 10.0, ivals), ex.frame_target[:, k])
+    assert set(n_species) <= {1, 2, 3} and max(n_species) >= 2
+    assert n_clear > 30                                                # the silence check did run

@@ -1,0 +1,259 @@
+"""Waveform augmentations for training windows; each one switchable, its strength in `AugmentConfig`.
+
+- energy crop: a window of `--window` seconds around an *anchor* moment drawn with probability proportional to
+  its energy above the recording's noise floor (measured on a first-difference, i.e. +6 dB/octave, signal so that
+  wind and traffic rumble do not attract crops), the anchor in the window's central half: weakly labelled field
+  recordings give windows that contain the bird, not cut at the edge.
+- call mixing: 1-3 windows of different species summed with random gains; labels are the union (`mix`).
+- noise at an SNR drawn from a range: white, pink, brown, or real background files from `--noise-dir`
+  (`NoiseBank`). SNR here is over the whole window: 10·log10(mean(x²) / mean(n²)).
+- time-stretch (phase vocoder; duration × factor, pitch kept) and pitch-shift (semitones, duration kept):
+  small ranges — birds are told apart by pitch, a shift of a few semitones can turn one species into another.
+- a random overall gain (the network's input normalisation runs on running statistics at inference, so levels
+  matter).
+- SpecAugment (time and mel-band masks) is the model's own (`LogMelFrontend`, training mode only); here it is
+  only switched on or off (`specaugment`), its strength lives in the `ModelConfig`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .synthetic import colored_noise
+
+NOISE_COLORS = ("white", "pink", "brown")
+
+
+@dataclass
+class AugmentConfig:
+    energy_crop: float = 0.8                       # probability that a crop is energy-weighted (else uniform)
+    mix_prob: float = 0.5                          # probability that a training window is a mixture
+    mix_max: int = 3                               # most species (recordings) in one mixture
+    mix_gain_db: tuple[float, float] = (-12.0, 0.0)  # gain of each added recording relative to the first
+    noise_prob: float = 0.6
+    snr_db: tuple[float, float] = (0.0, 20.0)      # whole-window SNR
+    noise_colors: tuple[str, ...] = NOISE_COLORS
+    noise_file_prob: float = 0.7                   # share of real background files, when --noise-dir has any
+    stretch_prob: float = 0.25
+    stretch_range: tuple[float, float] = (0.9, 1.1)  # duration factor
+    pitch_prob: float = 0.25
+    pitch_semitones: float = 0.5                   # ± range (gentle)
+    gain_prob: float = 0.8
+    gain_db: tuple[float, float] = (-12.0, 6.0)
+    specaugment: bool = True
+
+    @classmethod
+    def none(cls) -> "AugmentConfig":
+        """Everything off: uniform crops, no mixing, noise, stretch, pitch, gain or SpecAugment."""
+        return cls(energy_crop=0.0, mix_prob=0.0, noise_prob=0.0, stretch_prob=0.0, pitch_prob=0.0,
+                   gain_prob=0.0, specaugment=False)
+
+    @classmethod
+    def preset(cls, name: str) -> "AugmentConfig":
+        """Named sets for ablations: none, mix, noise, all (all = the defaults)."""
+        base = cls.none()
+        base.energy_crop = cls.energy_crop
+        if name == "none":
+            return base
+        if name == "mix":
+            return dataclasses.replace(base, mix_prob=cls.mix_prob)
+        if name == "noise":
+            return dataclasses.replace(base, noise_prob=cls.noise_prob)
+        if name == "all":
+            return cls()
+        raise ValueError(f"unknown augmentation preset {name!r}; choose none, mix, noise or all")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AugmentConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+
+
+def db_to_gain(db: float) -> float:
+    return float(10 ** (db / 20))
+
+
+def power(x: np.ndarray) -> float:
+    return float(np.mean(np.square(x, dtype=np.float64))) if len(x) else 0.0
+
+
+# --------------------------------------------------------------------------------------------- crops
+
+def energy_profile(x: np.ndarray, sample_rate: int, fps: int = 100) -> np.ndarray:
+    """Energy per frame (1/fps s) of the first difference of `x` (a gentle high-pass)."""
+    hop = max(1, sample_rate // fps)
+    d = np.diff(np.asarray(x, np.float32), prepend=np.float32(x[0]) if len(x) else 0.0)
+    n = len(d) // hop
+    if n == 0:
+        return np.array([power(d)], np.float64)
+    return np.square(d[: n * hop].reshape(n, hop), dtype=np.float64).mean(axis=1)
+
+
+def crop(x: np.ndarray, n: int, rng: np.random.Generator, energy_prob: float = 0.0, sample_rate: int = 32000,
+         profile: np.ndarray | None = None, fps: int = 100) -> tuple[np.ndarray, int]:
+    """A window of `n` samples: energy-weighted with probability `energy_prob`, else uniform. Shorter inputs are
+    placed at a random offset in zeros. Returns (window, start) with start in samples (negative when padded)."""
+    x = np.asarray(x, np.float32)
+    if len(x) <= n:
+        off = int(rng.integers(0, n - len(x) + 1))
+        out = np.zeros(n, np.float32)
+        out[off:off + len(x)] = x
+        return out, -off
+    hop = max(1, sample_rate // fps)
+    max_start = len(x) - n
+    if energy_prob > 0 and rng.random() < energy_prob:
+        # anchor: a frame drawn with probability ∝ its energy above the noise floor (median); the window is then
+        # placed so that the anchor lies in its central half, so a call is not cut at the window's edge
+        e = profile if profile is not None else energy_profile(x, sample_rate, fps)
+        excess = np.clip(e - np.median(e), 0, None)
+        total = excess.sum()
+        if total > 0:
+            anchor = (int(rng.choice(len(excess), p=excess / total)) + rng.random()) * hop
+            start = int(np.clip(anchor - rng.uniform(0.25, 0.75) * n, 0, max_start))
+            return np.array(x[start:start + n]), start
+    start = int(rng.integers(0, max_start + 1))
+    return np.array(x[start:start + n]), start
+
+
+def fix_length(x: np.ndarray, n: int) -> np.ndarray:
+    if len(x) >= n:
+        return x[:n]
+    return np.pad(x, (0, n - len(x)))
+
+
+# ------------------------------------------------------------------------------------- stretch / pitch
+
+def time_stretch(x: np.ndarray, factor: float) -> np.ndarray:
+    """Duration × `factor` (1.1 = 10 % longer), pitch unchanged (librosa phase vocoder)."""
+    import librosa
+    if abs(factor - 1.0) < 1e-6 or len(x) < 4096:
+        return np.asarray(x, np.float32)
+    return librosa.effects.time_stretch(np.asarray(x, np.float32), rate=1.0 / factor).astype(np.float32)
+
+
+def pitch_shift(x: np.ndarray, sample_rate: int, semitones: float) -> np.ndarray:
+    """Frequencies × 2^(semitones/12), duration unchanged (phase vocoder + soxr resampling)."""
+    import librosa
+    if abs(semitones) < 1e-6 or len(x) < 4096:
+        return np.asarray(x, np.float32)
+    return librosa.effects.pitch_shift(np.asarray(x, np.float32), sr=sample_rate, n_steps=float(semitones),
+                                       res_type="soxr_hq").astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------- noise
+
+def add_noise(x: np.ndarray, noise: np.ndarray, snr_db: float, floor_power: float = 1e-4) -> np.ndarray:
+    """x + noise scaled so that 10·log10(power(x) / power(scaled noise)) = snr_db. For a silent x the noise is
+    set against `floor_power` (-40 dBFS) instead."""
+    ps = power(x)
+    ps = ps if ps > 1e-10 else floor_power
+    pn = power(noise)
+    if pn <= 0:
+        return np.asarray(x, np.float32)
+    scale = np.sqrt(ps / (pn * 10 ** (snr_db / 10)))
+    return (x + scale * noise[: len(x)]).astype(np.float32)
+
+
+@dataclass
+class NoiseBank:
+    """Background noise of unit RMS: coloured noise made on the fly, or a random part of a real noise file.
+
+    Files shorter than half the request are placed once at a random offset (a transient: a tap, a bark),
+    longer ones are cropped at random (looped when shorter than the request)."""
+    files: list[str] = field(default_factory=list)
+    cache: object | None = None                   # AudioCache (decodes + resamples the files once)
+
+    @classmethod
+    def from_dir(cls, noise_dir: str | Path | None, cache=None) -> "NoiseBank":
+        if not noise_dir:
+            return cls([], cache)
+        from .datasets import AUDIO_EXTENSIONS
+        root = Path(noise_dir)
+        if not root.is_dir():
+            raise FileNotFoundError(f"noise folder {root} does not exist")
+        # impulse responses are not backgrounds
+        files = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                       and not any("impulse" in part.lower() for part in p.relative_to(root).parts))
+        return cls(files, cache)
+
+    def colored(self, n: int, color: str, rng: np.random.Generator) -> np.ndarray:
+        return colored_noise(n, color, rng)
+
+    def from_file(self, n: int, rng: np.random.Generator) -> np.ndarray | None:
+        path = self.files[int(rng.integers(len(self.files)))]
+        x = self.cache.load(path)
+        if len(x) == 0:
+            return None
+        if len(x) < n // 2:
+            out = np.zeros(n, np.float32)
+            off = int(rng.integers(0, n - len(x) + 1))
+            out[off:off + len(x)] = x
+        elif len(x) < n:
+            out = np.resize(np.asarray(x, np.float32), n)      # loop
+        else:
+            s = int(rng.integers(0, len(x) - n + 1))
+            out = np.array(x[s:s + n], np.float32)
+        p = power(out)
+        if p < 1e-12:
+            return None
+        return (out / np.sqrt(p)).astype(np.float32)
+
+    def sample(self, n: int, rng: np.random.Generator, colors=NOISE_COLORS, file_prob: float = 0.7) -> np.ndarray:
+        if self.files and self.cache is not None and rng.random() < file_prob:
+            out = self.from_file(n, rng)
+            if out is not None:
+                return out
+        colors = tuple(colors) or NOISE_COLORS
+        return self.colored(n, colors[int(rng.integers(len(colors)))], rng)
+
+
+# ------------------------------------------------------------------------------------------ examples
+
+@dataclass
+class Example:
+    """One training window and its targets. Masks say which targets are known (1) or unknown (0, no loss):
+    weak (clip-level) labels know nothing about *when* a species present in the clip calls, and a background
+    (secondary) species may or may not be in a crop."""
+    wave: np.ndarray            # (n,)
+    clip_target: np.ndarray     # (K,)
+    clip_mask: np.ndarray       # (K,)
+    frame_target: np.ndarray    # (n_out, K)
+    frame_mask: np.ndarray      # (n_out, K)
+
+    @property
+    def species(self) -> set[int]:
+        return set(np.flatnonzero(self.clip_target > 0).tolist())
+
+
+def weak_example(wave: np.ndarray, positives: list[int], unknown: list[int], num_classes: int,
+                 n_out: int) -> Example:
+    """A window with clip-level labels: positives known present, `unknown` (secondary species) masked;
+    framewise, every species *absent* from the clip is known absent in every frame, the others are masked."""
+    ct = np.zeros(num_classes, np.float32)
+    cm = np.ones(num_classes, np.float32)
+    ct[positives] = 1.0
+    cm[unknown] = 0.0
+    fm = np.ones((n_out, num_classes), np.float32)
+    fm[:, list(positives) + list(unknown)] = 0.0
+    return Example(np.asarray(wave, np.float32), ct, cm, np.zeros((n_out, num_classes), np.float32), fm)
+
+
+def mix(examples: list[Example], gains_db: list[float]) -> Example:
+    """Sum of the waves with the given gains; targets are the union. A target is known in the mix when it is known
+    in every part, or present (known positive) in some part."""
+    wave = sum(db_to_gain(g) * e.wave for e, g in zip(examples, gains_db)).astype(np.float32)
+
+    def union(targets, masks):
+        pos = np.max([t * m for t, m in zip(targets, masks)], axis=0)
+        known = np.maximum(np.min(masks, axis=0), pos)
+        return pos.astype(np.float32), known.astype(np.float32)
+
+    ct, cm = union([e.clip_target for e in examples], [e.clip_mask for e in examples])
+    ft, fm = union([e.frame_target for e in examples], [e.frame_mask for e in examples])
+    return Example(wave, ct, cm, ft, fm)

@@ -1,0 +1,170 @@
+"""Training windows composed from short call snippets, with strong (framewise) targets.
+
+A snippet set is any folder-per-species dataset of short calls (the essential set: single notes and phrases,
+0.14 s median). For each of 1-3 species, the composer takes a *sequence*: consecutive notes of one recording run
+of that species, in their original order, placed one after another with inter-note gaps drawn from a range,
+starting anywhere in the window. Each species gets its own level, drawn as an SNR (RMS over the samples its
+notes occupy, against the RMS of the background), over a bed of background noise (coloured noise or real noise
+files). Because the composer knows where every note is, it returns framewise targets at the model's output rate:
+frame j (covering [j, j+1)/out_fps) is 1 for a species when one of its notes covers at least half of the frame,
+or half of the note when the note is shorter than a frame. Every target of a composed window is known (masks 1).
+
+Pitch shift and time stretch, when the `AugmentConfig` asks for them, act on each species' whole track (so a
+0.1 s note is not put through a phase vocoder alone); time stretch moves the note times with it.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from .augment import AugmentConfig, Example, NoiseBank, db_to_gain, pitch_shift, power, time_stretch
+from .datasets import Recording
+
+
+@dataclass
+class ComposerConfig:
+    species: tuple[int, int] = (1, 3)             # species per composed window (inclusive)
+    notes: tuple[int, int] = (2, 16)              # notes per sequence (inclusive; fewer when the run ends)
+    gap_s: tuple[float, float] = (0.05, 0.6)      # silence between consecutive notes
+    sequences: tuple[int, int] = (1, 2)           # sequences per species in one window
+    snr_db: tuple[float, float] = (0.0, 25.0)     # call RMS (over its notes) vs background RMS
+    background_dbfs: tuple[float, float] = (-55.0, -30.0)  # RMS of the noise bed
+    min_note_s: float = 0.02                      # drop notes shorter than this
+
+    def to_dict(self) -> dict:
+        import dataclasses
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ComposerConfig":
+        import dataclasses
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+
+
+def frame_activity(n_out: int, out_fps: float, intervals: list[tuple[float, float]]) -> np.ndarray:
+    """(n_out,) 0/1: frames covered by the intervals (seconds) as described in the module docstring."""
+    act = np.zeros(n_out, np.float32)
+    flen = 1.0 / out_fps
+    for a, b in intervals:
+        if b <= a:
+            continue
+        need = 0.5 * min(flen, b - a)
+        j0, j1 = max(0, int(np.floor(a * out_fps))), min(n_out - 1, int(np.ceil(b * out_fps)))
+        for j in range(j0, j1 + 1):
+            ov = min(b, (j + 1) * flen) - max(a, j * flen)
+            if ov >= need - 1e-9:
+                act[j] = 1.0
+    return act
+
+
+class SnippetPool:
+    """Snippets grouped into runs: {species: [[Recording, ...] in original order, ...]}."""
+
+    def __init__(self, recordings: list[Recording], cache, min_note_s: float = 0.02):
+        runs: dict[tuple[str, str], list[Recording]] = defaultdict(list)
+        for r in recordings:
+            runs[(r.primary, r.group)].append(r)
+        self.runs: dict[str, list[list[Recording]]] = defaultdict(list)
+        for (species, _), rs in sorted(runs.items()):
+            self.runs[species].append(sorted(rs, key=lambda r: r.path))
+        self.cache = cache
+        self.min_note_s = min_note_s
+
+    @property
+    def species(self) -> list[str]:
+        return sorted(self.runs)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.runs.values())
+
+    def sequence(self, species: str, rng: np.random.Generator, n_notes: int) -> list[np.ndarray]:
+        run = self.runs[species][int(rng.integers(len(self.runs[species])))]
+        i0 = int(rng.integers(len(run)))
+        notes = []
+        for r in run[i0:i0 + n_notes]:
+            x = self.cache.load(r.path)
+            if len(x) >= self.min_note_s * self.cache.sample_rate:
+                notes.append(np.asarray(x, np.float32))
+        return notes
+
+
+class Composer:
+    def __init__(self, pool: SnippetPool, labels: list[str], noise: NoiseBank, sample_rate: int, out_fps: float,
+                 window_s: float, cfg: ComposerConfig | None = None, augment: AugmentConfig | None = None):
+        self.pool, self.labels, self.noise = pool, list(labels), noise
+        self.index = {lab: i for i, lab in enumerate(self.labels)}
+        self.sr, self.out_fps, self.window_s = sample_rate, out_fps, window_s
+        self.cfg = cfg or ComposerConfig()
+        self.aug = augment or AugmentConfig.none()
+        self.species = [s for s in pool.species if s in self.index]
+
+    @property
+    def n(self) -> int:
+        return int(round(self.window_s * self.sr))
+
+    @property
+    def n_out(self) -> int:
+        return max(1, int(round(self.window_s * self.out_fps)))
+
+    def track(self, species: str, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[float, float]]]:
+        """One species' notes on a silent track of the window's length, and their (onset, offset) seconds."""
+        cfg, aug, sr, n = self.cfg, self.aug, self.sr, self.n
+        factor = 1.0
+        if aug.stretch_prob > 0 and rng.random() < aug.stretch_prob:
+            factor = float(rng.uniform(*aug.stretch_range))
+        n_src = int(np.ceil(n / factor))
+        track = np.zeros(n_src, np.float32)
+        intervals = []
+        for _ in range(int(rng.integers(cfg.sequences[0], cfg.sequences[1] + 1))):
+            notes = self.pool.sequence(species, rng, int(rng.integers(cfg.notes[0], cfg.notes[1] + 1)))
+            if not notes:
+                continue
+            # start so that the sequence may begin before the window or run past its end, but touches it
+            t = int(rng.integers(-len(notes[0]) // 2, n_src - len(notes[0]) // 2))
+            for x in notes:
+                a, b = max(0, t), min(n_src, t + len(x))
+                if b > a:
+                    track[a:b] += x[a - t:b - t]
+                    intervals.append((a / sr * factor, b / sr * factor))
+                t += len(x) + int(rng.uniform(*cfg.gap_s) * sr)
+                if t >= n_src:
+                    break
+        if factor != 1.0:
+            track = time_stretch(track, factor)
+        if aug.pitch_prob > 0 and rng.random() < aug.pitch_prob:
+            track = pitch_shift(track, sr, float(rng.uniform(-aug.pitch_semitones, aug.pitch_semitones)))
+        track = np.pad(track, (0, max(0, n - len(track))))[:n]
+        return track, intervals
+
+    def compose(self, rng: np.random.Generator, exclude: set[str] = frozenset(),
+                n_species: int | None = None) -> tuple[Example, list[tuple[str, float, float]]]:
+        """A composed window: (Example with strong targets, [(species, onset_s, offset_s)] of every note)."""
+        cfg, n, K = self.cfg, self.n, len(self.labels)
+        choices = [s for s in self.species if s not in exclude]
+        if not choices:
+            raise ValueError("no snippet species left to compose")
+        k = n_species or int(rng.integers(cfg.species[0], cfg.species[1] + 1))
+        chosen = list(rng.choice(choices, size=min(k, len(choices)), replace=False))
+        noise_rms = db_to_gain(float(rng.uniform(*cfg.background_dbfs)))
+        wave = self.noise.sample(n, rng, self.aug.noise_colors, self.aug.noise_file_prob) * noise_rms
+        ct = np.zeros(K, np.float32)
+        ft = np.zeros((self.n_out, K), np.float32)
+        events = []
+        for sp in chosen:
+            track, intervals = self.track(sp, rng)
+            active = np.abs(track) > 0
+            if not intervals or not active.any():
+                continue
+            call_rms = np.sqrt(power(track[active]))
+            target_rms = noise_rms * db_to_gain(float(rng.uniform(*cfg.snr_db)))
+            wave += track * (target_rms / (call_rms + 1e-12))
+            act = frame_activity(self.n_out, self.out_fps, intervals)
+            k = self.index[sp]
+            ft[:, k] = np.maximum(ft[:, k], act)
+            ct[k] = 1.0 if act.any() else ct[k]
+            events += [(sp, a, b) for a, b in intervals]
+        ones = np.ones(K, np.float32)
+        return Example(wave.astype(np.float32), ct, ones, ft, np.ones_like(ft)), events

@@ -1,0 +1,263 @@
+"""Dataset layouts → a flat list of `Recording`s, and the seeded, group-wise, stratified train/validation split.
+
+Three layouts are read (`load_dataset` tells them apart):
+
+(a) folder per species: `DATA/<species_code>/*.wav|flac|ogg|mp3` (nested folders inside a species folder are
+    read too). If `DATA/snippets.csv` has `file, species_code, recording_run` (the essential-set layout), the
+    group of a file is its species + recording run and common names come from `common_name`; without it, file
+    names ending in `_runRRRR_IIIII` give the run too.
+(b) BirdCLEF/Cornell: a `train.csv` with `primary_label, secondary_labels, filename` (`secondary_labels` a
+    Python-list string like "['amecro', 'norcar']", or space/semicolon/comma separated); audio in
+    `AUDIO/<primary_label>/<filename>` or `AUDIO/<filename>`, AUDIO being `train_audio/` beside the CSV when it
+    exists, else the CSV's folder. A `recording_run` (or `group`) column, when present, names the group.
+(c) xeno-canto (`../shared/data/xc-puerto-rico`): folder per species + `metadata.csv` with
+    `filepath, label, also, ...`; `also` holds scientific names separated by ';', mapped to labels present
+    (labels are scientific names with '_' for ' ').
+
+A *group* is what the split never cuts across: one file, or one recording run of snippets. Group ids are
+prefixed with the dataset folder's name so that several datasets can be split together.
+"""
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import re
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+RUN_IN_NAME = re.compile(r"_run(\d+)_\d+$")      # essential-set file names: <species>_runRRRR_IIIII
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aif", ".aiff")
+
+
+class DatasetError(Exception):
+    """A dataset cannot be read; the message says why, in one line."""
+
+
+@dataclass
+class Recording:
+    path: str                                   # absolute path of the audio file
+    labels: list[str]                           # species present (primary first)
+    secondary: list[str] = field(default_factory=list)  # species heard in the background (weak, uncertain)
+    group: str = ""                             # split unit: file, or recording run
+    duration_s: float | None = None             # when the layout says so (snippets.csv)
+
+    @property
+    def primary(self) -> str:
+        return self.labels[0]
+
+
+@dataclass
+class Dataset:
+    """Recordings of one layout plus what the layout knows about the species (common names)."""
+    root: str
+    recordings: list[Recording]
+    names: dict[str, str] = field(default_factory=dict)   # label → common name
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted({lab for r in self.recordings for lab in r.labels})
+
+
+def _is_audio(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".")
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return list(csv.DictReader(f))
+
+
+def parse_label_list(text: str | None) -> list[str]:
+    """"['a', 'b']" / "a b" / "a;b" / "a, b" / "" / "[]" → ['a', 'b'] (order kept, duplicates dropped)."""
+    text = (text or "").strip()
+    if not text:
+        return []
+    items: list[str]
+    if text.startswith("["):
+        try:
+            value = ast.literal_eval(text)
+            items = [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+        except (ValueError, SyntaxError):
+            items = re.split(r"[\s;,]+", text.strip("[]"))
+    else:
+        items = re.split(r"[;,]+", text) if re.search(r"[;,]", text) else text.split()
+    out = []
+    for it in (i.strip().strip("'\"") for i in items):
+        if it and it not in out:
+            out.append(it)
+    return out
+
+
+def read_folder_per_species(root: str | Path) -> Dataset:
+    root = Path(root).resolve()
+    species_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    recs, names = [], {}
+    snippets = root / "snippets.csv"
+    runs: dict[str, tuple[str, str, float | None]] = {}
+    if snippets.is_file():
+        for row in _read_csv(snippets):
+            if "file" in row and "species_code" in row:
+                dur = row.get("duration_s")
+                runs[row["file"]] = (row["species_code"], row.get("recording_run", ""),
+                                     float(dur) if dur not in (None, "") else None)
+                if row.get("common_name"):
+                    names[row["species_code"]] = row["common_name"]
+    for d in species_dirs:
+        for f in sorted(p for p in d.rglob("*") if _is_audio(p)):
+            rel = f.relative_to(root).as_posix()
+            species, run, dur = runs.get(rel, (d.name, "", None))
+            if run == "" and (m := RUN_IN_NAME.search(f.stem)):
+                run = str(int(m.group(1)))
+            group = f"{root.name}:{species}/run{run}" if run != "" else f"{root.name}:{rel}"
+            recs.append(Recording(str(f), [species], [], group, dur))
+    if not recs:
+        raise DatasetError(f"{root}: no audio files ({'/'.join(e[1:] for e in AUDIO_EXTENSIONS)}) in species folders")
+    return Dataset(str(root), recs, names)
+
+
+def read_birdclef_csv(csv_path: str | Path, audio_dir: str | Path | None = None) -> Dataset:
+    csv_path = Path(csv_path).resolve()
+    rows = _read_csv(csv_path)
+    if not rows or not {"primary_label", "filename"} <= set(rows[0]):
+        raise DatasetError(f"{csv_path}: needs columns primary_label, filename (and optionally secondary_labels)")
+    if audio_dir is None:
+        audio_dir = csv_path.parent / "train_audio"
+        if not audio_dir.is_dir():
+            audio_dir = csv_path.parent
+    audio_dir = Path(audio_dir).resolve()
+    recs, names, missing = [], {}, 0
+    for row in rows:
+        primary, fname = row["primary_label"].strip(), row["filename"].strip()
+        path = audio_dir / primary / fname
+        if not path.is_file():
+            path = audio_dir / fname
+        if not path.is_file():
+            missing += 1
+            continue
+        secondary = [s for s in parse_label_list(row.get("secondary_labels")) if s != primary]
+        run = (row.get("recording_run") or row.get("group") or "").strip()
+        group = f"{audio_dir.name}:{primary}/run{run}" if run else f"{audio_dir.name}:{path.relative_to(audio_dir).as_posix()}"
+        recs.append(Recording(str(path), [primary], secondary, group))
+        if row.get("common_name"):
+            names[primary] = row["common_name"]
+    if not recs:
+        raise DatasetError(f"{csv_path}: none of its {len(rows)} files found under {audio_dir}")
+    # secondary labels that never occur as a primary have no output unit: drop them
+    primaries = {r.primary for r in recs}
+    for r in recs:
+        r.secondary = [s for s in r.secondary if s in primaries]
+    return Dataset(str(audio_dir), recs, names)
+
+
+def read_xeno_canto(root: str | Path) -> Dataset:
+    root = Path(root).resolve()
+    rows = _read_csv(root / "metadata.csv")
+    if not rows or not {"filepath", "label"} <= set(rows[0]):
+        raise DatasetError(f"{root / 'metadata.csv'}: needs columns filepath, label (and optionally also)")
+    sci_to_label = {}
+    names = {}
+    for row in rows:
+        lab = row["label"].strip()
+        sci_to_label[lab.replace("_", " ").lower()] = lab
+        if row.get("scientific_name"):
+            sci_to_label[row["scientific_name"].strip().lower()] = lab
+        if row.get("common_name"):
+            names[lab] = row["common_name"].strip()
+    recs = []
+    for row in rows:
+        path = root / row["filepath"]
+        if not _is_audio(path):
+            continue
+        lab = row["label"].strip()
+        also = [sci_to_label.get(s.strip().lower()) for s in (row.get("also") or "").split(";")]
+        secondary = list(dict.fromkeys(a for a in also if a and a != lab))
+        recs.append(Recording(str(path), [lab], secondary, f"{root.name}:{row['filepath']}"))
+    if not recs:
+        raise DatasetError(f"{root}: metadata.csv lists no audio file that exists")
+    return Dataset(str(root), recs, names)
+
+
+def load_dataset(path: str | Path) -> Dataset:
+    """Reads any of the three layouts; `path` is a folder, or a BirdCLEF-style CSV file."""
+    p = Path(path)
+    if not p.exists():
+        raise DatasetError(f"{p}: no such file or folder")
+    if p.is_file():
+        if p.suffix.lower() != ".csv":
+            raise DatasetError(f"{p}: expected a folder or a BirdCLEF-style .csv")
+        header = next(csv.reader(open(p, newline="", encoding="utf-8-sig")), [])
+        if "filepath" in header and "label" in header:
+            return read_xeno_canto(p.parent)
+        return read_birdclef_csv(p)
+    meta = p / "metadata.csv"
+    if meta.is_file():
+        header = next(csv.reader(open(meta, newline="", encoding="utf-8-sig")), [])
+        if "filepath" in header and "label" in header:
+            return read_xeno_canto(p)
+    if (p / "train.csv").is_file():
+        return read_birdclef_csv(p / "train.csv")
+    return read_folder_per_species(p)
+
+
+def merge(datasets: list[Dataset]) -> tuple[list[Recording], list[str], list[str]]:
+    """All recordings, the sorted label set, and the common names in that order ("" where unknown)."""
+    recs = [r for d in datasets for r in d.recordings]
+    labels = sorted({lab for r in recs for lab in r.labels})
+    names: dict[str, str] = {}
+    for d in datasets:
+        names.update(d.names)
+    known = set(labels)
+    for r in recs:
+        r.secondary = [s for s in r.secondary if s in known and s not in r.labels]
+    return recs, labels, [names.get(lab, "") for lab in labels]
+
+
+# ----------------------------------------------------------------------------------------------- the split
+
+@dataclass
+class Split:
+    seed: int
+    val_fraction: float
+    train: list[str]            # group ids
+    val: list[str]
+    sources: list[str] = field(default_factory=list)
+
+    def save(self, path: str | Path) -> None:
+        d = asdict(self)
+        d["counts"] = {"train_groups": len(self.train), "val_groups": len(self.val)}
+        Path(path).write_text(json.dumps(d, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Split":
+        d = json.loads(Path(path).read_text())
+        return cls(d["seed"], d["val_fraction"], d["train"], d["val"], d.get("sources", []))
+
+    def select(self, recs: list[Recording], subset: str) -> list[Recording]:
+        keep = set(self.train if subset == "train" else self.val)
+        return [r for r in recs if r.group in keep]
+
+
+def split_groups(recs: list[Recording], val_fraction: float = 0.2, seed: int = 0) -> Split:
+    """Group-wise split stratified by species: for each species, a seeded shuffle of its groups, then
+    round(val_fraction * n) of them (at least one when n ≥ 2, never all) go to validation. A group whose files
+    carry several primary species is assigned through its most common one. No group is on both sides."""
+    group_species: dict[str, Counter] = defaultdict(Counter)
+    for r in recs:
+        group_species[r.group][r.primary] += 1
+    by_species: dict[str, list[str]] = defaultdict(list)
+    for g in sorted(group_species):
+        by_species[group_species[g].most_common(1)[0][0]].append(g)
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for sp in sorted(by_species):
+        groups = list(by_species[sp])
+        rng.shuffle(groups)
+        n = len(groups)
+        n_val = 0 if n < 2 or val_fraction <= 0 else min(n - 1, max(1, int(round(val_fraction * n))))
+        val += groups[:n_val]
+        train += groups[n_val:]
+    return Split(seed, val_fraction, sorted(train), sorted(val))

@@ -1,0 +1,204 @@
+"""Training windows (a torch `Dataset` drawing fresh augmented windows each epoch) and the fixed validation set.
+
+Sources: weakly labelled *recordings* (field recordings, any length: energy crops) and, optionally, a snippet pool
+composed into windows with strong labels (`composer.py`). Each training window:
+
+  1. pick a source (recordings or snippets, `snippet_share`), then a species uniformly (`balance`) or a file
+     uniformly, and make one component: an energy crop of a recording (time-stretched / pitch-shifted by
+     chance) or a composed window;
+  2. with probability `mix_prob`, add further components of species not yet in the window with random gains,
+     until `mix_max` species (labels: the union, `augment.mix`);
+  3. random overall gain, then noise at a random SNR (coloured or a real background file).
+
+Every window is drawn from a generator seeded by (seed, epoch, index), so a run is reproducible and a resumed
+run sees the same windows it would have seen.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .augment import (AugmentConfig, Example, NoiseBank, crop, db_to_gain, energy_profile, fix_length, mix,
+                      pitch_shift, time_stretch, weak_example)
+from .composer import Composer
+from .datasets import Recording
+
+
+class WindowSet(torch.utils.data.Dataset):
+    def __init__(self, recordings: list[Recording], labels: list[str], cache, noise: NoiseBank,
+                 augment: AugmentConfig, window_s: float, out_fps: float, epoch_size: int, seed: int = 0,
+                 composer: Composer | None = None, snippet_share: float | None = None, balance: bool = True):
+        self.recs, self.labels, self.cache, self.noise, self.aug = recordings, list(labels), cache, noise, augment
+        self.index = {lab: i for i, lab in enumerate(self.labels)}
+        self.sr = cache.sample_rate
+        self.n = int(round(window_s * self.sr))
+        self.n_out = max(1, int(round(window_s * out_fps)))
+        self.epoch_size, self.seed, self.epoch = int(epoch_size), int(seed), 0
+        self.composer = composer if composer is not None and composer.species else None
+        if not self.recs and self.composer is None:
+            raise ValueError("no training recordings and no snippets")
+        if snippet_share is None:
+            snippet_share = 0.5 if self.recs else 1.0
+        self.snippet_share = snippet_share if self.composer is not None else 0.0
+        if not self.recs:
+            self.snippet_share = 1.0
+        self.balance = balance
+        self.by_species: dict[str, list[int]] = {}
+        for i, r in enumerate(self.recs):
+            self.by_species.setdefault(r.primary, []).append(i)
+        self._profiles: dict[int, np.ndarray] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.epoch_size
+
+    # ------------------------------------------------------------------------------------------------
+    def _recording_example(self, rng: np.random.Generator, exclude: set[str]) -> Example | None:
+        if self.balance:
+            species = [s for s in self.by_species if s not in exclude]
+            if not species:
+                return None
+            pool = self.by_species[species[int(rng.integers(len(species)))]]
+            i = pool[int(rng.integers(len(pool)))]
+        else:
+            pool = [i for i, r in enumerate(self.recs) if not exclude & set(r.labels)]
+            if not pool:
+                return None
+            i = pool[int(rng.integers(len(pool)))]
+        rec, aug = self.recs[i], self.aug
+        x = self.cache.load(rec.path)
+        if i not in self._profiles:
+            self._profiles[i] = energy_profile(x, self.sr)
+        factor = float(rng.uniform(*aug.stretch_range)) if rng.random() < aug.stretch_prob else 1.0
+        w, _ = crop(x, int(np.ceil(self.n / factor)), rng, aug.energy_crop, self.sr, self._profiles[i])
+        if factor != 1.0:
+            w = time_stretch(w, factor)
+        if aug.pitch_prob > 0 and rng.random() < aug.pitch_prob:
+            w = pitch_shift(w, self.sr, float(rng.uniform(-aug.pitch_semitones, aug.pitch_semitones)))
+        w = fix_length(w, self.n)
+        pos = [self.index[lab] for lab in rec.labels if lab in self.index]
+        unk = [self.index[lab] for lab in rec.secondary if lab in self.index]
+        return weak_example(w, pos, unk, len(self.labels), self.n_out)
+
+    def component(self, rng: np.random.Generator, exclude: set[str] = frozenset(),
+                  max_species: int | None = None) -> Example | None:
+        if self.composer is not None and rng.random() < self.snippet_share:
+            k = None
+            if max_species is not None:
+                k = int(rng.integers(1, max_species + 1))
+            elif self.aug.mix_prob <= 0:
+                k = 1   # no mixing asked for: one species per composed window
+            try:
+                return self.composer.compose(rng, exclude=exclude, n_species=k)[0]
+            except ValueError:
+                return None
+        return self._recording_example(rng, exclude) if self.recs else None
+
+    def example(self, rng: np.random.Generator) -> Example:
+        aug = self.aug
+        ex = None
+        for _ in range(10):   # a composed window whose notes all fell outside it has no species: draw again
+            ex = self.component(rng, max_species=1 if aug.mix_prob <= 0 else None)
+            if ex is not None and ex.species:
+                break
+        if ex is None:
+            raise RuntimeError("cannot draw a training window from the sources")
+        if aug.mix_prob > 0 and rng.random() < aug.mix_prob:
+            parts, gains = [ex], [0.0]
+            target = int(rng.integers(2, max(2, aug.mix_max) + 1))
+            for _ in range(4):
+                have = set().union(*(p.species for p in parts))
+                if len(have) >= target:
+                    break
+                other = self.component(rng, exclude={self.labels[i] for i in have},
+                                       max_species=target - len(have))
+                if other is not None and other.species and not other.species & have:
+                    parts.append(other)
+                    gains.append(float(rng.uniform(*aug.mix_gain_db)))
+            if len(parts) > 1:
+                ex = mix(parts, gains)
+        wave = ex.wave
+        if aug.gain_prob > 0 and rng.random() < aug.gain_prob:
+            wave = wave * db_to_gain(float(rng.uniform(*aug.gain_db)))
+        if aug.noise_prob > 0 and rng.random() < aug.noise_prob:
+            from .augment import add_noise
+            wave = add_noise(wave, self.noise.sample(self.n, rng, aug.noise_colors, aug.noise_file_prob),
+                             float(rng.uniform(*aug.snr_db)))
+        ex.wave = np.clip(wave, -4.0, 4.0).astype(np.float32)
+        return ex
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        ex = self.example(rng)
+        return {"wave": torch.from_numpy(ex.wave), "clip_target": torch.from_numpy(ex.clip_target),
+                "clip_mask": torch.from_numpy(ex.clip_mask), "frame_target": torch.from_numpy(ex.frame_target),
+                "frame_mask": torch.from_numpy(ex.frame_mask)}
+
+
+# --------------------------------------------------------------------------------------- validation
+
+@dataclass
+class EvalItem:
+    """One evaluation unit: a file cut into windows (scored by the max over them), or one composed window."""
+    name: str
+    windows: np.ndarray          # (W, n)
+    target: np.ndarray           # (K,)
+    mask: np.ndarray             # (K,)
+
+
+def file_windows(x: np.ndarray, n: int, hop: int, max_windows: int | None = None) -> np.ndarray:
+    """Windows of `n` samples every `hop` covering the file (the last one padded), evenly thinned to
+    `max_windows` when there are more."""
+    x = np.asarray(x, np.float32)
+    if len(x) <= n:
+        return fix_length(x, n)[None]
+    starts = list(range(0, len(x) - n + 1, hop))
+    if starts[-1] + n < len(x):
+        starts.append(len(x) - n)
+    if max_windows and len(starts) > max_windows:
+        starts = [starts[int(i)] for i in np.linspace(0, len(starts) - 1, max_windows).round()]
+    return np.stack([x[s:s + n] for s in starts])
+
+
+def recording_items(recordings: list[Recording], labels: list[str], cache, window_s: float, hop_s: float,
+                    max_windows: int | None = None) -> list[EvalItem]:
+    index = {lab: i for i, lab in enumerate(labels)}
+    n, hop = int(round(window_s * cache.sample_rate)), int(round(hop_s * cache.sample_rate))
+    items = []
+    for r in recordings:
+        t = np.zeros(len(labels), np.float32)
+        m = np.ones(len(labels), np.float32)
+        t[[index[lab] for lab in r.labels if lab in index]] = 1.0
+        m[[index[lab] for lab in r.secondary if lab in index]] = 0.0
+        items.append(EvalItem(r.path, file_windows(cache.load(r.path), n, hop, max_windows), t, m))
+    return items
+
+
+def composed_items(composer: Composer, count: int, seed: int) -> list[EvalItem]:
+    """A fixed set of composed windows (same seed → same windows), for validation on held-out snippet runs."""
+    items = []
+    rng = np.random.default_rng([seed, 7919])
+    while len(items) < count:
+        ex, _ = composer.compose(rng)
+        if ex.species:
+            items.append(EvalItem(f"composed-{len(items)}", ex.wave[None], ex.clip_target, ex.clip_mask))
+    return items
+
+
+@torch.no_grad()
+def predict_items(model, items: list[EvalItem], batch_size: int = 16, device="cpu") -> np.ndarray:
+    """(len(items), K) clipwise scores: the max over each item's windows."""
+    model.eval()
+    flat = [(k, w) for k, it in enumerate(items) for w in it.windows]
+    scores = np.zeros((len(items), model.cfg.num_classes), np.float32)
+    for s in range(0, len(flat), batch_size):
+        chunk = flat[s:s + batch_size]
+        x = torch.from_numpy(np.stack([w for _, w in chunk])).to(device)
+        p = model(x)["clipwise"].float().cpu().numpy()
+        for (k, _), row in zip(chunk, p):
+            scores[k] = np.maximum(scores[k], row)
+    return scores
