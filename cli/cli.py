@@ -192,21 +192,13 @@ _register_training_commands()
 
 
 def main() -> None:
-    """Entry point: expected errors become one line; unexpected ones too, unless BIRDLIVE_DEBUG is set."""
-    import click
+    """Entry point: expected errors become one line; unexpected ones too, unless BIRDLIVE_DEBUG is set.
 
+    Usage errors, --help and Ctrl-C before the stream starts are typer's own (standalone mode)."""
     from birdlive.model import CheckpointError
     from birdlive.streamer.sources import AudioSourceError
     try:
-        code = app(standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:  # usage errors: click's own one-line message
-        e.show()
-        sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        sys.exit(130)
+        app()
     except (AudioSourceError, CheckpointError, ValueError, OSError) as e:
         _one_line(str(e), 1)
     except Exception as e:  # a bug: still one line for the user, the traceback on request

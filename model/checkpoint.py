@@ -46,7 +46,10 @@ def save_checkpoint(model: BirdSED, path: str | Path) -> Path:
 def load_config(path: str | Path) -> ModelConfig:
     _, config = checkpoint_paths(path)
     if not config.is_file():
-        raise CheckpointError(f"no checkpoint config at {config}")
+        if Path(path).is_file():
+            raise CheckpointError(f"{path} is not a birdlive checkpoint (expected STEM.safetensors + STEM.json)")
+        raise CheckpointError(f"no checkpoint at {path} (expected {config.with_suffix('.safetensors').name} "
+                              f"and {config.name})")
     try:
         return ModelConfig.load(config)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as e:

@@ -1,0 +1,169 @@
+"""The `birdlive` command as a user runs it: CSV log, restarts, signals, kill -9, and bad input."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from birdlive.streamer import CSV_COLUMNS
+from birdlive.train.synthetic import make_scene
+
+from common import BIRDLIVE, RECORDING, TINY, birdlive, match_events, read_events_csv, read_truth
+
+
+def test_replay_writes_csv_and_restart_appends_without_second_header(tmp_path):
+    log = tmp_path / "night.csv"
+    r = birdlive("replay", RECORDING, "--model", TINY, "--csv", log, "--no-live")
+    assert r.returncode == 0, r.stderr
+    rows = read_events_csv(log)
+    assert list(rows[0]) == CSV_COLUMNS
+    truth = read_truth()
+    pairs, missed, spurious = match_events(truth, [(x["species"], float(x["onset_s"]), float(x["offset_s"]))
+                                                   for x in rows])
+    assert not missed and not spurious
+    # one printed line per event
+    assert len([ln for ln in r.stdout.splitlines() if "peak" in ln]) == len(rows)
+    r = birdlive("replay", RECORDING, "--model", TINY, "--csv", log, "--no-live")
+    assert r.returncode == 0
+    text = log.read_text().splitlines()
+    assert text.count(",".join(CSV_COLUMNS)) == 1 and len(text) == 1 + 2 * len(rows)
+
+
+def test_species_filters_and_min_conf(tmp_path):
+    log = tmp_path / "f.csv"
+    birdlive("replay", RECORDING, "--model", TINY, "--csv", log, "--no-live", "--include", "trill")
+    assert {r["species"] for r in read_events_csv(log)} == {"trill"}
+    log.unlink()
+    birdlive("replay", RECORDING, "--model", TINY, "--csv", log, "--no-live", "--exclude", "trill",
+             "--exclude", "upsweep")
+    assert {r["species"] for r in read_events_csv(log)} == {"downsweep", "two_tone"}
+    log.unlink()
+    birdlive("replay", RECORDING, "--model", TINY, "--csv", log, "--no-live", "--min-conf", "1.01")
+    assert read_events_csv(log) == []
+
+
+def test_daily_rotation_names_file_by_date(tmp_path):
+    r = birdlive("replay", RECORDING, "--model", TINY, "--csv", tmp_path / "night.csv", "--rotate", "daily",
+                 "--no-live")
+    assert r.returncode == 0
+    (f,) = tmp_path.glob("night-*.csv")
+    assert f.name == f"night-{time.strftime('%Y-%m-%d')}.csv" and read_events_csv(f)
+
+
+def _start_realtime(tmp_path, log):
+    # real-time pace so that the process is mid-stream when the signal arrives
+    return subprocess.Popen([*BIRDLIVE, "replay", str(RECORDING), "--model", str(TINY), "--csv", str(log),
+                             "--no-live", "--realtime"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _wait_for_events(proc, n, timeout=60):
+    lines, t0 = [], time.time()
+    while len(lines) < n and time.time() - t0 < timeout:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if "peak" in line:
+            lines.append(line)
+    return lines
+
+
+def test_kill_9_keeps_every_event_already_printed(tmp_path):
+    log = tmp_path / "k.csv"
+    proc = _start_realtime(tmp_path, log)
+    printed = _wait_for_events(proc, 2)
+    proc.kill()  # SIGKILL: no handler, no flush
+    proc.wait(10)
+    assert len(printed) == 2
+    rows = read_events_csv(log)
+    assert len(rows) >= len(printed)
+    for line, row in zip(printed, rows):
+        assert row["species"] in line and f"{float(row['onset_s']):.2f}" in line
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_and_sigterm_flush_and_exit_0(tmp_path, sig):
+    log = tmp_path / "s.csv"
+    proc = _start_realtime(tmp_path, log)
+    printed = _wait_for_events(proc, 1)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    rows = read_events_csv(log)
+    assert len(rows) == len(printed) + len([ln for ln in out.splitlines() if "peak" in ln])
+    assert 0 < float(rows[-1]["onset_s"]) < 25  # stopped mid-file, did not run to the end
+
+
+def _one_line_error(r, *needles):
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error:")
+    for n in needles:
+        assert n.lower() in lines[0].lower(), lines[0]
+
+
+def bad_files(tmp_path):
+    sr = 32000
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, np.float32), sr)
+    good = tmp_path / "good.wav"
+    sf.write(good, np.random.default_rng(0).standard_normal(sr * 3).astype(np.float32) * 0.1, sr)
+    truncated = tmp_path / "truncated.wav"
+    truncated.write_bytes(good.read_bytes()[:30])
+    text = tmp_path / "notes.wav"
+    text.write_text("this is not audio\n" * 100)
+    nan = tmp_path / "nan.wav"
+    x = np.zeros(sr * 8, np.float32)
+    x[sr * 6] = np.nan
+    sf.write(nan, x, sr, subtype="FLOAT")
+    inf = tmp_path / "inf.wav"
+    x[sr * 6] = np.inf
+    sf.write(inf, x, sr, subtype="FLOAT")
+    eight = tmp_path / "eight.wav"
+    sf.write(eight, np.zeros((sr, 8), np.float32), sr)
+    return {"missing": (tmp_path / "nope.wav", "not found"), "empty": (empty, "empty"),
+            "truncated": (truncated, "truncated.wav"), "text": (text, "notes.wav"), "nan": (nan, "nan"),
+            "inf": (inf, "inf"), "eight": (eight, "8 channels")}
+
+
+def test_bad_input_files_give_one_clear_line(tmp_path):
+    for name, (path, needle) in bad_files(tmp_path).items():
+        r = birdlive("replay", path, "--model", TINY, "--no-live")
+        _one_line_error(r, str(path.name), needle)
+
+
+def test_not_a_checkpoint(tmp_path):
+    junk = tmp_path / "junk"
+    (tmp_path / "junk.json").write_text("{not json")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    _one_line_error(birdlive("replay", RECORDING, "--model", junk), "junk.json")
+    _one_line_error(birdlive("replay", RECORDING, "--model", RECORDING), "not a birdlive checkpoint")
+    (tmp_path / "junk.json").write_text(TINY.with_suffix(".json").read_text())
+    _one_line_error(birdlive("replay", RECORDING, "--model", junk), "safetensors")
+
+
+@pytest.mark.parametrize("rate", [8000, 192000])
+def test_low_and_high_sample_rates_work(tmp_path, rate):
+    """8 kHz and 192 kHz recordings are resampled and give the calls they hold (up to the Nyquist limit)."""
+    calls = [("two_tone", 2.0), ("trill", 9.0)] if rate == 8000 else [("upsweep", 2.0), ("trill", 9.0)]
+    wave, truth = make_scene(14.0, rate, calls, snr_db=12, rng=np.random.default_rng(3))
+    path = tmp_path / f"r{rate}.wav"
+    sf.write(path, wave, rate)
+    log = tmp_path / "r.csv"
+    r = birdlive("replay", path, "--model", TINY, "--csv", log, "--no-live")
+    assert r.returncode == 0, r.stderr
+    got = [(x["species"], float(x["onset_s"]), float(x["offset_s"])) for x in read_events_csv(log)]
+    _, missed, spurious = match_events(truth, got, tol=0.35)
+    assert not missed and not spurious, (got, truth)
+
+
+def test_python_m_birdlive_and_help():
+    r = subprocess.run([sys.executable, "-m", "birdlive", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "replay" in r.stdout and "listen" in r.stdout and "devices" in r.stdout
