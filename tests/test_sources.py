@@ -1,0 +1,568 @@
+"""Tests for birdlive.streamer.sources: files, and a REAL capture device.
+
+The MicSource tests capture from a private PulseAudio null sink through
+PortAudio/ALSA (see tests/pulse.py); they skip when the packages from
+.ci/apt-packages.txt are missing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pulse import pulse_null_sink  # noqa: E402
+
+from birdlive.streamer.sources import (  # noqa: E402
+    AudioBlock,
+    AudioSourceError,
+    FileSource,
+    MicSource,
+    list_input_devices,
+    resolve_input_device,
+)
+
+SR = 32000
+
+
+def tone(freq, seconds, rate, amp=0.5, phase=0.0):
+    t = np.arange(int(round(seconds * rate))) / rate
+    return (amp * np.sin(2 * np.pi * freq * t + phase)).astype(np.float32)
+
+
+def peak_freq(x, rate):
+    w = np.hanning(len(x))
+    spec = np.abs(np.fft.rfft(x * w))
+    k = int(np.argmax(spec))
+    # parabolic interpolation for sub-bin accuracy
+    if 0 < k < len(spec) - 1:
+        a, b, c = np.log(spec[k - 1 : k + 2] + 1e-12)
+        k = k + 0.5 * (a - c) / (a - 2 * b + c)
+    return k * rate / len(x)
+
+
+def read_all(src):
+    blocks = list(src)
+    return blocks, np.concatenate([b.samples for b in blocks]) if blocks else np.zeros(0, np.float32)
+
+
+def check_contiguous(blocks):
+    pos = blocks[0].start_sample
+    assert pos == 0
+    for b in blocks:
+        assert isinstance(b, AudioBlock)
+        assert b.samples.dtype == np.float32 and b.samples.ndim == 1
+        assert b.start_sample == pos
+        pos += len(b.samples)
+
+
+# ------------------------------------------------------------------ FileSource
+
+
+@pytest.mark.parametrize("rate,freq", [(8000, 1000.0), (192000, 3000.0), (44100, 2500.0), (32000, 4000.0)])
+def test_resampling_keeps_frequency_and_length(tmp_path, rate, freq):
+    secs = 3.0
+    path = tmp_path / f"sine_{rate}.wav"
+    sf.write(path, tone(freq, secs, rate), rate, subtype="FLOAT")
+    src = FileSource(path, SR, block_s=0.5)
+    assert src.native_rate == rate and src.channels == 1
+    assert src.duration_s == pytest.approx(secs)
+    blocks, x = read_all(src)
+    check_contiguous(blocks)
+    assert abs(len(x) - secs * SR) <= 2
+    assert all(len(b.samples) == SR // 2 for b in blocks[:-1])
+    assert all(b.wall_time is None for b in blocks)
+    mid = x[SR // 2 : -SR // 2]
+    assert peak_freq(mid, SR) == pytest.approx(freq, rel=2e-3)
+    assert np.sqrt(np.mean(mid**2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.02)
+    assert src.stats["blocks"] == len(blocks)
+
+
+def test_reads_in_blocks_not_whole_file(tmp_path, monkeypatch):
+    path = tmp_path / "long.flac"
+    rate = 16000
+    sf.write(path, tone(440, 20, rate, amp=0.3), rate)
+    calls = []
+    orig = sf.SoundFile.read
+
+    def spy(self, frames=-1, *a, **kw):
+        calls.append(frames)
+        return orig(self, frames, *a, **kw)
+
+    monkeypatch.setattr(sf.SoundFile, "read", spy)
+    blocks, x = read_all(FileSource(path, SR, block_s=1.0))
+    assert calls and all(0 < c <= rate for c in calls), calls[:5]
+    assert len(calls) >= 20
+    assert len(blocks) == 20 and abs(len(x) - 20 * SR) <= 2
+
+
+def test_stereo_downmix_and_channel_pick(tmp_path):
+    rate = 32000
+    left = tone(1000, 1, rate, amp=0.4)
+    right = tone(1000, 1, rate, amp=0.2)
+    path = tmp_path / "st.wav"
+    sf.write(path, np.stack([left, right], axis=1), rate, subtype="FLOAT")
+    _, x = read_all(FileSource(path, SR))
+    np.testing.assert_allclose(x, (left + right) / 2, atol=1e-6)
+    _, x1 = read_all(FileSource(path, SR, channel=1))
+    np.testing.assert_allclose(x1, right, atol=1e-6)
+
+
+def test_multichannel_requires_channel(tmp_path):
+    rate = 16000
+    data = np.zeros((rate, 8), np.float32)
+    data[:, 5] = tone(2000, 1, rate)
+    path = tmp_path / "eight.wav"
+    sf.write(path, data, rate, subtype="FLOAT")
+    with pytest.raises(AudioSourceError) as ei:
+        FileSource(path, SR)
+    msg = str(ei.value)
+    assert msg == f"{path}: 8 channels; pick one with --channel N (0-7)"
+    _, x = read_all(FileSource(path, SR, channel=5))
+    assert peak_freq(x[1000:-1000], SR) == pytest.approx(2000, rel=2e-3)
+    with pytest.raises(AudioSourceError, match=r"channel 8 does not exist.*0-7"):
+        FileSource(path, SR, channel=8)
+    with pytest.raises(AudioSourceError, match="channel -1 does not exist"):
+        FileSource(path, SR, channel=-1)
+
+
+@pytest.mark.parametrize("fmt", ["FLAC", "OGG", "MP3"])
+def test_compressed_formats(tmp_path, fmt):
+    if fmt not in sf.available_formats():
+        pytest.skip(f"libsndfile {sf.__libsndfile_version__} has no {fmt}")
+    rate = 44100
+    path = tmp_path / f"t.{fmt.lower()}"
+    sf.write(path, tone(3000, 2, rate, amp=0.3), rate, format=fmt)
+    blocks, x = read_all(FileSource(path, SR, block_s=0.25))
+    check_contiguous(blocks)
+    assert abs(len(x) - 2 * SR) < 0.05 * SR
+    assert peak_freq(x[SR // 4 : -SR // 4], SR) == pytest.approx(3000, rel=3e-3)
+
+
+def test_realtime_paces_to_wall_clock(tmp_path):
+    rate = 16000
+    path = tmp_path / "rt.wav"
+    sf.write(path, tone(500, 0.6, rate), rate)
+    t0 = time.time()
+    blocks = list(FileSource(path, SR, block_s=0.2, realtime=True))
+    took = time.time() - t0
+    assert 0.5 < took < 1.5
+    assert len(blocks) == 3
+    walls = [b.wall_time for b in blocks]
+    assert all(w is not None for w in walls)
+    assert walls[1] - walls[0] == pytest.approx(0.2, abs=1e-6)
+    assert abs(walls[0] - t0) < 0.2
+
+
+def _assert_one_line(err: AudioSourceError, path) -> str:
+    msg = str(err)
+    assert "\n" not in msg and msg.strip() == msg and msg
+    assert str(path) in msg, msg
+    return msg
+
+
+def test_missing_file(tmp_path):
+    p = tmp_path / "nope.wav"
+    with pytest.raises(AudioSourceError) as ei:
+        FileSource(p, SR)
+    assert str(ei.value) == f"{p}: file not found"
+
+
+def test_directory(tmp_path):
+    with pytest.raises(AudioSourceError) as ei:
+        FileSource(tmp_path, SR)
+    assert "directory" in _assert_one_line(ei.value, tmp_path)
+
+
+def test_empty_files(tmp_path):
+    p0 = tmp_path / "zero_bytes.wav"
+    p0.write_bytes(b"")
+    with pytest.raises(AudioSourceError) as ei:
+        FileSource(p0, SR)
+    assert "empty" in _assert_one_line(ei.value, p0)
+    p1 = tmp_path / "zero_frames.wav"
+    sf.write(p1, np.zeros(0, np.float32), 16000)
+    with pytest.raises(AudioSourceError) as ei:
+        FileSource(p1, SR)
+    assert "0 samples" in _assert_one_line(ei.value, p1)
+
+
+def test_not_audio(tmp_path):
+    p = tmp_path / "notes.wav"
+    p.write_text("this is a text file, not audio\n" * 20)
+    with pytest.raises(AudioSourceError) as ei:
+        FileSource(p, SR)
+    assert "not an audio file" in _assert_one_line(ei.value, p)
+
+
+def test_truncated_wav(tmp_path):
+    good = tmp_path / "good.wav"
+    sf.write(good, tone(440, 3, 16000), 16000)
+    data = good.read_bytes()
+    bad = tmp_path / "cut.wav"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioSourceError) as ei:
+        list(FileSource(bad, SR))
+    assert "truncated" in _assert_one_line(ei.value, bad)
+
+
+def test_streamed_wav_with_placeholder_size_is_fine(tmp_path):
+    """A WAV written to a pipe (data size 0xFFFFFFFF) is not an error."""
+    good = tmp_path / "good.wav"
+    sf.write(good, tone(440, 1, 16000), 16000, subtype="PCM_16")
+    b = bytearray(good.read_bytes())
+    i = b.index(b"data")
+    b[i + 4 : i + 8] = b"\xff\xff\xff\xff"
+    b[4:8] = b"\xff\xff\xff\xff"
+    p = tmp_path / "piped.wav"
+    p.write_bytes(bytes(b))
+    _, x = read_all(FileSource(p, SR))
+    assert abs(len(x) - SR) <= 2
+
+
+@pytest.mark.parametrize("ext,fmt", [("flac", "FLAC"), ("ogg", "OGG")])
+def test_truncated_compressed(tmp_path, ext, fmt):
+    good = tmp_path / f"good.{ext}"
+    rng = np.random.default_rng(0)
+    sf.write(good, (0.3 * rng.standard_normal(16000 * 4)).astype(np.float32), 16000, format=fmt)
+    data = good.read_bytes()
+    bad = tmp_path / f"cut.{ext}"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioSourceError) as ei:
+        list(FileSource(bad, SR))
+    _assert_one_line(ei.value, bad)
+
+
+def test_corrupt_flac(tmp_path):
+    good = tmp_path / "good.flac"
+    sf.write(good, tone(440, 3, 16000, amp=0.3), 16000)
+    b = bytearray(good.read_bytes())
+    for i in range(400, len(b)):
+        b[i] = (i * 7919) % 256
+    bad = tmp_path / "garbled.flac"
+    bad.write_bytes(bytes(b))
+    with pytest.raises(AudioSourceError) as ei:
+        list(FileSource(bad, SR))
+    assert "corrupt" in _assert_one_line(ei.value, bad)
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+def test_nan_inf_reports_time(tmp_path, bad_value):
+    rate = 16000
+    x = tone(440, 3, rate)
+    x[int(2.5 * rate)] = bad_value
+    p = tmp_path / "nan.wav"
+    sf.write(p, x, rate, subtype="FLOAT")
+    got = []
+    with pytest.raises(AudioSourceError) as ei:
+        for b in FileSource(p, SR, block_s=1.0):
+            got.append(b)
+    msg = _assert_one_line(ei.value, p)
+    assert "NaN/Inf" in msg and "2.500 s" in msg, msg
+    assert len(got) >= 1  # the good part before it was delivered
+
+
+# ------------------------------------------------------------------ devices
+
+
+def test_portaudio_missing_message():
+    code = textwrap.dedent(
+        """
+        import ctypes.util
+        _orig = ctypes.util.find_library
+        ctypes.util.find_library = lambda n: None if "portaudio" in n else _orig(n)
+        import birdlive.streamer.sources as s
+        # file replay must still work without PortAudio
+        assert "sounddevice" not in __import__("sys").modules
+        for fn in (s.list_input_devices, lambda: s.resolve_input_device("x"),
+                   lambda: s.MicSource(None, 32000)):
+            try:
+                fn()
+            except s.AudioSourceError as e:
+                print("ERR:" + str(e))
+            else:
+                print("NOERR")
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    want = "ERR:PortAudio library not found: install it with `apt-get install libportaudio2`"
+    assert lines == [want] * 3, r.stdout + r.stderr
+
+
+def _portaudio_or_skip():
+    try:
+        return list_input_devices()
+    except AudioSourceError as e:
+        pytest.skip(str(e))
+
+
+def test_unknown_device_errors():
+    _portaudio_or_skip()
+    for spec in (9999, "9999", "no-such-microphone-xyz"):
+        with pytest.raises(AudioSourceError) as ei:
+            resolve_input_device(spec)
+        msg = str(ei.value)
+        assert "birdlive devices" in msg and "\n" not in msg
+    with pytest.raises(AudioSourceError, match="birdlive devices"):
+        MicSource("no-such-microphone-xyz", SR)
+    assert resolve_input_device(None) is None
+
+
+@pytest.fixture(scope="module")
+def pa():
+    with pulse_null_sink() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def tone_wav(tmp_path_factory):
+    """1 s silence, 2 s of 2 kHz at 0.5, 1 s silence (48 kHz stereo)."""
+    rate = 48000
+    x = np.concatenate([np.zeros(rate, np.float32), tone(2000, 2, rate), np.zeros(rate, np.float32)])
+    p = tmp_path_factory.mktemp("wav") / "tone.wav"
+    sf.write(p, np.stack([x, x], axis=1), rate, subtype="PCM_16")
+    return p
+
+
+def test_list_and_resolve_devices(pa):
+    devs = list_input_devices()
+    names = [d["name"] for d in devs]
+    assert pa.device in names, names
+    d = devs[names.index(pa.device)]
+    assert set(d) == {"index", "name", "hostapi", "max_input_channels", "default_samplerate", "is_default"}
+    assert d["max_input_channels"] >= 1 and d["hostapi"]
+    assert resolve_input_device("PULSE") == d["index"]
+    assert resolve_input_device("puls") == d["index"]
+    assert resolve_input_device(d["index"]) == d["index"]
+    assert resolve_input_device(str(d["index"])) == d["index"]
+    if len([n for n in names if "e" in n.lower()]) > 1:
+        with pytest.raises(AudioSourceError, match="ambiguous"):
+            resolve_input_device("e")
+
+
+def _capture(src, seconds, on_block=None):
+    """Iterate src until on_block stops it, or stop it after `seconds` (safety net)."""
+    blocks = []
+    timer = threading.Timer(seconds, src.stop)
+    timer.daemon = True
+    timer.start()
+    try:
+        for b in src:
+            blocks.append(b)
+            if on_block:
+                on_block(b, blocks)
+    finally:
+        timer.cancel()
+    return blocks
+
+
+class TonePlayer:
+    """on_block callback: start paplay after `after` blocks, stop the source
+    `tail_s` of stream time after paplay has finished."""
+
+    def __init__(self, pa, src, wav, after=3, tail_s=0.5, start_when=None):
+        self.pa, self.src, self.wav = pa, src, wav
+        self.after, self.tail = after, int(tail_s * src.sample_rate)
+        self.start_when = start_when or (lambda b, blocks: len(blocks) >= after)
+        self.proc = None
+        self.play_pos = None  # stream position when paplay was started
+        self.stop_at = None
+
+    def __call__(self, b, blocks):
+        if self.proc is None:
+            if self.start_when(b, blocks):
+                self.proc = self.pa.play(self.wav)
+                self.play_pos = b.end_sample
+        elif self.stop_at is None:
+            if self.proc.poll() is not None:
+                assert self.proc.returncode == 0, self.proc.stderr.read()
+                self.stop_at = b.end_sample + self.tail
+        elif b.end_sample >= self.stop_at:
+            self.src.stop()
+
+    def finished(self):
+        return self.stop_at is not None
+
+
+def _tone_profile(x, rate, win=0.1):
+    n = int(win * rate)
+    out = []
+    for i in range(0, len(x) - n + 1, n):
+        seg = x[i : i + n]
+        rms = float(np.sqrt(np.mean(seg**2)))
+        out.append((rms, peak_freq(seg, rate) if rms > 1e-3 else 0.0))
+    return out
+
+
+def _assert_tone(x, rate, min_s=1.7, max_s=2.3):
+    """x holds one 2 s burst of 2 kHz at amplitude 0.5 surrounded by silence."""
+    prof = _tone_profile(x, rate)
+    loud = [i for i, (rms, f) in enumerate(prof) if rms > 0.1]
+    assert loud, prof
+    assert min_s * 10 <= len(loud) <= max_s * 10 + 1, (loud, prof)
+    assert loud[-1] - loud[0] + 1 == len(loud), loud  # one contiguous burst
+    for i in loud[1:-1]:
+        rms, f = prof[i]
+        assert rms == pytest.approx(0.5 / np.sqrt(2), rel=0.05), prof
+        assert f == pytest.approx(2000, rel=5e-3), prof
+    return loud[0] * int(0.1 * rate)  # onset sample (window resolution)
+
+
+def test_mic_captures_played_tone(pa, tone_wav):
+    src = MicSource(pa.device, SR, block_s=0.1)
+    assert src.name == pa.device and src.device_rate == SR
+    player = TonePlayer(pa, src, tone_wav)
+    blocks = _capture(src, 25.0, player)
+    assert player.finished(), "paplay did not finish in time"
+    check_contiguous(blocks)
+    x = np.concatenate([b.samples for b in blocks])
+    onset = _assert_tone(x, SR)
+    # the tone starts ~1 s (the leading silence) after playback began
+    onset_s = (onset - player.play_pos) / SR
+    assert 0.5 < onset_s < 3.0, onset_s
+    prof = _tone_profile(x, SR)
+    assert max(rms for rms, _ in prof[: onset // int(0.1 * SR) - 1]) < 1e-3  # silence before
+    # wall-clock timestamps follow the stream
+    w = [b.wall_time for b in blocks]
+    assert all(v is not None for v in w)
+    assert w[-1] - w[0] == pytest.approx((blocks[-1].start_sample - blocks[0].start_sample) / SR, abs=1e-6)
+    assert abs(w[-1] + 0.1 - time.time()) < 2.0
+    assert src.stats["reconnects"] == 0 and src.stats["blocks"] == len(blocks)
+    assert src._stream is None  # closed when iteration ended
+
+
+def test_mic_resamples_from_device_rate(pa, tone_wav):
+    """pulse opens 16 kHz natively; force the device-rate -> target-rate path too."""
+    src = MicSource(pa.device, 16000, block_s=0.05)
+    assert src.device_rate == 16000
+    src.device_rate = 44100  # as if the device only did 44.1 kHz
+    player = TonePlayer(pa, src, tone_wav)
+    blocks = _capture(src, 25.0, player)
+    assert player.finished()
+    check_contiguous(blocks)
+    assert all(len(b.samples) == 800 for b in blocks[:-1])
+    _assert_tone(np.concatenate([b.samples for b in blocks]), 16000)
+
+
+def test_mic_stop_from_other_thread_ends_quickly(pa):
+    src = MicSource(pa.device, SR, block_s=0.1)
+    got_first = threading.Event()
+    t_stop = []
+
+    def stopper():
+        got_first.wait(15)
+        time.sleep(0.3)
+        t_stop.append(time.monotonic())
+        src.stop()
+
+    th = threading.Thread(target=stopper, daemon=True)
+    th.start()
+    blocks = []
+    for b in src:
+        blocks.append(b)
+        got_first.set()
+    ended = time.monotonic()
+    th.join(5)
+    assert blocks and t_stop
+    assert ended - t_stop[0] < 1.0
+    check_contiguous(blocks)
+    assert src._stream is None
+
+
+def test_mic_reconnects_when_device_vanishes(pa, tone_wav):
+    src = MicSource(pa.device, SR, block_s=0.1, reconnect_s=20)
+    src.retry_s = 0.5
+    ev = {}
+
+    def bring_back():  # no blocks flow during the outage, so do it from a thread
+        while "unloaded" not in ev:
+            time.sleep(0.05)
+        time.sleep(1.5)
+        pa.load_sink()
+        ev["loaded"] = True
+
+    player = TonePlayer(pa, src, tone_wav, start_when=lambda b, blocks: src.stats["reconnects"] >= 1)
+
+    def on_block(b, blocks):
+        if "unloaded" not in ev and len(blocks) >= 5:
+            ev["unloaded"] = b.end_sample
+            pa.unload_sink()
+        player(b, blocks)
+
+    th = threading.Thread(target=bring_back, daemon=True)
+    th.start()
+    blocks = _capture(src, 30.0, on_block)
+    th.join(5)
+    assert src.stats["reconnects"] >= 1, src.stats
+    assert player.finished(), src.stats
+    check_contiguous(blocks)
+    # stream time covers the outage (zeros): it stays locked to the wall clock
+    span = (blocks[-1].end_sample - blocks[0].start_sample) / SR
+    wall_span = blocks[-1].wall_time + len(blocks[-1].samples) / SR - blocks[0].wall_time
+    assert span == pytest.approx(wall_span, abs=1e-3)
+    assert src.stats["gap_samples"] > 1.0 * SR, src.stats
+    # and the tone played after reconnecting is captured
+    x = np.concatenate([b.samples for b in blocks])
+    _assert_tone(x[player.play_pos :], SR)
+
+
+def test_mic_gives_up_after_reconnect_window(pa):
+    src = MicSource(pa.device, SR, block_s=0.1, reconnect_s=1.5)
+    src.retry_s = 0.3
+    n = 0
+    try:
+        with pytest.raises(AudioSourceError) as ei:
+            for b in src:
+                n += 1
+                if n == 3:
+                    pa.unload_sink()
+        msg = str(ei.value)
+        assert "lost" in msg and pa.device in msg and "\n" not in msg
+        assert src.stats["reconnects"] == 0
+    finally:
+        if pa.module_id is None:
+            pa.load_sink()
+
+
+def test_mic_survives_sound_server_crash(pa, tone_wav):
+    """The whole server dies (every PortAudio device vanishes) and comes back:
+    PortAudio is re-initialised, the device found again by name, and reopened."""
+    src = MicSource(pa.device, SR, block_s=0.1, reconnect_s=20)
+    src.retry_s = 0.5
+    ev = {}
+
+    def bring_back():
+        while "crashed" not in ev:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        pa.restart_server()
+
+    player = TonePlayer(pa, src, tone_wav, start_when=lambda b, blocks: src.stats["reconnects"] >= 1)
+
+    def on_block(b, blocks):
+        if "crashed" not in ev and len(blocks) >= 3:
+            ev["crashed"] = True
+            pa.crash_server()
+        player(b, blocks)
+
+    th = threading.Thread(target=bring_back, daemon=True)
+    th.start()
+    blocks = _capture(src, 30.0, on_block)
+    th.join(20)
+    assert src.stats["reconnects"] >= 1 and player.finished(), src.stats
+    check_contiguous(blocks)
+    span = (blocks[-1].end_sample - blocks[0].start_sample) / SR
+    wall_span = blocks[-1].wall_time + len(blocks[-1].samples) / SR - blocks[0].wall_time
+    assert span == pytest.approx(wall_span, abs=1e-3)
+    x = np.concatenate([b.samples for b in blocks])
+    _assert_tone(x[player.play_pos :], SR)
