@@ -18,7 +18,7 @@ err = Console(stderr=True)
 
 
 def _fail(msg: str) -> None:
-    err.print(f"[red]error:[/] {msg}", highlight=False)
+    err.print(f"[red]error:[/] {msg}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 

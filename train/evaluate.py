@@ -157,7 +157,10 @@ def event_metrics(reference: list[RefEvent], estimated: list[RefEvent], onset_to
 
 def detect_events(model, wave: np.ndarray, source: str = "") -> list:
     from birdlive.streamer.offline import detect_waveform
-    return detect_waveform(model, np.asarray(wave, np.float32), source=source)
+
+    from .threads import cpu_threads
+    with cpu_threads():
+        return detect_waveform(model, np.asarray(wave, np.float32), source=source)
 
 
 def evaluate_events(model, reference: list[RefEvent], waves: dict[str, np.ndarray], onset_tolerance: float = 0.5,
@@ -241,7 +244,9 @@ def evaluate_model(model, data: list[str], split: str | None = None, subset: str
                          + (f" (the data's species are not the model's: {', '.join(unknown[:5])} ...)" if unknown else ""))
     cache = AudioCache(cache_dir, cfg.sample_rate)
     items = recording_items(recs, cfg.labels, cache, cfg.window_s, hop_s or cfg.window_s / 2, max_windows)
-    scores = predict_items(model, items, batch_size, device)
+    from .threads import cpu_threads
+    with cpu_threads():
+        scores = predict_items(model, items, batch_size, device)
     result = clip_metrics(scores, np.stack([it.target for it in items]), np.stack([it.mask for it in items]),
                           cfg.labels, cfg.threshold_on, cfg.names, worst)
     result.update(data=[str(d) for d in data], split=split, subset=subset if split else None,

@@ -4,8 +4,11 @@ Reads top to bottom: `train(TrainConfig)` sets up the run folder, the data and i
 and (on --resume) the state of the last epoch, then loops over epochs.
 
 Loss — binary cross-entropy, on both outputs:
-    L = BCE(clipwise, clip targets)                 over the (clip, species) pairs whose label is known
-      + frame_weight · BCE(framewise_logit, frame targets)   over the (frame, species) pairs that are known
+    L = BCE(clipwise, clip targets)                          over the (clip, species) pairs whose label is known
+      + frame_weight · [ BCE(max_t framewise_logit, clip targets)   same pairs: a present species must peak
+                                                                     somewhere in the framewise track, an absent
+                                                                     one nowhere (the BirdCLEF "SED" loss)
+                       + BCE(framewise_logit, frame targets) ]  over the (frame, species) pairs that are known
 Why BCE and not focal loss: the streamer turns scores into events with *fixed* thresholds (`threshold_on/off` in
 the config), so the scores must be calibrated probabilities; BCE is a proper scoring rule and keeps them so, while
 focal loss (γ > 0) deliberately flattens confident scores and moves the operating point. The usual reason for
@@ -48,6 +51,7 @@ from .cache import AudioCache
 from .composer import Composer, ComposerConfig, SnippetPool
 from .datasets import Split, load_dataset, merge, split_groups
 from .evaluate import clip_metrics
+from .threads import cpu_threads
 from .windows import WindowSet, composed_items, predict_items, recording_items
 
 
@@ -81,6 +85,7 @@ class TrainConfig:
     val_composed: int | None = None   # composed validation windows (default: 4 per species with held-out runs)
     max_minutes: float | None = None  # wall-clock budget: stop after the epoch in which it runs out
     workers: int = 0                  # DataLoader worker processes (0: windows are made in the training process)
+    threads: int | None = None        # torch CPU threads; default: all cores but one (see `train`)
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     amp: bool = True                  # mixed precision on CUDA
     cache_dir: str | None = None
@@ -116,12 +121,17 @@ def sed_loss(out: dict, batch: dict, frame_weight: float = 0.5, focal_gamma: flo
     if logit.shape[1] != ft.shape[1]:   # window length off by a rounding: align the frame grids
         logit = F.interpolate(logit.transpose(1, 2), size=ft.shape[1], mode="linear").transpose(1, 2)
     lf = F.binary_cross_entropy_with_logits(logit, ft, reduction="none")
+    lm = F.binary_cross_entropy_with_logits(logit.amax(dim=1), ct, reduction="none")   # max over time vs clip
     if focal_gamma > 0:
         p = torch.sigmoid(logit)
         lf = lf * (1 - (ft * p + (1 - ft) * (1 - p))) ** focal_gamma
+        pm = torch.sigmoid(logit.amax(dim=1))
+        lm = lm * (1 - (ct * pm + (1 - ct) * (1 - pm))) ** focal_gamma
     frame_loss = (lf * fm).sum() / fm.sum().clamp(min=1.0)
-    loss = clip_loss + frame_weight * frame_loss
-    return loss, {"clip": float(clip_loss.detach()), "frame": float(frame_loss.detach())}
+    max_loss = (lm * cm).sum() / cm.sum().clamp(min=1.0)
+    loss = clip_loss + frame_weight * (max_loss + frame_loss)
+    return loss, {"clip": float(clip_loss.detach()), "max": float(max_loss.detach()),
+                  "frame": float(frame_loss.detach())}
 
 
 def lr_at(progress: float, step: int, warmup_steps: int, base: float, floor: float = 0.02) -> float:
@@ -141,6 +151,9 @@ def save_optimizer(opt: torch.optim.Optimizer, stem: Path, extra: dict) -> None:
                 tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
             else:
                 meta[f"{pid}.{k}"] = v
+    tensors["rng.torch_cpu"] = torch.get_rng_state()     # dropout / SpecAugment draws continue where they were
+    if torch.cuda.is_available():
+        tensors["rng.torch_cuda"] = torch.cuda.get_rng_state()
     tmp = stem.with_name(stem.name + ".optim.safetensors.tmp")
     save_file(tensors, str(tmp))
     tmp.replace(stem.with_name(stem.name + ".optim.safetensors"))
@@ -153,6 +166,11 @@ def save_optimizer(opt: torch.optim.Optimizer, stem: Path, extra: dict) -> None:
 def load_optimizer(opt: torch.optim.Optimizer, stem: Path, device) -> dict:
     state = json.loads(stem.with_name(stem.name + ".state.json").read_text())
     tensors = load_file(str(stem.with_name(stem.name + ".optim.safetensors")), device=str(device))
+    rng_cpu, rng_cuda = tensors.pop("rng.torch_cpu", None), tensors.pop("rng.torch_cuda", None)
+    if rng_cpu is not None:
+        torch.set_rng_state(rng_cpu.cpu())
+    if rng_cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng_cuda.cpu())
     st: dict[int, dict] = {}
     for key, v in list(tensors.items()) + list(state.pop("meta").items()):
         pid, k = key.split(".", 1)
@@ -195,7 +213,13 @@ def pick_device(name: str) -> torch.device:
 def train(cfg: TrainConfig, resume: bool = False, console=None, show_progress: bool = True) -> dict:
     """Trains per `cfg` into `cfg.run_dir`; returns a summary dict (best epoch and its validation figures, paths).
     With `resume`, continues the run in `cfg.run_dir` from its last complete epoch (its train.json and split are
-    kept; `epochs`, `max_minutes`, `workers`, `device` may be changed)."""
+    kept; `epochs`, `max_minutes`, `workers`, `threads`, `device` may be changed).
+    CPU threads: all cores but one unless `threads` says otherwise (`threads.default_threads` says why)."""
+    with cpu_threads(cfg.threads):
+        return _train(cfg, resume, console, show_progress)
+
+
+def _train(cfg: TrainConfig, resume: bool, console, show_progress: bool) -> dict:
     from rich.console import Console
     console = console or Console(quiet=not show_progress)
     run = Path(cfg.run_dir)
@@ -206,7 +230,7 @@ def train(cfg: TrainConfig, resume: bool = False, console=None, show_progress: b
     if resuming:
         saved = TrainConfig.from_dict(json.loads((run / "train.json").read_text()))
         cfg = dataclasses.replace(saved, epochs=cfg.epochs, max_minutes=cfg.max_minutes, workers=cfg.workers,
-                                  device=cfg.device, run_dir=cfg.run_dir)
+                                  threads=cfg.threads, device=cfg.device, run_dir=cfg.run_dir)
     if not cfg.data and not cfg.snippets:
         raise TrainError("no training data: give at least one recordings dataset or snippet set")
     (run / "train.json").write_text(json.dumps(cfg.to_dict(), indent=1))

@@ -1,0 +1,100 @@
+"""Clip metrics (scikit-learn), event matching, the noise false-positive count."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+import birdlive.train.evaluate as ev
+from birdlive.train.evaluate import RefEvent, clip_metrics, event_metrics, read_strong_labels
+
+LABELS = ["a", "b", "c"]
+
+
+def test_clip_metrics_ap_f1_top1_and_confusions():
+    rng = np.random.default_rng(0)
+    targets = np.zeros((12, 3))
+    targets[np.arange(12), np.arange(12) % 3] = 1                       # 4 single-species files per species
+    scores = np.clip(targets * 0.7 + rng.uniform(0, 0.4, (12, 3)), 0, 1)
+    scores[[2, 5], 1] = 0.95                                           # two files of c score highest as b
+    res = clip_metrics(scores, targets, None, LABELS, threshold=0.5, names=["A", "", "C"])
+    for k, sp in enumerate(res["species"]):
+        assert sp["ap"] == pytest.approx(average_precision_score(targets[:, k], scores[:, k]))
+    assert res["macro_map"] == pytest.approx(np.mean([sp["ap"] for sp in res["species"]]))
+    pred, y = scores >= 0.5, targets > 0
+    tp, fp, fn = (pred & y).sum(), (pred & ~y).sum(), (~pred & y).sum()
+    assert res["f1_micro"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    top = scores.argmax(1)
+    assert res["top1"] == pytest.approx((top == targets.argmax(1)).mean()) and res["n_single"] == 12
+    c = res["species"][2]
+    assert c["top1"] == pytest.approx(0.5) and c["confused_with"][0] == ["b", 2]
+    assert res["worst"][0] in ("b", "c")
+
+
+def test_masked_labels_do_not_count():
+    targets = np.array([[1, 0], [0, 1], [1, 0], [0, 1]], float)
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.8, 0.3], [0.1, 0.7]])
+    masks = np.ones_like(targets)
+    base = clip_metrics(scores, targets, masks, ["a", "b"])
+    assert base["macro_map"] == 1.0
+    scores[1, 0] = 0.99                                                # a confident "a" on a b-file ...
+    assert clip_metrics(scores, targets, masks, ["a", "b"])["species"][0]["ap"] < 1.0
+    masks[1, 0] = 0                                                    # ... where a is a secondary: no penalty
+    res = clip_metrics(scores, targets, masks, ["a", "b"])
+    assert res["species"][0]["ap"] == 1.0 and res["species"][0]["n"] == 3
+    assert res["n_single"] == 3                                        # a file with a masked label is not single
+
+
+def test_event_matching_tolerance_species_file_and_one_to_one():
+    ref = [RefEvent("f", "x", 1.0, 2.0), RefEvent("f", "x", 5.0, 5.5), RefEvent("g", "y", 3.0, 4.0)]
+    est = [RefEvent("f", "x", 1.4, 2.6),     # within 0.5 s of onset 1.0: hit
+           RefEvent("f", "x", 1.1, 2.0),     # a second estimate of the same call: false positive
+           RefEvent("f", "x", 5.6, 6.0),     # 0.6 s late: miss + false positive
+           RefEvent("f", "y", 3.0, 4.0),     # right time, wrong file for y
+           RefEvent("g", "x", 3.0, 4.0)]     # right file and time, wrong species
+    m = event_metrics(ref, est, onset_tolerance=0.5)
+    assert (m["tp"], m["fp"], m["fn"]) == (1, 4, 2)
+    assert m["precision"] == pytest.approx(1 / 5) and m["recall"] == pytest.approx(1 / 3)
+    assert m["f1"] == pytest.approx(2 * 0.2 * (1 / 3) / (0.2 + 1 / 3))
+    assert event_metrics(ref, est, onset_tolerance=0.61)["tp"] == 2
+    # offsets: 2.6 vs 2.0 is beyond max(0.5, 0.2 × 1 s) → the first call is matched by the second estimate
+    m2 = event_metrics(ref, est, onset_tolerance=0.5, offset_tolerance=0.5)
+    assert m2["tp"] == 1 and m2["species"]["x"]["tp"] == 1
+
+
+def test_event_matching_is_a_maximum_matching():
+    ref = [RefEvent("f", "x", 0.0, 1.0), RefEvent("f", "x", 0.8, 1.5)]
+    est = [RefEvent("f", "x", 0.4, 1.0), RefEvent("f", "x", 0.1, 1.0)]  # greedy in order would find one pair
+    assert event_metrics(ref, est, onset_tolerance=0.5)["tp"] == 2
+
+
+def test_read_strong_labels(tmp_path):
+    p = tmp_path / "strong.csv"
+    p.write_text("file,species,onset,offset\na.wav,x,1.5,2.0\n")
+    assert read_strong_labels(p) == [RefEvent("a.wav", "x", 1.5, 2.0)]
+    (tmp_path / "bad.csv").write_text("file,label\n")
+    with pytest.raises(ValueError, match="onset"):
+        read_strong_labels(tmp_path / "bad.csv")
+
+
+class _Cfg:
+    sample_rate = 8000
+
+
+class _Model:
+    cfg = _Cfg()
+
+
+def test_noise_false_positive_count_uses_the_detector(monkeypatch):
+    seen = []
+
+    def fake_detect(model, wave, source=""):
+        seen.append((source, len(wave), float(np.sqrt(np.mean(wave ** 2)))))
+        n = {"white-noise": 2, "pink-noise": 0, "brown-noise": 1}[source]
+        return [type("E", (), {"species": "x"})()] * n
+
+    monkeypatch.setattr(ev, "detect_events", fake_detect)
+    res = ev.noise_false_positives(_Model(), minutes=0.5, dbfs=-20.0)
+    assert res["events"] == {"white": 2, "pink": 0, "brown": 1} and res["total"] == 3
+    assert [s[1] for s in seen] == [0.5 * 60 * 8000] * 3
+    assert all(s[2] == pytest.approx(0.1, rel=0.01) for s in seen)    # -20 dBFS RMS
