@@ -39,6 +39,8 @@ def train(
     snippets: List[Path] = typer.Option([], "--snippets", help="Short-call sets (species folders) composed into "
                                                                "windows with strong labels; repeatable."),
     noise_dir: Optional[Path] = typer.Option(None, "--noise-dir", help="Real background noise files for augmentation."),
+    species: Optional[str] = typer.Option(None, "--species", help="Only these species: comma-separated labels or "
+                                                                  "common names, or a file with one per line."),
     preset: str = typer.Option("cpu", "--preset", help="Model preset: tiny, cpu, full."),
     window: float = typer.Option(5.0, "--window", help="Training window, seconds."),
     epochs: int = typer.Option(30, "--epochs"),
@@ -60,6 +62,10 @@ def train(
     focal_gamma: float = typer.Option(0.0, "--focal-gamma", help="0 = BCE (default); > 0 = focal loss."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: cores - 1)."),
+    val_max_windows: int = typer.Option(24, "--val-max-windows", help="Windows scored per validation file."),
+    val_composed: Optional[int] = typer.Option(None, "--val-composed", help="Composed validation windows from "
+                                               "held-out snippet runs (default 4 per species)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     no_amp: bool = typer.Option(False, "--no-amp", help="No mixed precision on CUDA."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Decoded-audio cache (default "
@@ -87,11 +93,19 @@ def train(
     for p in list(data or []) + list(snippets) + ([noise_dir] if noise_dir else []):
         if not p.exists():
             _fail(f"{p}: no such file or folder")
-    cfg = TrainConfig(run_dir=str(run), data=[str(p) for p in data or []], snippets=[str(p) for p in snippets],
+    wanted = None
+    if species:
+        sp = Path(species)
+        wanted = ([x.strip() for x in sp.read_text().splitlines() if x.strip()] if sp.is_file()
+                  else [x.strip() for x in species.split(",") if x.strip()])
+    cfg = TrainConfig(run_dir=str(run), species=wanted, data=[str(p) for p in data or []],
+                      snippets=[str(p) for p in snippets],
                       noise_dir=str(noise_dir) if noise_dir else None, preset=preset, window_s=window, epochs=epochs,
                       epoch_size=epoch_size, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed,
                       frame_weight=frame_weight, focal_gamma=focal_gamma, max_minutes=max_minutes, workers=workers,
-                      device=device, amp=not no_amp, cache_dir=str(cache_dir) if cache_dir else None, augment=aug,
+                      threads=threads,
+                      val_max_windows=val_max_windows, val_composed=val_composed, device=device, amp=not no_amp,
+                      cache_dir=str(cache_dir) if cache_dir else None, augment=aug,
                       command="birdlive " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     try:
         s = run_training(cfg, resume=resume, console=console)

@@ -111,7 +111,9 @@ def test_energy_crop_picks_the_call_and_ignores_rumble():
     assert power(rumble) > 10 * power(call)                            # raw energy would pick the rumble
     centre = at + len(call) // 2
     prof = energy_profile(x, SR)
-    hits = lambda p: sum(s <= centre < s + 2 * SR for s in (crop(x, 2 * SR, rng, p, SR, prof)[1] for _ in range(40)))
+
+    def hits(p):
+        return sum(s <= centre < s + 2 * SR for s in (crop(x, 2 * SR, rng, p, SR, prof)[1] for _ in range(40)))
     assert hits(1.0) == 40
     assert hits(0.0) < 25                                              # uniform crops miss it most of the time
 

@@ -138,3 +138,26 @@ def test_cache_decodes_once_resamples_and_downmixes(tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"not audio")
     with pytest.raises(AudioError, match="bad.wav"):
         cache.load(tmp_path / "bad.wav")
+
+
+def test_merge_unifies_species_named_alike_across_datasets(tmp_path):
+    xc = tmp_path / "xc"
+    wav(xc / "Coereba_flaveola" / "XC1.wav")
+    wav(xc / "Contopus_latirostris" / "XC2.wav")
+    (xc / "metadata.csv").write_text("filepath,label,common_name,also\n"
+                                     "Coereba_flaveola/XC1.wav,Coereba_flaveola,Bananaquit,\n"
+                                     "Contopus_latirostris/XC2.wav,Contopus_latirostris,Lesser Antillean Pewee,\n")
+    ess = tmp_path / "ess"
+    for sp in ("bananaquit", "gray_kingbird"):
+        wav(ess / sp / f"{sp}_run0000_00000.wav")
+    (ess / "snippets.csv").write_text("file,species_code,common_name,recording_run,duration_s\n"
+                                      "bananaquit/bananaquit_run0000_00000.wav,bananaquit,Bananaquit,0,0.2\n"
+                                      "gray_kingbird/gray_kingbird_run0000_00000.wav,gray_kingbird,Gray Kingbird,"
+                                      "0,0.2\n")
+    recs, labels, names = merge([load_dataset(xc), load_dataset(ess)])
+    assert labels == ["Coereba_flaveola", "Contopus_latirostris", "gray_kingbird"]
+    assert names == ["Bananaquit", "Lesser Antillean Pewee", "Gray Kingbird"]
+    assert sorted(r.primary for r in recs) == ["Coereba_flaveola", "Coereba_flaveola", "Contopus_latirostris",
+                                               "gray_kingbird"]
+    _, separate, _ = merge([load_dataset(xc), load_dataset(ess)], unify_names=False)
+    assert len(separate) == 4

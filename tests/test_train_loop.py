@@ -180,3 +180,23 @@ def test_cli_evaluate_writes_table_and_json(trained, cli):
     assert res["n_items"] == 16 and res["subset"] == "val"             # only the held-out files
     assert res["macro_map"] == pytest.approx(s["val_map"], abs=0.1)
     assert "macro mAP" in r.output and "false positives" in r.output
+
+
+def test_cli_evaluate_event_f1_from_strong_labels(trained, cli, tmp_path):
+    base, cfg, s = trained
+    rng = np.random.default_rng(8)
+    rows = ["file,species,onset,offset"]
+    for i, kind in enumerate(CALL_TYPES):
+        (tmp_path / "scenes" / kind).mkdir(parents=True)
+        w, truth = make_scene(8.0, SR, [(kind, 1.0), (kind, 5.0)], snr_db=12, rng=rng)
+        sf.write(tmp_path / "scenes" / kind / f"scene{i}.wav", w, SR)
+        rows += [f"scenes/{kind}/scene{i}.wav,{k},{a:.3f},{b:.3f}" for k, a, b in truth]
+    (tmp_path / "strong.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "eval.json"
+    r = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "scenes"), "--model", cfg.run_dir, "--strong",
+                                 str(tmp_path / "strong.csv"), "--onset-tolerance", "1.0", "--noise-minutes", "0",
+                                 "--json", str(out), "--cache-dir", str(base / "cache")])
+    assert r.exit_code == 0, r.output
+    ev = json.loads(out.read_text())["events"]
+    assert ev["n_files"] == 4 and ev["n_reference"] == 8 and ev["n_estimated"] > 0
+    assert ev["tp"] >= 2 and "events (onset ±1 s)" in r.output

@@ -9,8 +9,9 @@ files). Because the composer knows where every note is, it returns framewise tar
 frame j (covering [j, j+1)/out_fps) is 1 for a species when one of its notes covers at least half of the frame,
 or half of the note when the note is shorter than a frame. Every target of a composed window is known (masks 1).
 
-Pitch shift and time stretch, when the `AugmentConfig` asks for them, act on each species' whole track (so a
-0.1 s note is not put through a phase vocoder alone); time stretch moves the note times with it.
+A run shorter than the number of notes drawn is repeated from its start (birds repeat their notes). Pitch shift
+and time stretch, when the `AugmentConfig` asks for them, act on a whole sequence (so a 0.1 s note is not put
+through a phase vocoder alone); time stretch moves the note times with it.
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def frame_activity(n_out: int, out_fps: float, intervals: list[tuple[float, floa
 
 
 class SnippetPool:
-    """Snippets grouped into runs: {species: [[Recording, ...] in original order, ...]}."""
+    """Snippets grouped into runs: {species: [[Recording, ...] in original order, ...]}. Decoded snippets are kept
+    in memory (the essential set is 48 min of audio: 350 MB as float32 at 32 kHz)."""
 
     def __init__(self, recordings: list[Recording], cache, min_note_s: float = 0.02):
         runs: dict[tuple[str, str], list[Recording]] = defaultdict(list)
@@ -72,6 +74,7 @@ class SnippetPool:
             self.runs[species].append(sorted(rs, key=lambda r: r.path))
         self.cache = cache
         self.min_note_s = min_note_s
+        self._audio: dict[str, np.ndarray] = {}
 
     @property
     def species(self) -> list[str]:
@@ -84,8 +87,10 @@ class SnippetPool:
         run = self.runs[species][int(rng.integers(len(self.runs[species])))]
         i0 = int(rng.integers(len(run)))
         notes = []
-        for r in run[i0:i0 + n_notes]:
-            x = self.cache.load(r.path)
+        for r in (run[(i0 + j) % len(run)] for j in range(n_notes)):   # a short run repeats, as birds do
+            x = self._audio.get(r.path)
+            if x is None:
+                x = self._audio[r.path] = np.asarray(self.cache.load(r.path, mmap=False), np.float32)
             if len(x) >= self.min_note_s * self.cache.sample_rate:
                 notes.append(np.asarray(x, np.float32))
         return notes
@@ -109,34 +114,51 @@ class Composer:
     def n_out(self) -> int:
         return max(1, int(round(self.window_s * self.out_fps)))
 
-    def track(self, species: str, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[float, float]]]:
-        """One species' notes on a silent track of the window's length, and their (onset, offset) seconds."""
-        cfg, aug, sr, n = self.cfg, self.aug, self.sr, self.n
-        factor = 1.0
+    def sequence(self, species: str, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Notes of one run with gaps, as one array, and each note's (start, end) sample in it; time-stretched and
+        pitch-shifted (as a whole, so short notes are not put through a phase vocoder alone) when asked for."""
+        cfg, aug, sr = self.cfg, self.aug, self.sr
+        notes = self.pool.sequence(species, rng, int(rng.integers(cfg.notes[0], cfg.notes[1] + 1)))
+        if not notes:
+            return np.zeros(0, np.float32), []
+        gaps = [int(rng.uniform(*cfg.gap_s) * sr) for _ in notes[1:]] + [0]
+        seq = np.zeros(sum(len(x) for x in notes) + sum(gaps), np.float32)
+        spans, t = [], 0
+        for x, g in zip(notes, gaps):
+            seq[t:t + len(x)] = x
+            spans.append((t, t + len(x)))
+            t += len(x) + g
         if aug.stretch_prob > 0 and rng.random() < aug.stretch_prob:
             factor = float(rng.uniform(*aug.stretch_range))
-        n_src = int(np.ceil(n / factor))
-        track = np.zeros(n_src, np.float32)
-        intervals = []
-        for _ in range(int(rng.integers(cfg.sequences[0], cfg.sequences[1] + 1))):
-            notes = self.pool.sequence(species, rng, int(rng.integers(cfg.notes[0], cfg.notes[1] + 1)))
-            if not notes:
-                continue
-            # start so that the sequence may begin before the window or run past its end, but touches it
-            t = int(rng.integers(-len(notes[0]) // 2, n_src - len(notes[0]) // 2))
-            for x in notes:
-                a, b = max(0, t), min(n_src, t + len(x))
-                if b > a:
-                    track[a:b] += x[a - t:b - t]
-                    intervals.append((a / sr * factor, b / sr * factor))
-                t += len(x) + int(rng.uniform(*cfg.gap_s) * sr)
-                if t >= n_src:
-                    break
-        if factor != 1.0:
-            track = time_stretch(track, factor)
+            stretched = time_stretch(seq, factor)
+            if len(stretched) != len(seq):
+                scale = len(stretched) / len(seq)
+                spans = [(int(a * scale), int(b * scale)) for a, b in spans]
+                seq = stretched
         if aug.pitch_prob > 0 and rng.random() < aug.pitch_prob:
-            track = pitch_shift(track, sr, float(rng.uniform(-aug.pitch_semitones, aug.pitch_semitones)))
-        track = np.pad(track, (0, max(0, n - len(track))))[:n]
+            seq = pitch_shift(seq, sr, float(rng.uniform(-aug.pitch_semitones, aug.pitch_semitones)))
+        return seq, spans
+
+    def track(self, species: str, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[float, float]]]:
+        """One species' sequences on a silent track of the window's length, and their notes' (onset, offset) s.
+        A sequence may start before the window or run past its end, but touches it."""
+        n, sr = self.n, self.sr
+        track = np.zeros(n, np.float32)
+        intervals = []
+        for _ in range(int(rng.integers(self.cfg.sequences[0], self.cfg.sequences[1] + 1))):
+            seq, spans = self.sequence(species, rng)
+            if not spans:
+                continue
+            first = spans[0][1] - spans[0][0]
+            t = int(rng.integers(-first // 2, n - first // 2))
+            a, b = max(0, t), min(n, t + len(seq))
+            if b <= a:
+                continue
+            track[a:b] += seq[a - t:b - t]
+            for s0, s1 in spans:
+                lo, hi = max(0, t + s0), min(n, t + s1)
+                if hi > lo:
+                    intervals.append((lo / sr, hi / sr))
         return track, intervals
 
     def compose(self, rng: np.random.Generator, exclude: set[str] = frozenset(),

@@ -140,7 +140,8 @@ def read_birdclef_csv(csv_path: str | Path, audio_dir: str | Path | None = None)
             continue
         secondary = [s for s in parse_label_list(row.get("secondary_labels")) if s != primary]
         run = (row.get("recording_run") or row.get("group") or "").strip()
-        group = f"{audio_dir.name}:{primary}/run{run}" if run else f"{audio_dir.name}:{path.relative_to(audio_dir).as_posix()}"
+        rel = path.relative_to(audio_dir).as_posix()
+        group = f"{audio_dir.name}:{primary}/run{run}" if run else f"{audio_dir.name}:{rel}"
         recs.append(Recording(str(path), [primary], secondary, group))
         if row.get("common_name"):
             names[primary] = row["common_name"]
@@ -203,13 +204,39 @@ def load_dataset(path: str | Path) -> Dataset:
     return read_folder_per_species(p)
 
 
-def merge(datasets: list[Dataset]) -> tuple[list[Recording], list[str], list[str]]:
-    """All recordings, the sorted label set, and the common names in that order ("" where unknown)."""
+def name_key(name: str) -> str:
+    """Common name → comparison key: case, punctuation and grey/gray spelling ignored."""
+    return re.sub(r"[^a-z0-9]", "", name.lower().replace("grey", "gray"))
+
+
+def merge(datasets: list[Dataset], unify_names: bool = True) -> tuple[list[Recording], list[str], list[str]]:
+    """All recordings, the sorted label set, and the common names in that order ("" where unknown).
+
+    With `unify_names`, a species that two datasets label differently but name alike (xeno-canto's
+    `Coereba_flaveola` and the essential set's `bananaquit`, both "Bananaquit") gets one label: the one of the
+    first dataset (in the order given) that has it. Recordings are relabelled in place."""
     recs = [r for d in datasets for r in d.recordings]
-    labels = sorted({lab for r in recs for lab in r.labels})
     names: dict[str, str] = {}
-    for d in datasets:
-        names.update(d.names)
+    if unify_names:
+        by_key: dict[str, str] = {}
+        for d in datasets:
+            rename = {}
+            for lab, nm in d.names.items():
+                k = name_key(nm) if nm else ""
+                if k and k in by_key and by_key[k] != lab:
+                    rename[lab] = by_key[k]
+                elif k:
+                    by_key.setdefault(k, lab)
+            for r in d.recordings:
+                r.labels = list(dict.fromkeys(rename.get(x, x) for x in r.labels))
+                r.secondary = list(dict.fromkeys(rename.get(x, x) for x in r.secondary))
+            for lab, nm in d.names.items():
+                names.setdefault(rename.get(lab, lab), nm)
+    else:
+        for d in datasets:
+            for lab, nm in d.names.items():
+                names.setdefault(lab, nm)
+    labels = sorted({lab for r in recs for lab in r.labels})
     known = set(labels)
     for r in recs:
         r.secondary = [s for s in r.secondary if s in known and s not in r.labels]

@@ -232,16 +232,27 @@ def evaluate_model(model, data: list[str], split: str | None = None, subset: str
     from .datasets import Split, load_dataset
     from .windows import predict_items, recording_items
 
+    from .datasets import name_key
     cfg = model.cfg
-    recs = [r for d in data for r in load_dataset(d).recordings]
+    by_name = {name_key(n): lab for lab, n in zip(cfg.labels, cfg.names) if n}
+    recs = []
+    for d in data:
+        ds = load_dataset(d)
+        # a species the model knows under another dataset's label (same common name) is scored as that label
+        rename = {lab: by_name[name_key(n)] for lab, n in ds.names.items()
+                  if lab not in cfg.labels and n and name_key(n) in by_name}
+        for r in ds.recordings:
+            r.labels = [rename.get(x, x) for x in r.labels]
+            r.secondary = [rename.get(x, x) for x in r.secondary]
+        recs += ds.recordings
     if split:
         recs = Split.load(split).select(recs, subset)
     known = set(cfg.labels)
     unknown = sorted({r.primary for r in recs if r.primary not in known})
     recs = [r for r in recs if r.primary in known]
     if not recs:
-        raise ValueError("no files of the model's species to evaluate"
-                         + (f" (the data's species are not the model's: {', '.join(unknown[:5])} ...)" if unknown else ""))
+        hint = f" (the data's species are not the model's: {', '.join(unknown[:5])} ...)" if unknown else ""
+        raise ValueError("no files of the model's species to evaluate" + hint)
     cache = AudioCache(cache_dir, cfg.sample_rate)
     items = recording_items(recs, cfg.labels, cache, cfg.window_s, hop_s or cfg.window_s / 2, max_windows)
     from .threads import cpu_threads

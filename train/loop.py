@@ -65,6 +65,7 @@ class TrainConfig:
     data: list[str] = field(default_factory=list)       # recording datasets (weak labels; energy crops)
     snippets: list[str] = field(default_factory=list)   # short-call datasets (composed windows, strong labels)
     noise_dir: str | None = None
+    species: list[str] | None = None  # keep only these species (labels or common names); None: all
     preset: str = "cpu"
     model_overrides: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {"n_mels": 96}
     window_s: float = 5.0
@@ -245,6 +246,18 @@ def _train(cfg: TrainConfig, resume: bool, console, show_progress: bool) -> dict
     except Exception as e:
         raise TrainError(str(e)) from None
     recs, labels, names = merge(rec_sets + snip_sets)
+    if cfg.species:
+        from .datasets import name_key
+        want = {name_key(x) for x in cfg.species}
+        keep = {lab for lab, nm in zip(labels, names) if name_key(lab) in want or (nm and name_key(nm) in want)}
+        if not keep:
+            raise TrainError(f"none of the {len(cfg.species)} species asked for is in the data")
+        recs = [r for r in recs if r.primary in keep]
+        for r in recs:
+            r.secondary = [x for x in r.secondary if x in keep]
+            r.labels = [x for x in r.labels if x in keep]
+        names = [nm for lab, nm in zip(labels, names) if lab in keep]
+        labels = [lab for lab in labels if lab in keep]
     snippet_paths = {r.path for d in snip_sets for r in d.recordings}
     if resuming and (run / "split.json").is_file():
         split = Split.load(run / "split.json")
@@ -425,7 +438,8 @@ def _f(v) -> str:
 
 
 def _progress(console, show: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console, disable=not show,
                     transient=True)
