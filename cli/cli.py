@@ -157,6 +157,8 @@ def listen(
     try:
         det = _detector(net, hop, threshold_on, threshold_off, min_duration, merge_gap, include, exclude, min_conf,
                         source.name)
+        err.print(f"[dim]listening on {source.name} ({source.device_rate} Hz → {source.sample_rate} Hz); "
+                  f"Ctrl-C to stop[/]", highlight=False)
         _summary(run_stream(source, det, sinks, stop), sinks)
     finally:
         source.close()

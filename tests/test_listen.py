@@ -1,0 +1,69 @@
+"""`birdlive listen` on a real PortAudio capture device: a PulseAudio null sink fed a WAV, captured from its
+monitor (tests/pulse.py). Skips only where PulseAudio or PortAudio are not installed (tests/run.sh installs them)."""
+import signal
+import subprocess
+import time
+
+import soundfile as sf
+
+from pulse import pulse_null_sink
+
+from common import BIRDLIVE, RECORDING, TINY, match_events, read_events_csv, read_truth
+
+
+def best_alignment(truth, got, tol):
+    """Capture starts before playback by an unknown delay: try each delay that lines one event up with one call
+    of its species, keep the one that matches most calls."""
+    best = (-1, 0.0)
+    for sp, on, _ in got:
+        for tsp, ton, _ in truth:
+            if sp == tsp:
+                d = on - ton
+                shifted = [(s, a - d, b - d) for s, a, b in got]
+                n = len(match_events(truth, shifted, tol)[0])
+                best = max(best, (n, d))
+    return best[1]
+
+
+def test_listen_turns_played_calls_into_csv_events(tmp_path):
+    wave, sr = sf.read(RECORDING, dtype="float32")
+    clip_s = 17.0
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, wave[: int(clip_s * sr)], sr, subtype="PCM_16")
+    truth = [t for t in read_truth() if t[2] <= clip_s - 0.5]
+    assert len(truth) >= 4
+    log = tmp_path / "live.csv"
+    with pulse_null_sink() as pa:
+        with open(tmp_path / "out.txt", "w") as out:
+            proc = subprocess.Popen([*BIRDLIVE, "listen", "--device", pa.device, "--model", str(TINY), "--csv",
+                                     str(log), "--no-live"], stdout=out, stderr=subprocess.PIPE, text=True,
+                                    env={**pa.env(), "PYTHONUNBUFFERED": "1"})
+            try:
+                line = proc.stderr.readline()
+                assert "listening on" in line, line + proc.stderr.read()
+                time.sleep(1.0)
+                t_play = time.time()
+                pa.play(clip).wait(timeout=60)
+                time.sleep(8.0)  # one window (5 s) plus the smoother's delay after the last call
+                proc.send_signal(signal.SIGINT)
+                _, err = proc.communicate(timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    rows = read_events_csv(log)
+    got = [(r["species"], float(r["onset_s"]), float(r["offset_s"])) for r in rows]
+    d = best_alignment(truth, got, tol=0.4)
+    shifted = [(s, a - d, b - d) for s, a, b in got]
+    pairs, missed, spurious = match_events(truth, shifted, tol=0.4)
+    assert not missed, (missed, got, d)
+    assert not spurious, (spurious, d)
+    # live events carry wall-clock times, close to when the sound was played
+    first = rows[0]
+    assert first["wall_onset"] and first["source"] == pa.device
+    from datetime import datetime
+    wall = datetime.fromisoformat(first["wall_onset"]).timestamp()
+    assert abs(wall - (t_play + truth[0][1])) < 3.0
+    # stream time 0 is when capture began, at or before playback (up to onset error)
+    assert -0.5 <= d < 10
