@@ -98,3 +98,11 @@ def test_noise_false_positive_count_uses_the_detector(monkeypatch):
     assert res["events"] == {"white": 2, "pink": 0, "brown": 1} and res["total"] == 3
     assert [s[1] for s in seen] == [0.5 * 60 * 8000] * 3
     assert all(s[2] == pytest.approx(0.1, rel=0.01) for s in seen)    # -20 dBFS RMS
+
+
+def test_best_f1_threshold_hint():
+    targets = np.array([[1, 0], [0, 1], [1, 0], [0, 1]], float)
+    scores = np.array([[0.3, 0.1], [0.1, 0.35], [0.32, 0.2], [0.05, 0.4]])   # right ranking, all below 0.5
+    res = clip_metrics(scores, targets, None, ["a", "b"], threshold=0.5)
+    assert res["f1_micro"] == 0.0 and res["macro_map"] == 1.0
+    assert res["f1_best"] == 1.0 and 0.2 < res["f1_best_threshold"] <= 0.3

@@ -70,10 +70,18 @@ def clip_metrics(scores: np.ndarray, targets: np.ndarray, masks: np.ndarray | No
     known = masks.ravel()
     f1_micro = float(f1_score(targets.ravel()[known], pred.ravel()[known], zero_division=0)) if known.any() else None
     ranked = sorted((sp for sp in species if sp["ap"] is not None), key=lambda sp: sp["ap"])
+    # the threshold that would maximise micro F1 here (a hint for calibrating threshold_on; not used by the model)
+    best_f1, best_thr = None, None
+    if known.any() and targets.ravel()[known].any():
+        for thr in np.round(np.arange(0.05, 0.96, 0.05), 2):
+            f = f1_score(targets.ravel()[known], scores.ravel()[known] >= thr, zero_division=0)
+            if best_f1 is None or f > best_f1:
+                best_f1, best_thr = float(f), float(thr)
     return {
         "n_items": N, "n_species_evaluated": len(aps), "threshold": threshold,
         "macro_map": float(np.mean(aps)) if aps else None,
         "f1_micro": f1_micro, "f1_macro": float(np.mean(f1s)) if f1s else None,
+        "f1_best": best_f1, "f1_best_threshold": best_thr,
         "top1": float((top[single] == targets[single].argmax(axis=1)).mean()) if single.any() else None,
         "n_single": int(single.sum()),
         "species": species,
@@ -200,7 +208,8 @@ def results_table(result: dict, rows: int = 30):
     from rich.table import Table
     t = Table(title=f"macro mAP {fmt(result.get('macro_map'))}   F1@{result.get('threshold')} "
                     f"{fmt(result.get('f1_micro'))}   top-1 {fmt(result.get('top1'))} "
-                    f"({result.get('n_single', 0)} single-species)   {result.get('n_items', 0)} items")
+                    f"({result.get('n_single', 0)} single-species)   {result.get('n_items', 0)} items   "
+                    f"(best F1 {fmt(result.get('f1_best'))} at {result.get('f1_best_threshold')})")
     for col in ("species", "files+", "AP", "P", "R", "F1", "top-1", "confused with"):
         t.add_column(col, justify="left" if col in ("species", "confused with") else "right")
     ranked = sorted((sp for sp in result["species"] if sp["ap"] is not None), key=lambda sp: sp["ap"])

@@ -389,6 +389,7 @@ def _train(cfg: TrainConfig, resume: bool, console, show_progress: bool) -> dict
                     m = clip_metrics(scores, np.stack([it.target for it in val_items]),
                                      np.stack([it.mask for it in val_items]), labels, mcfg.threshold_on, names)
                     row.update(val_map=m["macro_map"], val_f1=m["f1_micro"], val_top1=m["top1"],
+                               val_f1_best=m["f1_best"], val_f1_best_threshold=m["f1_best_threshold"],
                                val_worst=m["worst"][:3])
                 rows.append(row)
                 with open(run / "metrics.jsonl", "a") as f:
@@ -429,6 +430,7 @@ def _provenance(cfg: TrainConfig, split: Split, row: dict, epoch: int, val_items
                      "split_seed": split.seed, "val_fraction": split.val_fraction, "split_file": "split.json",
                      "augment": cfg.augment.to_dict(), "date": datetime.date.today().isoformat()},
         "heldout": {"macro_map": row.get("val_map"), "f1": row.get("val_f1"), "top1": row.get("val_top1"),
+                    "f1_best": row.get("val_f1_best"), "f1_best_threshold": row.get("val_f1_best_threshold"),
                     "n_items": len(val_items), "n_files": len(va_long), "n_groups": len(split.val)},
     }
 
