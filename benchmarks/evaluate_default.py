@@ -1,0 +1,812 @@
+"""Held-out evaluation of a trained birdlive model (the default model), side by side with BirdNET V2.4.
+
+    python benchmarks/evaluate_default.py --model runs/default/best --run runs/default [--birdnet] \
+        [--minutes 10] --out benchmarks/results/default.json
+
+Everything runs on data the training never saw: the validation groups of the run's saved `split.json`
+(held-out essential-set recording runs, held-out xeno-canto recordings). The data, species filter and split are
+rebuilt exactly as `train/loop.py` does from the run's `train.json`, and the model's labels must match.
+
+1. Composed held-out windows: `Composer` over the held-out snippet runs only, the run's `ComposerConfig`, no
+   augmentation, coloured-noise bed (the validation recipe of `train/loop.py`), seeded with `--seed` (training
+   validation used seed 0, so these are fresh draws from the same held-out runs). `clip_metrics`: macro mAP,
+   per-species AP (scikit-learn), top-1 on single-species windows.
+2. Event F1 (onset tolerance 0.5 s, `event_metrics`) on `--minutes` composed 60 s soundscapes from the held-out
+   runs (2-4 species, 3-6 note sequences each), detected with `detect_waveform` at the checkpoint's thresholds.
+   Two references: every note, and "bouts" (a species' notes merged when the gap is <= the smoother's merge
+   gap, which is what one detector event stands for).
+3. Events on pure white, pink and brown noise (`noise_false_positives`, `--noise-minutes` each, -30 dBFS).
+4. BirdNET (`--birdnet`, via benchmarks/birdnet_peer.py in .venv-peers) on the same composed windows (written
+   as float WAVs to a temporary folder) and the same xc windows; macro mAP of both on the species both know
+   (benchmarks/species_map.py); replay real-time factor of both on one FLAC (48 kHz, the soundscapes end to
+   end): ours through the `birdlive replay` path (FileSource -> StreamDetector -> run_stream), BirdNET as its
+   `recordings` mode reports it.
+5. Held-out xc-puerto-rico recordings, whole: window-level AP (5 s windows, hop 5 s; every window carries its
+   recording's labels), recording-level AP and top-1 (max over windows), and `detect_waveform` events per
+   recording (right species, secondary species, wrong species); BirdNET's detections (min confidence 0.25,
+   consecutive 3 s detections of one species merged into one event) counted the same way.
+   Secondary (`also`) species are masked: neither positive nor negative in AP, not wrong as events.
+6. Events on the real background files of the noise folder (blanket/ and audiomentations/background_noises/).
+
+Writes JSON (`--out`) and the same tables as markdown (`--md`, default: beside the JSON). Audio is only ever
+written to a temporary folder that is deleted at the end.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # before torch: a spinning pool is ~30x slower on a busy CPU
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unicodedata
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from birdlive.model import load_checkpoint
+from birdlive.streamer import StreamDetector, default_params, run_stream
+from birdlive.streamer.sources import FileSource
+from birdlive.train.augment import AugmentConfig, NoiseBank
+from birdlive.train.cache import AudioCache
+from birdlive.train.composer import Composer, SnippetPool
+from birdlive.train.datasets import AUDIO_EXTENSIONS, Split, load_dataset, merge, name_key
+from birdlive.train.evaluate import RefEvent, clip_metrics, detect_events, event_metrics, noise_false_positives
+from birdlive.train.loop import TrainConfig
+from birdlive.train.threads import cpu_threads
+from birdlive.train.windows import EvalItem, composed_items, predict_items, recording_items
+
+REPO = Path(__file__).resolve().parents[1]
+console = Console(width=140)
+
+SOUNDSCAPE_S = 60.0
+SOUNDSCAPE_SPECIES = (2, 4)      # species per soundscape
+SOUNDSCAPE_SEQUENCES = (3, 6)    # note sequences per species in one soundscape
+BIRDNET_MIN_CONF = 0.25          # BirdNET's default detection confidence
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+class Tab:
+    """One table, rendered both as a rich Table (console) and as markdown (README)."""
+
+    def __init__(self, title: str, columns: list[str], note: str = ""):
+        self.title, self.columns, self.rows, self.note = title, columns, [], note
+
+    def add(self, *cells) -> None:
+        self.rows.append([_cell(c) for c in cells])
+
+    def rich(self) -> Table:
+        t = Table(title=self.title, title_justify="left", caption=self.note or None, caption_justify="left")
+        for i, c in enumerate(self.columns):
+            t.add_column(c, justify="left" if i == 0 else "right", overflow="fold")
+        for r in self.rows:
+            t.add_row(*r)
+        return t
+
+    def md(self) -> str:
+        out = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |",
+               "|" + "|".join([" --- "] + [" ---: "] * (len(self.columns) - 1)) + "|"]
+        out += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in self.rows]
+        if self.note:
+            out += ["", self.note]
+        return "\n".join(out) + "\n"
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def norm(name: str) -> str:
+    s = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]", "", s.lower())
+
+
+# ------------------------------------------------------------------------------------------- the run's data
+
+def resolve(p: str) -> str:
+    """A data path of train.json, relative to the working directory or else to the repository."""
+    q = Path(p)
+    return str(q if q.exists() or q.is_absolute() else REPO / q)
+
+
+def rebuild_data(cfg: TrainConfig, split: Split):
+    """The recordings, labels and names exactly as `train/loop.py` builds them, plus the held-out parts."""
+    rec_sets = [load_dataset(resolve(d)) for d in cfg.data]
+    snip_sets = [load_dataset(resolve(d)) for d in cfg.snippets]
+    recs, labels, names = merge(rec_sets + snip_sets)
+    if cfg.species:
+        want = {name_key(x) for x in cfg.species}
+        keep = {lab for lab, nm in zip(labels, names) if name_key(lab) in want or (nm and name_key(nm) in want)}
+        recs = [r for r in recs if r.primary in keep]
+        for r in recs:
+            r.secondary = [x for x in r.secondary if x in keep]
+            r.labels = [x for x in r.labels if x in keep]
+        names = [nm for lab, nm in zip(labels, names) if lab in keep]
+        labels = [lab for lab in labels if lab in keep]
+    snippet_paths = {r.path for d in snip_sets for r in d.recordings}
+    val = split.select(recs, "val")
+    train_groups = set(split.train)
+    assert not any(r.group in train_groups for r in val), "split: a validation group is also a training group"
+    va_long = [r for r in val if r.path not in snippet_paths]
+    va_snip = [r for r in val if r.path in snippet_paths]
+    # raw `also` names (scientific) of the recordings datasets, for secondaries outside our label set
+    also: dict[str, list[str]] = {}
+    for d in cfg.data:
+        meta = Path(resolve(d)) / "metadata.csv"
+        if meta.is_file():
+            for row in csv.DictReader(open(meta, newline="", encoding="utf-8-sig")):
+                if "filepath" in row:
+                    also[str((Path(resolve(d)).resolve() / row["filepath"]))] = [
+                        a.strip() for a in (row.get("also") or "").split(";") if a.strip()]
+    return labels, names, va_long, va_snip, also
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+def eval_composed(model, cfg: TrainConfig, va_snip, cache, per_species: int, seed: int, batch: int):
+    mc = model.cfg
+    pool = SnippetPool(va_snip, cache, cfg.composer.min_note_s)
+    comp = Composer(pool, mc.labels, NoiseBank([], None), mc.sample_rate, mc.out_fps, mc.window_s, cfg.composer,
+                    AugmentConfig.none())
+    items = composed_items(comp, per_species * len(comp.species), seed)
+    scores = predict_items(model, items, batch)
+    targets = np.stack([it.target for it in items])
+    masks = np.stack([it.mask for it in items])
+    runs = {sp: len(rs) for sp, rs in pool.runs.items()}
+    return items, scores, targets, masks, runs, comp.species
+
+
+def make_soundscapes(model, cfg: TrainConfig, va_snip, cache, minutes: float, seed: int):
+    mc = model.cfg
+    pool = SnippetPool(va_snip, cache, cfg.composer.min_note_s)
+    ccfg = dataclasses.replace(cfg.composer, species=SOUNDSCAPE_SPECIES, sequences=SOUNDSCAPE_SEQUENCES)
+    comp = Composer(pool, mc.labels, NoiseBank([], None), mc.sample_rate, mc.out_fps, SOUNDSCAPE_S, ccfg,
+                    AugmentConfig.none())
+    rng = np.random.default_rng([seed, 60])
+    waves, refs = {}, []
+    for i in range(max(1, int(math.ceil(minutes * 60 / SOUNDSCAPE_S)))):
+        ex, events = comp.compose(rng)
+        key = f"soundscape-{i:02d}"
+        waves[key] = ex.wave
+        refs += [RefEvent(key, sp, float(a), float(b)) for sp, a, b in events]
+    return waves, refs, ccfg
+
+
+def merge_bouts(refs: list[RefEvent], gap_s: float) -> list[RefEvent]:
+    """Notes of one species and file whose gap is <= gap_s (or that overlap) become one reference event."""
+    by = defaultdict(list)
+    for r in refs:
+        by[(r.file, r.species)].append(r)
+    out = []
+    for (f, sp), rs in sorted(by.items()):
+        rs = sorted(rs, key=lambda r: r.onset)
+        on, off = rs[0].onset, rs[0].offset
+        for r in rs[1:]:
+            if r.onset - off <= gap_s + 1e-9:
+                off = max(off, r.offset)
+            else:
+                out.append(RefEvent(f, sp, on, off))
+                on, off = r.onset, r.offset
+        out.append(RefEvent(f, sp, on, off))
+    return out
+
+
+def background_files(noise_dir: Path) -> list[Path]:
+    """Every audio file in blanket/ and audiomentations/background_noises/ (impulse responses and the short
+    transients of audiomentations/short_noises are not backgrounds)."""
+    out = []
+    for sub in ("blanket", "audiomentations/background_noises"):
+        d = noise_dir / sub
+        if d.is_dir():
+            out += sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    return out
+
+
+def replay_rtf(model, path: Path, threads: int) -> dict:
+    """Our replay real-time factor, the `birdlive replay` path without sinks: FileSource (decode + soxr to the
+    model's rate, 16 s blocks) -> StreamDetector (5 s windows every 1 s) -> run_stream."""
+    with cpu_threads(threads):
+        src = FileSource(path, model.cfg.sample_rate, block_s=16.0)
+        try:
+            det = StreamDetector(model, hop_s=1.0, params=default_params(model), source=str(path))
+            st = run_stream(src, det, [])
+        finally:
+            src.close()
+    return {"audio_s": st.audio_s, "wall_s": st.wall_s, "rtf": st.realtime_factor, "events": st.events,
+            "threads": threads, "windows": st.windows}
+
+
+def classify_events(species: list[str], primary: str, secondary: set[str]) -> Counter:
+    c = Counter()
+    for s in species:
+        c["right" if s == primary else "secondary" if s in secondary else "wrong"] += 1
+    return c
+
+
+# ------------------------------------------------------------------------------------------------- BirdNET
+
+def run_birdnet_windows(py: str, wav_dir: Path, labels: list[str], out: Path, threads: int) -> tuple[np.ndarray, dict]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lab_json = out.with_name("labels.json")
+    lab_json.write_text(json.dumps(labels))
+    cmd = [py, str(REPO / "benchmarks" / "birdnet_peer.py"), "--threads", str(threads), "windows", str(wav_dir),
+           str(lab_json), "-o", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    if r.returncode:
+        raise RuntimeError(f"BirdNET windows failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
+    console.print(f"[dim]{r.stdout.strip()}[/]")
+    return np.load(out), json.loads(out.with_suffix(".json").read_text())
+
+
+def run_birdnet_recordings(py: str, files: list[Path], out_csv: Path, threads: int) -> tuple[list[dict], dict]:
+    cmd = [py, str(REPO / "benchmarks" / "birdnet_peer.py"), "--threads", str(threads), "recordings",
+           *map(str, files), "-o", str(out_csv), "--min-conf", str(BIRDNET_MIN_CONF)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    if r.returncode:
+        raise RuntimeError(f"BirdNET recordings failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
+    per_file = {}
+    for line in r.stdout.splitlines():
+        m = re.match(r"^(.*): ([\d.]+)s, ([\d.]+)x RT -> ", line)
+        if m:
+            per_file[m.group(1)] = {"audio_s": float(m.group(2)), "rtf": float(m.group(3))}
+    rows = list(csv.DictReader(open(out_csv, newline="", encoding="utf-8")))
+    return rows, per_file
+
+
+def merge_detections(rows: list[dict]) -> list[dict]:
+    """Consecutive (touching or overlapping) BirdNET chunk detections of one species in one file -> one event."""
+    by = defaultdict(list)
+    for r in rows:
+        by[(r["file"], r["scientific_name"], r["common_name"])].append((float(r["start_s"]), float(r["end_s"]),
+                                                                        float(r["confidence"])))
+    out = []
+    for (f, sci, com), ds in by.items():
+        ds.sort()
+        cur = list(ds[0])
+        for a, b, c in ds[1:]:
+            if a <= cur[1] + 1e-6:
+                cur[1], cur[2] = max(cur[1], b), max(cur[2], c)
+            else:
+                out.append({"file": f, "sci": sci, "common": com, "start": cur[0], "end": cur[1], "conf": cur[2]})
+                cur = [a, b, c]
+        out.append({"file": f, "sci": sci, "common": com, "start": cur[0], "end": cur[1], "conf": cur[2]})
+    return out
+
+
+def write_wav(path: Path, x: np.ndarray, sr: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.asarray(x, np.float32), sr, subtype="FLOAT")
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="checkpoint (STEM, STEM.safetensors or a run folder)")
+    ap.add_argument("--run", required=True, help="training run folder (train.json, split.json)")
+    ap.add_argument("--birdnet", action="store_true", help="also run BirdNET V2.4 (.venv-peers) side by side")
+    ap.add_argument("--minutes", type=float, default=10.0, help="minutes of composed soundscapes for event F1")
+    ap.add_argument("--per-species", type=int, default=8, help="composed windows per held-out species")
+    ap.add_argument("--noise-minutes", type=float, default=2.0, help="minutes of each noise colour")
+    ap.add_argument("--max-species", type=int, default=None, help="development: only the first N held-out "
+                                                                    "snippet species")
+    ap.add_argument("--max-xc", type=int, default=None, help="development: only the first N held-out recordings")
+    ap.add_argument("--max-noise-files", type=int, default=None, help="development: only the first N noise files")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the composed windows and soundscapes "
+                                                        "(training validation used the run's seed, 0)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for scoring (default: cores-1)")
+    ap.add_argument("--rtf-threads", type=int, default=2, help="threads of both models in the speed comparison")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--peers-python", default=str(REPO / ".venv-peers" / "bin" / "python"))
+    ap.add_argument("--keep-tmp", action="store_true", help="keep the temporary audio folder (printed)")
+    ap.add_argument("--out", required=True, help="JSON output")
+    ap.add_argument("--md", default=None, help="markdown output (default: --out with .md)")
+    a = ap.parse_args(argv)
+
+    t_start = time.perf_counter()
+    timing: dict[str, float] = {}
+
+    def lap(name, t0):
+        timing[name] = round(time.perf_counter() - t0, 1)
+        console.print(f"[dim]{name}: {timing[name]:.1f} s[/]")
+
+    np.random.seed(a.seed)
+    torch.manual_seed(a.seed)
+    model = load_checkpoint(a.model)
+    mc = model.cfg
+    run = Path(a.run)
+    cfg = TrainConfig.from_dict(json.loads((run / "train.json").read_text()))
+    split = Split.load(run / "split.json")
+    t0 = time.perf_counter()
+    labels, names, va_long, va_snip, also_raw = rebuild_data(cfg, split)
+    if labels != mc.labels:
+        raise SystemExit(f"the model's {len(mc.labels)} labels are not the run's {len(labels)}: wrong --run?")
+    if a.max_species:
+        keep = sorted({r.primary for r in va_snip})[: a.max_species]
+        va_snip = [r for r in va_snip if r.primary in keep]
+    if a.max_xc:
+        va_long = va_long[: a.max_xc]
+    cache = AudioCache(cfg.cache_dir, mc.sample_rate)
+    lap("data", t0)
+    params = default_params(model)
+    extra = mc.extra or {}
+    tr = extra.get("training", {})
+    settings = {
+        "model": str(a.model), "run": str(run), "labels": len(mc.labels), "backbone": mc.backbone,
+        "epoch": tr.get("epoch"), "step": tr.get("step"), "validation_map_at_save": extra.get("heldout", {}).get(
+            "macro_map"),
+        "threshold_on": params.threshold_on, "threshold_off": params.threshold_off, "median_s": params.median_s,
+        "min_duration_s": params.min_duration_s, "merge_gap_s": params.merge_gap_s,
+        "max_event_s": params.max_event_s, "hop_s": 1.0, "window_s": mc.window_s, "out_fps": mc.out_fps,
+        "sample_rate": mc.sample_rate, "seed": a.seed, "split_seed": split.seed,
+        "per_species": a.per_species, "heldout_snippet_runs": len({r.group for r in va_snip}),
+        "heldout_snippet_species": len({r.primary for r in va_snip}), "heldout_recordings": len(va_long),
+        "torch_threads": a.threads or max(1, (os.cpu_count() or 1) - 1), "cpu_count": os.cpu_count(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]) if argv is None else " ".join(argv),
+    }
+    result: dict = {"settings": settings}
+    tmp = Path(tempfile.mkdtemp(prefix="birdlive-eval-"))
+    bn_py = a.peers_python
+    if a.birdnet and not Path(bn_py).is_file():
+        raise SystemExit(f"--birdnet: no {bn_py} (see benchmarks/README.md)")
+
+    try:
+        with cpu_threads(a.threads):
+            # 1 ---------------------------------------------------------------- composed held-out windows
+            t0 = time.perf_counter()
+            items, c_scores, c_tg, c_mk, c_runs, c_species = eval_composed(model, cfg, va_snip, cache,
+                                                                           a.per_species, a.seed, a.batch)
+            comp = clip_metrics(c_scores, c_tg, c_mk, mc.labels, mc.threshold_on, mc.names)
+            comp.pop("worst", None)
+            comp["species"] = [sp for sp in comp["species"] if sp["n_pos"] > 0]
+            result["composed_windows"] = comp
+            lap("composed windows (ours)", t0)
+
+            # 2 ---------------------------------------------------------------- soundscapes, event F1
+            t0 = time.perf_counter()
+            waves, refs, ccfg = make_soundscapes(model, cfg, va_snip, cache, a.minutes, a.seed)
+            est = []
+            t_det = time.perf_counter()
+            for key, w in waves.items():
+                est += [RefEvent(key, e.species, float(e.onset_s), float(e.offset_s))
+                        for e in detect_events(model, w, source=key)]
+            det_s = time.perf_counter() - t_det
+            bouts = merge_bouts(refs, params.merge_gap_s)
+            ev_notes = event_metrics(refs, est, 0.5)
+            ev_bouts = event_metrics(bouts, est, 0.5)
+            audio_s = sum(len(w) for w in waves.values()) / mc.sample_rate
+            result["soundscapes"] = {
+                "n": len(waves), "seconds_each": SOUNDSCAPE_S, "audio_s": audio_s,
+                "composer": ccfg.to_dict(), "n_notes": len(refs), "n_bouts": len(bouts), "n_estimated": len(est),
+                "species_present": len({r.species for r in refs}),
+                "notes": ev_notes, "bouts": ev_bouts, "detect_rtf_1thread": audio_s / det_s,
+            }
+            lap("soundscapes + detect_waveform", t0)
+
+            # 3 ---------------------------------------------------------------- coloured noise
+            t0 = time.perf_counter()
+            result["coloured_noise"] = noise_false_positives(model, a.noise_minutes, seed=a.seed)
+            lap("coloured noise", t0)
+
+            # 6 ---------------------------------------------------------------- real background noise files
+            t0 = time.perf_counter()
+            noise_root = Path(resolve(cfg.noise_dir or "../shared/data/noise"))
+            bg = {}
+            for p in background_files(noise_root)[: a.max_noise_files]:
+                x = cache.load(p)
+                evs = detect_events(model, x, source=str(p))
+                bg[p.relative_to(noise_root).as_posix()] = {
+                    "seconds": round(len(x) / mc.sample_rate, 1), "events": len(evs),
+                    "species": dict(Counter(e.name for e in evs))}
+            result["background_noise"] = {"files": bg, "total": sum(v["events"] for v in bg.values()),
+                                          "seconds": round(sum(v["seconds"] for v in bg.values()), 1),
+                                          "used_in_training_as_background": bool(cfg.noise_dir)}
+            lap("background noise files", t0)
+
+            # 5 ---------------------------------------------------------------- xc field recordings
+            t0 = time.perf_counter()
+            index = {lab: i for i, lab in enumerate(mc.labels)}
+            rec_items = recording_items(va_long, mc.labels, cache, mc.window_s, mc.window_s, None)
+            win_items = [EvalItem(f"{it.name}#{j}", w[None], it.target, it.mask)
+                         for it in rec_items for j, w in enumerate(it.windows)]
+            owner = np.array([k for k, it in enumerate(rec_items) for _ in it.windows])
+            w_scores = predict_items(model, win_items, a.batch)
+            w_tg = np.stack([it.target for it in win_items])
+            w_mk = np.stack([it.mask for it in win_items])
+            r_scores = np.stack([w_scores[owner == k].max(0) for k in range(len(rec_items))])
+            r_tg = np.stack([it.target for it in rec_items])
+            r_mk = np.stack([it.mask for it in rec_items])
+            xc_win = clip_metrics(w_scores, w_tg, w_mk, mc.labels, mc.threshold_on, mc.names)
+            xc_rec = clip_metrics(r_scores, r_tg, r_mk, mc.labels, mc.threshold_on, mc.names)
+            prim = np.array([index[r.primary] for r in va_long])
+            recs_out = []
+            for k, r in enumerate(va_long):
+                also_names = also_raw.get(str(Path(r.path).resolve()), [])
+                sec = set(r.secondary) | {lab for lab in mc.labels if norm(lab) in {norm(x) for x in also_names}}
+                wave = cache.load(r.path)
+                evs = detect_events(model, wave, source=r.path)
+                cls = classify_events([e.species for e in evs], r.primary, sec)
+                recs_out.append({
+                    "file": Path(r.path).relative_to(Path(r.path).parents[1]).as_posix(), "species": r.primary,
+                    "seconds": round(len(wave) / mc.sample_rate, 1), "windows": len(rec_items[k].windows),
+                    "secondary": sorted(sec), "also": also_names,
+                    "top1": mc.labels[int(r_scores[k].argmax())], "top1_score": float(r_scores[k].max()),
+                    "events_right": cls["right"], "events_secondary": cls["secondary"],
+                    "events_wrong": cls["wrong"],
+                    "wrong_species": dict(Counter(e.species for e in evs if e.species != r.primary
+                                                  and e.species not in sec)),
+                })
+            xc = {
+                "n_recordings": len(va_long), "audio_s": round(sum(x["seconds"] for x in recs_out), 1),
+                "n_windows": len(win_items),
+                "window_level": _slim(xc_win), "recording_level": _slim(xc_rec),
+                "recording_top1": float((r_scores.argmax(1) == prim).mean()) if len(prim) else None,
+                "recordings_with_right_event": sum(x["events_right"] > 0 for x in recs_out),
+                "events_right": sum(x["events_right"] for x in recs_out),
+                "events_secondary": sum(x["events_secondary"] for x in recs_out),
+                "events_wrong": sum(x["events_wrong"] for x in recs_out),
+                "recordings": recs_out,
+                "secondaries": "masked: neither positive nor negative in AP (a background species may or may not "
+                               "be audible in a window); events of them counted apart, not as wrong",
+            }
+            result["xc"] = xc
+            lap("xc recordings (ours)", t0)
+
+        # 4 -------------------------------------------------------------------- BirdNET + replay speed
+        replay_flac = tmp / "replay" / "soundscapes_48k.flac"
+        replay_flac.parent.mkdir(parents=True)
+        long = np.concatenate(list(waves.values()))
+        long = soxr.resample(long, mc.sample_rate, 48000, quality="HQ")
+        sf.write(str(replay_flac), np.clip(long / max(1.0, float(np.abs(long).max())), -1, 1), 48000,
+                 subtype="PCM_16")
+        t0 = time.perf_counter()
+        ours_rtf = replay_rtf(model, replay_flac, a.rtf_threads)
+        lap("replay speed (ours)", t0)
+        result["speed"] = {"ours_replay": ours_rtf, "file_s": ours_rtf["audio_s"]}
+
+        bn = None
+        if a.birdnet:
+            t0 = time.perf_counter()
+            wdir = tmp / "windows"
+            for i, it in enumerate(items):
+                write_wav(wdir / "a_composed" / f"{i:06d}.wav", it.windows[0], mc.sample_rate)
+            for i, it in enumerate(win_items):
+                write_wav(wdir / "b_xc" / f"{i:06d}.wav", it.windows[0], mc.sample_rate)
+            bn_scores, bn_meta = run_birdnet_windows(bn_py, wdir, mc.labels, tmp / "bn" / "scores.npy",
+                                                     a.rtf_threads)
+            files = bn_meta["files"]
+            ci = [files.index(f"a_composed/{i:06d}.wav") for i in range(len(items))]
+            xi = [files.index(f"b_xc/{i:06d}.wav") for i in range(len(win_items))]
+            lap("BirdNET windows", t0)
+            t0 = time.perf_counter()
+            xc_paths = [Path(r.path) for r in va_long]
+            det_rows, per_file = run_birdnet_recordings(bn_py, xc_paths + [replay_flac],
+                                                        tmp / "bn" / "detections.csv", a.rtf_threads)
+            lap("BirdNET recordings", t0)
+            bn = {"windows_meta": {k: bn_meta[k] for k in ("unknown_labels", "overlap_s", "timing")},
+                  "birdnet_label": dict(zip(mc.labels, bn_meta["birdnet_label"]))}
+            common = [k for k, lab in enumerate(mc.labels) if bn_meta["birdnet_label"][k] is not None]
+            bn["common_labels"] = [mc.labels[k] for k in common]
+            common_l = [mc.labels[k] for k in common]
+            common_n = [mc.names[k] for k in common]
+
+            def sub(scores, tg, mk, rows):
+                return clip_metrics(scores[np.ix_(rows, common)], tg[np.ix_(rows, common)],
+                                    mk[np.ix_(rows, common)], common_l, mc.threshold_on, common_n)
+
+            allr = list(range(len(items)))
+            bc = sub(bn_scores[ci], c_tg, c_mk, allr)
+            oc = sub(c_scores, c_tg, c_mk, allr)
+            bn["composed"] = {"birdnet": _slim(bc), "ours": _slim(oc)}
+            # xc: windows, recordings (common species; recordings whose primary BirdNET knows)
+            bw = bn_scores[xi]
+            xcr = [k for k, r in enumerate(va_long) if r.primary in set(common_l)]
+            wr = [j for j in range(len(win_items)) if owner[j] in set(xcr)]
+            br = np.stack([bw[owner == k].max(0) for k in range(len(rec_items))])
+            bn_xw, our_xw = sub(bw, w_tg, w_mk, wr), sub(w_scores, w_tg, w_mk, wr)
+            bn_xr, our_xr = sub(br, r_tg, r_mk, xcr), sub(r_scores, r_tg, r_mk, xcr)
+            cpos = {lab: j for j, lab in enumerate(common_l)}
+            cprim = np.array([cpos[va_long[k].primary] for k in xcr])
+            top_bn = float((np.nan_to_num(br[np.ix_(xcr, common)], nan=-1).argmax(1) == cprim).mean())
+            top_ours_c = float((r_scores[np.ix_(xcr, common)].argmax(1) == cprim).mean())
+            # BirdNET detections at its default confidence, merged into events
+            to_ours = {v: k for k, v in zip(mc.labels, bn_meta["birdnet_label"]) if v}
+            evs_bn = merge_detections(det_rows)
+            bn_recs = []
+            for k, r in enumerate(va_long):
+                also_names = {norm(x) for x in also_raw.get(str(Path(r.path).resolve()), [])}
+                sec = set(recs_out[k]["secondary"])
+                mine = [e for e in evs_bn if Path(e["file"]).resolve() == Path(r.path).resolve()]
+                c = Counter()
+                wrong_sp = Counter()
+                for e in mine:
+                    ours_lab = to_ours.get(f"{e['sci']}_{e['common']}")
+                    if ours_lab == r.primary:
+                        c["right"] += 1
+                    elif ours_lab in sec or norm(e["sci"]) in also_names:
+                        c["secondary"] += 1
+                    else:
+                        c["wrong_in_our_set" if ours_lab else "wrong_outside_our_set"] += 1
+                        wrong_sp[e["common"]] += 1
+                best = max(mine, key=lambda e: e["conf"], default=None)
+                raw = [d for d in det_rows if Path(d["file"]).resolve() == Path(r.path).resolve()]
+                bn_recs.append({
+                    "file": recs_out[k]["file"], "species": r.primary, "birdnet_knows": r.primary in cpos,
+                    "detections": len(raw), "events_right": c["right"], "events_secondary": c["secondary"],
+                    "events_wrong_in_our_set": c["wrong_in_our_set"],
+                    "events_wrong_outside_our_set": c["wrong_outside_our_set"],
+                    "wrong_species": dict(wrong_sp),
+                    "top1_all_classes": f"{best['sci']} ({best['common']})" if best else None,
+                    "top1_all_classes_right": bool(best and to_ours.get(f"{best['sci']}_{best['common']}")
+                                                   == r.primary),
+                    "top1_common": common_l[int(np.nan_to_num(br[k, common], nan=-1).argmax())],
+                })
+            sel = [bn_recs[k] for k in xcr]
+            ours_sel = [recs_out[k] for k in xcr]
+            bn["xc"] = {
+                "n_recordings_common": len(xcr), "n_windows_common": len(wr),
+                "window_level": {"birdnet": _slim(bn_xw), "ours": _slim(our_xw)},
+                "recording_level": {"birdnet": _slim(bn_xr), "ours": _slim(our_xr)},
+                "recording_top1_common": {"birdnet": top_bn, "ours": top_ours_c},
+                "recording_top1_all_classes_birdnet": float(np.mean([x["top1_all_classes_right"] for x in sel])),
+                "ours_common": {
+                    "recordings_with_right_event": sum(x["events_right"] > 0 for x in ours_sel),
+                    "events_right": sum(x["events_right"] for x in ours_sel),
+                    "events_secondary": sum(x["events_secondary"] for x in ours_sel),
+                    "events_wrong": sum(x["events_wrong"] for x in ours_sel)},
+                "birdnet_common": {
+                    "recordings_with_right_event": sum(x["events_right"] > 0 for x in sel),
+                    "events_right": sum(x["events_right"] for x in sel),
+                    "events_secondary": sum(x["events_secondary"] for x in sel),
+                    "events_wrong_in_our_set": sum(x["events_wrong_in_our_set"] for x in sel),
+                    "events_wrong_outside_our_set": sum(x["events_wrong_outside_our_set"] for x in sel),
+                    "detections": sum(x["detections"] for x in sel)},
+                "birdnet_all": {
+                    "recordings_with_right_event": sum(x["events_right"] > 0 for x in bn_recs),
+                    "events_wrong": sum(x["events_wrong_in_our_set"] + x["events_wrong_outside_our_set"]
+                                        for x in bn_recs)},
+                "recordings": bn_recs, "min_conf": BIRDNET_MIN_CONF,
+                "events": "consecutive 3 s detections (overlap 0) of one species merged into one event",
+            }
+            rf = per_file.get(str(replay_flac))
+            xc_audio = sum(v["audio_s"] for f, v in per_file.items() if f != str(replay_flac))
+            xc_wall = sum(v["audio_s"] / v["rtf"] for f, v in per_file.items() if f != str(replay_flac) and v["rtf"])
+            result["speed"]["birdnet_recordings_same_file"] = rf
+            result["speed"]["birdnet_recordings_xc"] = {"audio_s": xc_audio, "rtf": xc_audio / xc_wall if xc_wall
+                                                        else None}
+            result["speed"]["birdnet_windows"] = bn_meta["timing"]
+            result["birdnet"] = bn
+            # our RTF once more after BirdNET, so that both sit between the same two points in time
+            with cpu_threads(a.rtf_threads):
+                result["speed"]["ours_replay_after"] = replay_rtf(model, replay_flac, a.rtf_threads)
+    finally:
+        if a.keep_tmp:
+            console.print(f"temporary audio kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    timing["total"] = round(time.perf_counter() - t_start, 1)
+    result["timing_s"] = timing
+    tables = build_tables(result, mc, c_runs, va_long)
+    for t in tables:
+        console.print(t.rich())
+        console.print()
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    md = Path(a.md) if a.md else out.with_suffix(".md")
+    md.write_text(render_md(result, tables))
+    console.print(f"wrote {out} and {md} in {timing['total']:.0f} s")
+    return 0
+
+
+def _slim(m: dict) -> dict:
+    """clip_metrics without the per-species entries that have no positive (they carry no AP)."""
+    m = dict(m)
+    m.pop("worst", None)
+    m["species"] = [sp for sp in m["species"] if sp["n_pos"] > 0]
+    return m
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+def build_tables(res: dict, mc, c_runs: dict, va_long) -> list[Tab]:
+    s, comp, bn = res["settings"], res["composed_windows"], res.get("birdnet")
+    name = {lab: (nm or lab) for lab, nm in zip(mc.labels, mc.names)}
+    tabs = []
+
+    t = Tab("Model and detector settings", ["setting", "value"])
+    for k in ("model", "epoch", "step", "validation_map_at_save", "labels", "backbone", "threshold_on",
+              "threshold_off", "median_s", "min_duration_s", "merge_gap_s", "max_event_s", "hop_s", "window_s",
+              "seed", "heldout_snippet_species", "heldout_snippet_runs", "heldout_recordings", "torch_threads"):
+        t.add(k, s.get(k))
+    tabs.append(t)
+
+    # 1 + 4: composed windows
+    t = Tab("Composed held-out windows (essential-set runs never trained on)",
+            ["model", "species set", "windows", "species", "macro mAP", "top-1 (single-species)", "F1@thr micro"],
+            note=f"{comp['n_items']} composed 5 s windows ({s['per_species']} per held-out species, seed {s['seed']}), "
+                 f"1-3 species each, coloured-noise bed; top-1 over {comp['n_single']} single-species windows. "
+                 "The checkpoint was picked by validation mAP on other draws (seed 0) from the same held-out runs.")
+    t.add("birdlive", f"all {mc.num_classes}", comp["n_items"], comp["n_species_evaluated"], comp["macro_map"],
+          comp["top1"], comp["f1_micro"])
+    if bn:
+        for who in ("ours", "birdnet"):
+            m = bn["composed"][who]
+            t.add("birdlive" if who == "ours" else "BirdNET V2.4", f"common {len(bn['common_labels'])}",
+                  m["n_items"], m["n_species_evaluated"], m["macro_map"], m["top1"],
+                  m["f1_micro"] if who == "ours" else None)
+    tabs.append(t)
+
+    bn_ap = {sp["label"]: sp["ap"] for sp in bn["composed"]["birdnet"]["species"]} if bn else {}
+    t = Tab("Per-species AP, composed held-out windows (worst first)",
+            ["species", "held-out runs", "windows+", "AP", "top-1", "confused with"] + (["BirdNET AP"] if bn else []))
+    for sp in sorted(comp["species"], key=lambda sp: (sp["ap"] if sp["ap"] is not None else 2, sp["label"])):
+        row = [sp["name"] or sp["label"], c_runs.get(sp["label"], "-"), sp["n_pos"], sp["ap"], sp["top1"], ", ".join(f"{name.get(lab, lab)} ×{c}" for lab, c in sp["confused_with"])]
+        if bn:
+            row.append(bn_ap.get(sp["label"]) if sp["label"] in bn["common_labels"] else "n/a")
+        t.add(*row)
+    tabs.append(t)
+
+    # 2: soundscapes
+    sc = res["soundscapes"]
+    t = Tab(f"Event F1 on composed held-out soundscapes ({sc['n']} × {sc['seconds_each']:g} s, onset ±0.5 s)",
+            ["reference", "ref events", "detected", "TP", "precision", "recall", "F1 (micro)", "F1 (macro)"],
+            note=f"{sc['species_present']} species; notes = every snippet; bouts = a species' notes merged when "
+                 f"the gap ≤ {s['merge_gap_s']:g} s (the smoother's merge gap: one detector event).")
+    for key, lab in (("bouts", "bouts"), ("notes", "notes")):
+        m = sc[key]
+        t.add(lab, m["tp"] + m["fn"], m["tp"] + m["fp"], m["tp"], m["precision"], m["recall"], m["f1"],
+              m["f1_macro"])
+    tabs.append(t)
+
+    # 3 + 6: noise
+    cn, bg = res["coloured_noise"], res["background_noise"]
+    t = Tab("Events on noise at the default thresholds (goal 0)", ["noise", "seconds", "events", "species"],
+            note=f"Coloured noise at {cn['dbfs']:g} dBFS; real files at their recorded level. The real files "
+                 f"{'were' if bg['used_in_training_as_background'] else 'were not'} used as training backgrounds.")
+    for c, n in cn["events"].items():
+        t.add(f"{c} noise", round(cn["minutes_each"] * 60), n, _species(cn.get("species", {}).get(c, {})))
+    for f, v in bg["files"].items():
+        t.add(f, f"{v['seconds']:.1f}", v["events"], _species(v["species"]))
+    t.add("total coloured", round(cn["minutes_each"] * 60 * len(cn["events"])), cn["total"], "")
+    t.add("total real files", f"{bg['seconds']:.1f}", bg["total"], "")
+    tabs.append(t)
+
+    # 5: xc
+    xc = res["xc"]
+    cols = ["model", "species set", "recordings", "window mAP", "recording mAP", "recording top-1",
+            "recs with right event", "right events", "secondary events", "wrong events"]
+    unknown = ", ".join(name.get(x, x) for x in bn["windows_meta"]["unknown_labels"]) if bn else ""
+    t = Tab("Held-out xeno-canto Puerto Rico recordings (whole recordings)", cols,
+            note="Secondary (`also`) species: masked in AP (neither positive nor negative), their events counted "
+                 "apart, not as wrong. Top-1: the species with the highest max-over-windows score within the "
+                 "species set is the primary. Events: ours from detect_waveform at the default thresholds; "
+                 f"BirdNET's 3 s detections ≥ {BIRDNET_MIN_CONF} (no location filter), consecutive ones of a species "
+                 "merged into one event; for BirdNET 'wrong' = wrong species in our label set + species outside it."
+                 + (f" 'common' = the {len(bn['common_labels'])} species both models know (BirdNET V2.4 lacks "
+                    f"{unknown}), and the held-out recordings of those species." if bn else ""))
+    t.add("birdlive", f"all {mc.num_classes}", xc["n_recordings"], xc["window_level"]["macro_map"],
+          xc["recording_level"]["macro_map"], xc["recording_top1"],
+          f"{xc['recordings_with_right_event']}/{xc['n_recordings']}", xc["events_right"], xc["events_secondary"],
+          xc["events_wrong"])
+    if bn:
+        b = bn["xc"]
+        n = b["n_recordings_common"]
+        oc = b["ours_common"]
+        t.add("birdlive", f"common {len(bn['common_labels'])}", n, b["window_level"]["ours"]["macro_map"],
+              b["recording_level"]["ours"]["macro_map"], b["recording_top1_common"]["ours"],
+              f"{oc['recordings_with_right_event']}/{n}", oc["events_right"], oc["events_secondary"],
+              oc["events_wrong"])
+        bc = b["birdnet_common"]
+        t.add("BirdNET V2.4", f"common {len(bn['common_labels'])}", n, b["window_level"]["birdnet"]["macro_map"],
+              b["recording_level"]["birdnet"]["macro_map"], b["recording_top1_common"]["birdnet"],
+              f"{bc['recordings_with_right_event']}/{n}", bc["events_right"], bc["events_secondary"],
+              f"{bc['events_wrong_in_our_set'] + bc['events_wrong_outside_our_set']} "
+              f"({bc['events_wrong_in_our_set']} + {bc['events_wrong_outside_our_set']})")
+        t.add("BirdNET V2.4", "all 6522 (its detections)", n, None, None, b["recording_top1_all_classes_birdnet"],
+              None, None, None, None)
+    tabs.append(t)
+
+    ap_w = {sp["label"]: sp["ap"] for sp in xc["window_level"]["species"]}
+    bn_w = {sp["label"]: sp["ap"] for sp in bn["xc"]["window_level"]["birdnet"]["species"]} if bn else {}
+    bn_by_file = {x["file"]: x for x in bn["xc"]["recordings"]} if bn else {}
+    cols = ["recording", "species", "s", "windows", "window AP", "top-1", "right/sec/wrong events"]
+    if bn:
+        cols += ["BirdNET window AP", "BirdNET top-1 (all classes)", "BirdNET right/sec/wrong events"]
+    t = Tab("Held-out xc recordings, one row each", cols)
+    for x in xc["recordings"]:
+        row = [Path(x["file"]).stem, name.get(x["species"], x["species"]), f"{x['seconds']:.1f}", x["windows"],
+               ap_w.get(x["species"]),
+               name.get(x["top1"], x["top1"]) + (" ✓" if x["top1"] == x["species"] else " ✗"),
+               f"{x['events_right']}/{x['events_secondary']}/{x['events_wrong']}"]
+        if bn:
+            y = bn_by_file[x["file"]]
+            if y["birdnet_knows"]:
+                row += [bn_w.get(x["species"]), _common(y["top1_all_classes"]) +
+                        (" ✓" if y["top1_all_classes_right"] else " ✗"),
+                        f"{y['events_right']}/{y['events_secondary']}/"
+                        f"{y['events_wrong_in_our_set'] + y['events_wrong_outside_our_set']}"]
+            else:
+                row += ["n/a (not in BirdNET)", _common(y["top1_all_classes"]),
+                        f"-/{y['events_secondary']}/{y['events_wrong_in_our_set'] + y['events_wrong_outside_our_set']}"]
+        t.add(*row)
+    tabs.append(t)
+
+    # speed
+    sp = res["speed"]
+    t = Tab("Replay speed, same machine, same run (audio seconds per wall second)",
+            ["model", "path", "audio s", "threads", "real-time factor"],
+            note="Same 48 kHz FLAC (the soundscapes end to end) for both 'recordings/replay' rows; decode and "
+                 "resampling included.")
+    o = sp["ours_replay"]
+    t.add("birdlive", "replay (FileSource → StreamDetector, 5 s windows every 1 s)", f"{o['audio_s']:.0f}",
+          o["threads"], f"{o['rtf']:.1f}×")
+    if "ours_replay_after" in sp:
+        o2 = sp["ours_replay_after"]
+        t.add("birdlive", "same, rerun after BirdNET", f"{o2['audio_s']:.0f}", o2["threads"], f"{o2['rtf']:.1f}×")
+    if sp.get("birdnet_recordings_same_file"):
+        b = sp["birdnet_recordings_same_file"]
+        t.add("BirdNET V2.4", "recordings mode (3 s chunks, no overlap)", f"{b['audio_s']:.0f}",
+              sp["birdnet_windows"]["threads"], f"{b['rtf']:.1f}×")
+    if sp.get("birdnet_recordings_xc", {}).get("rtf"):
+        b = sp["birdnet_recordings_xc"]
+        t.add("BirdNET V2.4", "recordings mode on the held-out xc files (MP3)", f"{b['audio_s']:.0f}",
+              sp["birdnet_windows"]["threads"], f"{b['rtf']:.1f}×")
+    if sp.get("birdnet_windows"):
+        b = sp["birdnet_windows"]
+        t.add("BirdNET V2.4", "windows mode (3 s chunks, 1 s overlap)", f"{b['audio_s']:.0f}", b["threads"],
+              f"{b['rtf_audio_per_wall_s']:.1f}× (model only {b['rtf_model_only']:.1f}×)")
+    tabs.append(t)
+
+    t = Tab("Time per stage (s)", ["stage", "seconds"])
+    for k, v in res["timing_s"].items():
+        t.add(k, f"{v:.1f}")
+    tabs.append(t)
+    return tabs
+
+
+def _common(top: str | None) -> str:
+    """'Sci name (Common Name)' -> 'Common Name'."""
+    if not top:
+        return "none"
+    m = re.search(r"\((.*)\)$", top)
+    return m.group(1) if m else top
+
+
+def _species(d: dict) -> str:
+    return ", ".join(f"{k} ×{v}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]))
+
+
+def render_md(res: dict, tables: list[Tab]) -> str:
+    s = res["settings"]
+    head = [f"## Held-out evaluation of `{s['model']}`", "",
+            f"Generated {s['date']} by `{s['command']}` (run `{s['run']}`, epoch {s['epoch']}; split seed "
+            f"{s['split_seed']}, evaluation seed {s['seed']}; {s['cpu_count']} CPU cores).", ""]
+    return "\n".join(head) + "\n" + "\n".join(t.md() for t in tables)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
