@@ -46,7 +46,10 @@ class StreamDetector:
         self.smoother = EventSmoother(cfg.labels, cfg.names, cfg.frame_s, params or default_params(model),
                                       source=source, clock=self.scheduler.clock)
         self.filter = event_filter or EventFilter()
-        self.latest_scores = np.zeros(cfg.num_classes, np.float32)  # newest final frame, for the live view
+        # The live view's "now": each species' best score over the newest hop of the newest window. Stitched
+        # frames are final only a window later; this is the freshest (if less settled) estimate.
+        self.latest_scores = np.zeros(cfg.num_classes, np.float32)
+        self._hop_frames = int(round(hop_frames))
         self.windows_scored = 0
 
     @property
@@ -71,11 +74,10 @@ class StreamDetector:
             valid_frames = math.ceil(w.valid * self.cfg.out_fps / self.sample_rate - 1e-9)
             _, frames = self.stitcher.add(start_frame, scores, valid_frames)
             events += self._smooth(frames)
+            self.latest_scores = scores[max(0, valid_frames - self._hop_frames):valid_frames].max(axis=0)
         self.windows_scored += len(windows)
         return events
 
     def _smooth(self, frames: np.ndarray) -> list[Event]:
-        if len(frames):
-            self.latest_scores = frames[-1]
         return [e for e in self.smoother.push(frames) if self.filter(e)]
 

@@ -168,3 +168,41 @@ def test_low_and_high_sample_rates_work(tmp_path, rate):
 def test_python_m_birdlive_and_help():
     r = subprocess.run([sys.executable, "-m", "birdlive", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "replay" in r.stdout and "listen" in r.stdout and "devices" in r.stdout
+
+
+@pytest.mark.parametrize("device", ["99", "no-such-microphone"])
+def test_unknown_input_device(device):
+    r = birdlive("listen", "--device", device, "--model", TINY, "--no-live")
+    _one_line_error(r)
+    assert device in r.stderr or "PortAudio library not found" in r.stderr
+
+
+PATCHED_PORTAUDIO = """
+import ctypes.util, sys
+real = ctypes.util.find_library
+ctypes.util.find_library = lambda name: None if "portaudio" in name else real(name)
+sys.argv = ["birdlive", *sys.argv[1:]]
+from birdlive.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("args", [["devices"], ["listen", "--model", str(TINY)]])
+def test_portaudio_missing_is_one_line_and_replay_still_works(args, tmp_path):
+    r = subprocess.run([sys.executable, "-c", PATCHED_PORTAUDIO, *args], capture_output=True, text=True)
+    _one_line_error(r, "PortAudio library not found", "libportaudio2")
+    r = subprocess.run([sys.executable, "-c", PATCHED_PORTAUDIO, "replay", str(RECORDING), "--model", str(TINY),
+                        "--no-live"], capture_output=True, text=True)
+    assert r.returncode == 0 and "peak" in r.stdout
+
+
+def test_multichannel_file_with_channel_option(tmp_path):
+    wave, truth = make_scene(8.0, 32000, [("upsweep", 2.0)], snr_db=12, rng=np.random.default_rng(5))
+    x = np.zeros((len(wave), 8), np.float32)
+    x[:, 5] = wave
+    path = tmp_path / "array.wav"
+    sf.write(path, x, 32000)
+    log = tmp_path / "c.csv"
+    r = birdlive("replay", path, "--model", TINY, "--channel", "5", "--csv", log, "--no-live")
+    assert r.returncode == 0, r.stderr
+    assert [x["species"] for x in read_events_csv(log)] == ["upsweep"]
