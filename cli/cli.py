@@ -36,8 +36,7 @@ def _install_stop_handlers(stop: threading.Event, on_stop=None) -> None:
 
 
 def _load_model(model: Optional[Path], compute: str):
-    from birdlive.model import DEFAULT_CHECKPOINT, load_checkpoint
-    from birdlive.streamer import pick_device
+    from birdlive.model import DEFAULT_CHECKPOINT, load_checkpoint, pick_device
     return load_checkpoint(model or DEFAULT_CHECKPOINT, device=pick_device(compute))
 
 

@@ -15,6 +15,15 @@ from .sed import BirdSED
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "default"
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto`: CUDA when torch sees a GPU, else the CPU; or a torch device name (`cpu`, `cuda`, `cuda:1`)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("CUDA was asked for but torch sees no GPU; use cpu")
+    return torch.device(name)
+
+
 class CheckpointError(Exception):
     """The path is not a usable birdlive checkpoint; the message says why, in one line."""
 

@@ -1,6 +1,6 @@
 """birdlive.streamer: sources → ring buffer → windows → network → stitched scores → events → sinks."""
 from .detector import StreamDetector, default_params
-from .engine import ScoreStitcher, WindowScorer, pick_device
+from .engine import ScoreStitcher, WindowScorer
 from .events import Event, EventFilter
 from .offline import detect_waveform
 from .pipeline import StreamStatus, run_stream
@@ -11,4 +11,4 @@ from .smoother import EventSmoother, SmootherParams
 
 __all__ = ["CSV_COLUMNS", "CsvEventLog", "Event", "EventFilter", "EventPrinter", "EventSmoother", "RingBuffer",
            "ScoreStitcher", "SmootherParams", "StreamDetector", "StreamStatus", "Window", "WindowScheduler",
-           "WindowScorer", "default_params", "detect_waveform", "pick_device", "run_stream"]
+           "WindowScorer", "default_params", "detect_waveform", "run_stream"]

@@ -9,14 +9,6 @@ from birdlive.model import BirdSED
 from .scheduler import Window
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("CUDA was asked for but torch sees no GPU; use --compute cpu")
-    return torch.device(name)
-
-
 class WindowScorer:
     """Runs the network over batches of windows under inference_mode on its device."""
 

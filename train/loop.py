@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from birdlive.model import BirdSED, create_config, load_checkpoint, save_checkpoint
+from birdlive.model import BirdSED, create_config, load_checkpoint, pick_device, save_checkpoint
 
 from .augment import AugmentConfig, NoiseBank
 from .cache import AudioCache
@@ -204,12 +204,6 @@ def plot_curves(rows: list[dict], path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ train
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
 
 def train(cfg: TrainConfig, resume: bool = False, console=None, show_progress: bool = True) -> dict:
     """Trains per `cfg` into `cfg.run_dir`; returns a summary dict (best epoch and its validation figures, paths).
