@@ -60,7 +60,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+import hashlib
+
 from birdlive.model import load_checkpoint
+from birdlive.model.checkpoint import checkpoint_paths
 from birdlive.streamer import StreamDetector, default_params, run_stream
 from birdlive.streamer.sources import FileSource
 from birdlive.train.augment import AugmentConfig, NoiseBank
@@ -101,8 +104,11 @@ class Tab:
         return t
 
     def md(self) -> str:
-        out = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |",
-               "|" + "|".join([" --- "] + [" ---: "] * (len(self.columns) - 1)) + "|"]
+        def numeric(j):
+            cells = [r[j] for r in self.rows if r[j] not in ("-", "")]
+            return bool(cells) and all(re.fullmatch(r"[-+]?[\d.]+(×.*)?( \(.*\))?|\d+/\d+", c) for c in cells)
+        align = [" ---: " if j and numeric(j) else " --- " for j in range(len(self.columns))]
+        out = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |", "|" + "|".join(align) + "|"]
         out += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in self.rows]
         if self.note:
             out += ["", self.note]
@@ -191,6 +197,23 @@ def make_soundscapes(model, cfg: TrainConfig, va_snip, cache, minutes: float, se
         waves[key] = ex.wave
         refs += [RefEvent(key, sp, float(a), float(b)) for sp, a, b in events]
     return waves, refs, ccfg
+
+
+@torch.no_grad()
+def soundscape_peaks(model, waves: dict, refs: list[RefEvent], batch: int) -> tuple[float, float]:
+    """Highest framewise score in the soundscapes (5 s windows, hop 5 s), over all species and over the species
+    present in each soundscape: says how far the detector's threshold is from firing at all."""
+    n = model.cfg.window_samples
+    any_, present = 0.0, 0.0
+    for key, w in waves.items():
+        idx = sorted({model.cfg.labels.index(r.species) for r in refs if r.file == key})
+        x = np.stack([w[i:i + n] for i in range(0, len(w) - n + 1, n)])
+        for s in range(0, len(x), batch):
+            fw = model(torch.from_numpy(x[s:s + batch]))["framewise"].float().numpy()
+            any_ = max(any_, float(fw.max()))
+            if idx:
+                present = max(present, float(fw[..., idx].max()))
+    return any_, present
 
 
 def merge_bouts(refs: list[RefEvent], gap_s: float) -> list[RefEvent]:
@@ -334,6 +357,8 @@ def main(argv=None) -> int:
     np.random.seed(a.seed)
     torch.manual_seed(a.seed)
     model = load_checkpoint(a.model)
+    weights = checkpoint_paths(a.model)[0]
+    load_start = os.getloadavg()[0]
     mc = model.cfg
     run = Path(a.run)
     cfg = TrainConfig.from_dict(json.loads((run / "train.json").read_text()))
@@ -353,7 +378,7 @@ def main(argv=None) -> int:
     extra = mc.extra or {}
     tr = extra.get("training", {})
     settings = {
-        "model": str(a.model), "run": str(run), "labels": len(mc.labels), "backbone": mc.backbone,
+        "model": str(a.model), "weights_sha1": hashlib.sha1(weights.read_bytes()).hexdigest()[:12], "run": str(run), "labels": len(mc.labels), "backbone": mc.backbone,
         "epoch": tr.get("epoch"), "step": tr.get("step"), "validation_map_at_save": extra.get("heldout", {}).get(
             "macro_map"),
         "threshold_on": params.threshold_on, "threshold_off": params.threshold_off, "median_s": params.median_s,
@@ -393,6 +418,7 @@ def main(argv=None) -> int:
                 est += [RefEvent(key, e.species, float(e.onset_s), float(e.offset_s))
                         for e in detect_events(model, w, source=key)]
             det_s = time.perf_counter() - t_det
+            peak_any, peak_present = soundscape_peaks(model, waves, refs, a.batch)
             bouts = merge_bouts(refs, params.merge_gap_s)
             ev_notes = event_metrics(refs, est, 0.5)
             ev_bouts = event_metrics(bouts, est, 0.5)
@@ -402,6 +428,7 @@ def main(argv=None) -> int:
                 "composer": ccfg.to_dict(), "n_notes": len(refs), "n_bouts": len(bouts), "n_estimated": len(est),
                 "species_present": len({r.species for r in refs}),
                 "notes": ev_notes, "bouts": ev_bouts, "detect_rtf_1thread": audio_s / det_s,
+                "max_frame_score_any_species": peak_any, "max_frame_score_present_species": peak_present,
             }
             lap("soundscapes + detect_waveform", t0)
 
@@ -509,6 +536,7 @@ def main(argv=None) -> int:
                   "birdnet_label": dict(zip(mc.labels, bn_meta["birdnet_label"]))}
             common = [k for k, lab in enumerate(mc.labels) if bn_meta["birdnet_label"][k] is not None]
             bn["common_labels"] = [mc.labels[k] for k in common]
+            bn["unknown_names"] = [mc.display_name(k) for k, lab in enumerate(bn_meta["birdnet_label"]) if lab is None]
             common_l = [mc.labels[k] for k in common]
             common_n = [mc.names[k] for k in common]
 
@@ -529,8 +557,8 @@ def main(argv=None) -> int:
             bn_xr, our_xr = sub(br, r_tg, r_mk, xcr), sub(r_scores, r_tg, r_mk, xcr)
             cpos = {lab: j for j, lab in enumerate(common_l)}
             cprim = np.array([cpos[va_long[k].primary] for k in xcr])
-            top_bn = float((np.nan_to_num(br[np.ix_(xcr, common)], nan=-1).argmax(1) == cprim).mean())
-            top_ours_c = float((r_scores[np.ix_(xcr, common)].argmax(1) == cprim).mean())
+            top_bn = float((np.nan_to_num(br[np.ix_(xcr, common)], nan=-1).argmax(1) == cprim).mean()) if xcr else None
+            top_ours_c = float((r_scores[np.ix_(xcr, common)].argmax(1) == cprim).mean()) if xcr else None
             # BirdNET detections at its default confidence, merged into events
             to_ours = {v: k for k, v in zip(mc.labels, bn_meta["birdnet_label"]) if v}
             evs_bn = merge_detections(det_rows)
@@ -570,7 +598,8 @@ def main(argv=None) -> int:
                 "window_level": {"birdnet": _slim(bn_xw), "ours": _slim(our_xw)},
                 "recording_level": {"birdnet": _slim(bn_xr), "ours": _slim(our_xr)},
                 "recording_top1_common": {"birdnet": top_bn, "ours": top_ours_c},
-                "recording_top1_all_classes_birdnet": float(np.mean([x["top1_all_classes_right"] for x in sel])),
+                "recording_top1_all_classes_birdnet": float(np.mean([x["top1_all_classes_right"] for x in sel]))
+                if sel else None,
                 "ours_common": {
                     "recordings_with_right_event": sum(x["events_right"] > 0 for x in ours_sel),
                     "events_right": sum(x["events_right"] for x in ours_sel),
@@ -608,11 +637,13 @@ def main(argv=None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
     timing["total"] = round(time.perf_counter() - t_start, 1)
+    settings["load_average_1min"] = {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)}
     result["timing_s"] = timing
     tables = build_tables(result, mc, c_runs, va_long)
     for t in tables:
         console.print(t.rich())
         console.print()
+    console.print("Caveats:\n" + "\n".join(f"- {x}" for x in caveats(result)), highlight=False)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
@@ -638,7 +669,7 @@ def build_tables(res: dict, mc, c_runs: dict, va_long) -> list[Tab]:
     tabs = []
 
     t = Tab("Model and detector settings", ["setting", "value"])
-    for k in ("model", "epoch", "step", "validation_map_at_save", "labels", "backbone", "threshold_on",
+    for k in ("model", "weights_sha1", "epoch", "step", "validation_map_at_save", "labels", "backbone", "threshold_on",
               "threshold_off", "median_s", "min_duration_s", "merge_gap_s", "max_event_s", "hop_s", "window_s",
               "seed", "heldout_snippet_species", "heldout_snippet_runs", "heldout_recordings", "torch_threads"):
         t.add(k, s.get(k))
@@ -676,7 +707,10 @@ def build_tables(res: dict, mc, c_runs: dict, va_long) -> list[Tab]:
     t = Tab(f"Event F1 on composed held-out soundscapes ({sc['n']} × {sc['seconds_each']:g} s, onset ±0.5 s)",
             ["reference", "ref events", "detected", "TP", "precision", "recall", "F1 (micro)", "F1 (macro)"],
             note=f"{sc['species_present']} species; notes = every snippet; bouts = a species' notes merged when "
-                 f"the gap ≤ {s['merge_gap_s']:g} s (the smoother's merge gap: one detector event).")
+                 f"the gap ≤ {s['merge_gap_s']:g} s (the smoother's merge gap: one detector event). Highest raw "
+                 f"framewise score (5 s windows, before stitching and smoothing) in these soundscapes: {sc['max_frame_score_any_species']:.3f} (any species), "
+                 f"{sc['max_frame_score_present_species']:.3f} (species present); threshold_on "
+                 f"{s['threshold_on']:g}.")
     for key, lab in (("bouts", "bouts"), ("notes", "notes")):
         m = sc[key]
         t.add(lab, m["tp"] + m["fn"], m["tp"] + m["fp"], m["tp"], m["precision"], m["recall"], m["f1"],
@@ -808,11 +842,37 @@ def _species(d: dict) -> str:
     return ", ".join(f"{k} ×{v}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]))
 
 
+def caveats(res: dict) -> list[str]:
+    s, xc, bn = res["settings"], res["xc"], res.get("birdnet")
+    per = Counter(r["species"] for r in xc["recordings"])
+    c = [
+        f"Held-out data is small: {xc['n_recordings']} xc recordings ({xc['audio_s'] / 60:.1f} min; "
+        f"{Counter(per.values())[1]} species with 1 recording, {Counter(per.values())[2]} with 2), so a species' "
+        f"xc AP rests on one or two recordings; {s['heldout_snippet_runs']} essential-set runs of "
+        f"{s['heldout_snippet_species']} species, many species with a single held-out run (all of its composed "
+        "windows then come from one source recording).",
+        "The checkpoint was chosen by validation mAP on these same held-out groups (other composed draws, and "
+        "the xc recordings themselves), so the figures lean optimistic.",
+        "The real noise files were training backgrounds (never labelled as birds), so they are not held-out audio.",
+    ]
+    if bn:
+        c.append(f"BirdNET V2.4: bundled model, sensitivity 1.0, location/date filter off (all 6,522 classes "
+                 f"scored); it lacks {len(bn['windows_meta']['unknown_labels'])} of our species "
+                 f"({', '.join(bn['unknown_names'])}), left out of every 'common' figure. It sees "
+                 "the composed and xc windows at our 32 kHz rate (upsampled to its 48 kHz; nothing above 16 kHz, "
+                 "its spectrogram stops at 15 kHz) and its own recordings mode reads the original files.")
+    la = s.get("load_average_1min", {})
+    c.append(f"Speeds are from one run on a {s['cpu_count']}-core machine (1-min load average {la.get('start')} at "
+             f"the start, {la.get('end')} at the end); compare the ratio, not the absolute numbers.")
+    return c
+
+
 def render_md(res: dict, tables: list[Tab]) -> str:
     s = res["settings"]
     head = [f"## Held-out evaluation of `{s['model']}`", "",
-            f"Generated {s['date']} by `{s['command']}` (run `{s['run']}`, epoch {s['epoch']}; split seed "
-            f"{s['split_seed']}, evaluation seed {s['seed']}; {s['cpu_count']} CPU cores).", ""]
+            f"Generated {s['date']} by `{s['command']}` (run `{s['run']}`, epoch {s['epoch']}, weights sha1 "
+            f"{s['weights_sha1']}; split seed {s['split_seed']}, evaluation seed {s['seed']}; {s['cpu_count']} CPU "
+            "cores).", "", "Caveats:", ""] + [f"- {x}" for x in caveats(res)] + [""]
     return "\n".join(head) + "\n" + "\n".join(t.md() for t in tables)
 
 
