@@ -161,3 +161,15 @@ def test_merge_unifies_species_named_alike_across_datasets(tmp_path):
                                                "gray_kingbird"]
     _, separate, _ = merge([load_dataset(xc), load_dataset(ess)], unify_names=False)
     assert len(separate) == 4
+
+
+def test_select_species_by_label_or_common_name_keeps_only_those_labels():
+    from birdlive.train.datasets import Recording, select_species
+    recs = [Recording("a.wav", ["coereba"], ["todus", "vireo"], "g1"), Recording("b.wav", ["todus"], [], "g2"),
+            Recording("c.wav", ["vireo"], ["coereba"], "g3")]
+    labels, names = ["coereba", "todus", "vireo"], ["Bananaquit", "Puerto Rican Tody", ""]
+    kept, labs, nms = select_species(recs, labels, names, ["bananaquit", "VIREO"])
+    assert labs == ["coereba", "vireo"] and nms == ["Bananaquit", ""]
+    assert [r.path for r in kept] == ["a.wav", "c.wav"]
+    assert kept[0].secondary == ["vireo"] and kept[1].secondary == ["coereba"]
+    assert select_species(recs, labels, names, ["nothing"])[1] == []

@@ -243,6 +243,18 @@ def merge(datasets: list[Dataset], unify_names: bool = True) -> tuple[list[Recor
     return recs, labels, [names.get(lab, "") for lab in labels]
 
 
+def select_species(recs: list[Recording], labels: list[str], names: list[str], species: list[str]):
+    """Keep only `species` (labels or common names, matched like `name_key`): their recordings, and only their
+    labels on those recordings. Returns (recs, labels, names); labels is empty when none matched."""
+    want = {name_key(x) for x in species}
+    keep = {lab for lab, nm in zip(labels, names) if name_key(lab) in want or (nm and name_key(nm) in want)}
+    recs = [r for r in recs if r.primary in keep]
+    for r in recs:
+        r.secondary = [x for x in r.secondary if x in keep]
+        r.labels = [x for x in r.labels if x in keep]
+    return recs, [lab for lab in labels if lab in keep], [nm for lab, nm in zip(labels, names) if lab in keep]
+
+
 # ----------------------------------------------------------------------------------------------- the split
 
 @dataclass

@@ -49,7 +49,7 @@ from birdlive.model import BirdSED, create_config, load_checkpoint, pick_device,
 from .augment import AugmentConfig, NoiseBank
 from .cache import AudioCache
 from .composer import Composer, ComposerConfig, SnippetPool
-from .datasets import Split, load_dataset, merge, split_groups
+from .datasets import Split, load_dataset, merge, select_species, split_groups
 from .evaluate import clip_metrics
 from .threads import cpu_threads
 from .windows import WindowSet, composed_items, predict_items, recording_items
@@ -241,17 +241,9 @@ def _train(cfg: TrainConfig, resume: bool, console, show_progress: bool) -> dict
         raise TrainError(str(e)) from None
     recs, labels, names = merge(rec_sets + snip_sets)
     if cfg.species:
-        from .datasets import name_key
-        want = {name_key(x) for x in cfg.species}
-        keep = {lab for lab, nm in zip(labels, names) if name_key(lab) in want or (nm and name_key(nm) in want)}
-        if not keep:
+        recs, labels, names = select_species(recs, labels, names, cfg.species)
+        if not labels:
             raise TrainError(f"none of the {len(cfg.species)} species asked for is in the data")
-        recs = [r for r in recs if r.primary in keep]
-        for r in recs:
-            r.secondary = [x for x in r.secondary if x in keep]
-            r.labels = [x for x in r.labels if x in keep]
-        names = [nm for lab, nm in zip(labels, names) if lab in keep]
-        labels = [lab for lab in labels if lab in keep]
     snippet_paths = {r.path for d in snip_sets for r in d.recordings}
     if resuming and (run / "split.json").is_file():
         split = Split.load(run / "split.json")
