@@ -69,7 +69,7 @@ from birdlive.streamer.sources import FileSource
 from birdlive.train.augment import AugmentConfig, NoiseBank
 from birdlive.train.cache import AudioCache
 from birdlive.train.composer import Composer, SnippetPool
-from birdlive.train.datasets import AUDIO_EXTENSIONS, Split, load_dataset, merge, name_key
+from birdlive.train.datasets import AUDIO_EXTENSIONS, Split, load_dataset, merge, select_species
 from birdlive.train.evaluate import RefEvent, clip_metrics, detect_events, event_metrics, noise_false_positives
 from birdlive.train.loop import TrainConfig
 from birdlive.train.threads import cpu_threads
@@ -142,14 +142,7 @@ def rebuild_data(cfg: TrainConfig, split: Split):
     snip_sets = [load_dataset(resolve(d)) for d in cfg.snippets]
     recs, labels, names = merge(rec_sets + snip_sets)
     if cfg.species:
-        want = {name_key(x) for x in cfg.species}
-        keep = {lab for lab, nm in zip(labels, names) if name_key(lab) in want or (nm and name_key(nm) in want)}
-        recs = [r for r in recs if r.primary in keep]
-        for r in recs:
-            r.secondary = [x for x in r.secondary if x in keep]
-            r.labels = [x for x in r.labels if x in keep]
-        names = [nm for lab, nm in zip(labels, names) if lab in keep]
-        labels = [lab for lab in labels if lab in keep]
+        recs, labels, names = select_species(recs, labels, names, cfg.species)
     snippet_paths = {r.path for d in snip_sets for r in d.recordings}
     val = split.select(recs, "val")
     train_groups = set(split.train)
