@@ -20,11 +20,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 err = Console(stderr=True)
 
 
-def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
 def _install_stop_handlers(stop: threading.Event, on_stop=None) -> None:
     """SIGINT and SIGTERM end the stream cleanly: the loop sees `stop`, flushes open events, and exits 0."""
     def handler(signum, frame):
@@ -63,7 +58,7 @@ def _detector(model, hop, threshold_on, threshold_off, min_duration, merge_gap, 
                           event_filter=EventFilter(include, exclude, min_conf))
 
 
-def _summary(status, sinks) -> None:
+def _summary(status) -> None:
     st = status.source_stats
     err.print(f"[dim]{status.source}: {status.audio_s:.1f} s audio in {status.wall_s:.1f} s "
               f"({status.realtime_factor:.1f}× real time), {status.events} events, "
@@ -117,7 +112,7 @@ def replay(
             try:
                 det = _detector(net, hop, threshold_on, threshold_off, min_duration, merge_gap, include, exclude,
                                 min_conf, str(path))
-                _summary(run_stream(source, det, sinks, stop), sinks)
+                _summary(run_stream(source, det, sinks, stop))
             finally:
                 source.close()
             if stop.is_set():
@@ -158,7 +153,7 @@ def listen(
                         source.name)
         err.print(f"[dim]listening on {source.name} ({source.device_rate} Hz → {source.sample_rate} Hz); "
                   f"Ctrl-C to stop[/]", highlight=False)
-        _summary(run_stream(source, det, sinks, stop), sinks)
+        _summary(run_stream(source, det, sinks, stop))
     finally:
         source.close()
         for s in sinks:
