@@ -49,7 +49,6 @@ class StreamDetector:
         # The live view's "now": each species' best score over the newest hop of the newest window. Stitched
         # frames are final only a window later; this is the freshest (if less settled) estimate.
         self.latest_scores = np.zeros(cfg.num_classes, np.float32)
-        self._hop_frames = int(round(hop_frames))
         self.windows_scored = 0
 
     @property
@@ -74,7 +73,7 @@ class StreamDetector:
             valid_frames = math.ceil(w.valid * self.cfg.out_fps / self.sample_rate - 1e-9)
             _, frames = self.stitcher.add(start_frame, scores, valid_frames)
             events += self._smooth(frames)
-            self.latest_scores = scores[max(0, valid_frames - self._hop_frames):valid_frames].max(axis=0)
+            self.latest_scores = scores[max(0, valid_frames - self.stitcher.hop_frames):valid_frames].max(axis=0)
         self.windows_scored += len(windows)
         return events
 
