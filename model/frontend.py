@@ -1,42 +1,104 @@
-"""Waveform → log-mel spectrogram, with torchlibrosa so that it runs on whichever device the network is on."""
+"""Waveform → log-mel frames: one frame grid for training, streaming and the offline reference.
+
+Frame j is centred on sample j * hop_length (10 ms at 32 kHz). A 5 s window is frames [s, s + 500] of the
+stream it was cut from, so the streamer computes each sample's log-mel once and cuts overlapping windows out of
+it, and training computes a window's frames directly (`forward`, reflect-padded like torchlibrosa's
+`Spectrogram(center=True)`); the two differ only in the two frames at each window edge, which see the real
+neighbouring audio in a stream and a reflection in training.
+"""
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torchlibrosa.augmentation import SpecAugmentation
-from torchlibrosa.stft import LogmelFilterBank, Spectrogram
 
 from .config import ModelConfig
 
-
+# Older checkpoints' names for the fixed DSP tensors; never stored, ignored when loading.
 FROZEN_PREFIXES = ("frontend.spectrogram.", "frontend.logmel.")
 
 
-class LogMelFrontend(nn.Module):
-    """(batch, samples) float waveform → (batch, 1, frames, n_mels) log-mel.
+def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa's default): linear below 1 kHz, logarithmic above."""
+    f = np.asarray(f, np.float64)
+    mel = f / (200.0 / 3)
+    log_part = f >= 1000.0
+    return np.where(log_part, 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (math.log(6.4) / 27), mel)
 
-    The STFT and mel matrices are frozen and rebuilt from the config, so checkpoints do not store them
-    (`FROZEN_PREFIXES`). A BatchNorm over mel bins (PANNs' bn0) standardises each band so that a quiet
-    recorder and a loud one look alike; SpecAugment masks come after it, so a mask means "average", not "silence
-    at 0 dB", and only in training mode.
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, np.float64)
+    return np.where(m >= 15.0, 1000.0 * np.exp((math.log(6.4) / 27) * (m - 15.0)), m * (200.0 / 3))
+
+
+def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """(n_fft/2 + 1, n_mels) triangular filters, Slaney-normalised: the matrix of `librosa.filters.mel` that
+    torchlibrosa's LogmelFilterBank uses (a test holds them equal). Written out because importing librosa
+    (through torchlibrosa) costs every `birdlive` command over a second of start-up for one matrix."""
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / sr)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    widths = np.diff(edges)
+    ramps = edges[:, None] - freqs[None, :]
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return weights.T.astype(np.float32)
+
+
+class LogMelFrontend(nn.Module):
+    """(batch, samples) float waveform → (batch, 1, frames, n_mels) log-mel (dB, not yet normalised).
+
+    The numbers are torchlibrosa's `Spectrogram` + `LogmelFilterBank(ref=1, amin=1e-10, top_db=None)` (a test
+    holds them equal), computed faster: the STFT is `torch.stft` (an FFT; torchlibrosa convolves with the DFT
+    matrix, 2.5× slower on a CPU) and the mel matrix is `mel_filterbank`. Both are fixed functions of the config
+    and are not stored in checkpoints. `normalize` is the trainable part: a BatchNorm over mel bins (PANNs' bn0)
+    standardises each band so that a quiet recorder and a loud one look alike; torchlibrosa's SpecAugment masks
+    come after it (a mask means "average", not "silence at −100 dB"), in training mode only.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.spectrogram = Spectrogram(
-            n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.n_fft, window="hann",
-            center=True, pad_mode="reflect", freeze_parameters=True)
-        self.logmel = LogmelFilterBank(
-            sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax,
-            ref=1.0, amin=1e-10, top_db=None, freeze_parameters=True)
+        self.n_fft, self.hop_length = cfg.n_fft, cfg.hop_length
+        self.register_buffer("window", torch.hann_window(cfg.n_fft, periodic=True), persistent=False)
+        mel = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
+        self.register_buffer("mel_basis", torch.from_numpy(mel), persistent=False)
+        self.amin = 1e-10                      # power floor: digital silence is −100 dB
         self.bn0 = nn.BatchNorm2d(cfg.n_mels)
-        self.specaug = SpecAugmentation(
-            time_drop_width=cfg.time_drop_width, time_stripes_num=cfg.time_stripes_num,
-            freq_drop_width=cfg.freq_drop_width, freq_stripes_num=cfg.freq_stripes_num)
+        self.cfg = cfg
+        self._specaug = None                   # torchlibrosa's, made on the first training step (no weights)
+
+    @property
+    def context(self) -> int:
+        """Samples a frame reaches on each side of its centre."""
+        return self.n_fft // 2
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        x = self.logmel(self.spectrogram(wave))          # (B, 1, T, F)
-        x = self.bn0(x.transpose(1, 3)).transpose(1, 3)   # normalise per mel bin
+        """A whole clip: frames centred on samples 0, hop, …, len (edges reflected) → (B, 1, T, F)."""
+        padded = F.pad(wave[:, None, :], (self.context, self.context), mode="reflect")[:, 0]
+        return self.frames(padded)
+
+    def frames(self, samples: torch.Tensor) -> torch.Tensor:
+        """Frames of audio that already carries its context: (B, n_fft + (T-1)·hop) → (B, 1, T, F)."""
+        spec = torch.stft(samples, self.n_fft, self.hop_length, window=self.window, center=False,
+                          return_complex=True)                     # (B, n_fft/2 + 1, T)
+        power = (spec.real ** 2 + spec.imag ** 2).transpose(1, 2)   # (B, T, n_fft/2 + 1)
+        return 10.0 * torch.log10(torch.clamp(power @ self.mel_basis, min=self.amin))[:, None]
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn0(x.transpose(1, 3)).transpose(1, 3)   # per mel bin
         if self.training:
             x = self.specaug(x)
         return x
+
+    @property
+    def specaug(self):
+        if self._specaug is None:
+            from torchlibrosa.augmentation import SpecAugmentation
+            c = self.cfg
+            self._specaug = SpecAugmentation(time_drop_width=c.time_drop_width, time_stripes_num=c.time_stripes_num,
+                                             freq_drop_width=c.freq_drop_width, freq_stripes_num=c.freq_stripes_num)
+        return self._specaug

@@ -52,8 +52,14 @@ class BirdSED(nn.Module):
     def forward(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
         """wave (B, N) at cfg.sample_rate → dict of
         clipwise (B, K) probabilities, framewise (B, n_out, K) probabilities, framewise_logit (B, n_out, K)."""
-        n_out = max(1, int(round(wave.shape[-1] / self.cfg.sample_rate * self.cfg.out_fps)))
-        x = self.frontend(wave)                              # (B, 1, T, F)
+        return self.forward_logmel(self.frontend(wave))
+
+    def forward_logmel(self, logmel: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network after the fixed DSP: raw log-mel (B, 1, T, F) from `frontend` → the outputs of `forward`.
+        T frames span (T - 1) · hop_length samples, so a 5 s window (501 frames) gives 50 output frames."""
+        seconds = (logmel.shape[2] - 1) * self.cfg.hop_length / self.cfg.sample_rate
+        n_out = max(1, int(round(seconds * self.cfg.out_fps)))
+        x = self.frontend.normalize(logmel)
         x = self.backbone(x)[-1]                             # (B, C, T', F')
         x = x.mean(dim=3) + x.amax(dim=3)                    # pool over frequency → (B, C, T')
         x = self.dropout(x.transpose(1, 2))                  # (B, T', C)

@@ -36,7 +36,7 @@ def frontend():
 
 def mel_peak_bin(frontend, x):
     with torch.no_grad():
-        m = frontend.logmel(frontend.spectrogram(torch.from_numpy(x)[None]))[0, 0]   # (T, F)
+        m = frontend(torch.from_numpy(x)[None])[0, 0]   # (T, F)
     return int(m[5:-5].mean(0).argmax())
 
 

@@ -7,6 +7,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from birdlive.errors import OptionError
+
 from .augment import (AugmentConfig, NoiseBank, add_noise, crop, db_to_gain, energy_profile, fix_length,
                       pitch_shift, time_stretch)
 from .cache import decode
@@ -35,7 +37,7 @@ def augment_demo(file_a: str | Path, file_b: str | Path, out_dir: str | Path, wi
     for key, f in (("a", file_a), ("b", file_b)):
         x = decode(f, sr)
         if len(x) == 0:
-            raise ValueError(f"{f}: no audio")
+            raise OptionError(f"{f}: no audio")
         factor = float(rng.uniform(*aug.stretch_range)) if rng.random() < aug.stretch_prob else 1.0
         w, start = crop(x, int(np.ceil(n / factor)), rng, aug.energy_crop, sr, energy_profile(x, sr))
         if factor != 1.0:
@@ -67,7 +69,7 @@ def augment_demo(file_a: str | Path, file_b: str | Path, out_dir: str | Path, wi
     wav, png = out / "mix.wav", out / "mix.png"
     sf.write(wav, y, sr, subtype="FLOAT")
     with torch.no_grad():
-        mels = [frontend(torch.from_numpy(np.asarray(z, np.float32))[None])[0, 0].T.numpy()
+        mels = [frontend.normalize(frontend(torch.from_numpy(np.asarray(z, np.float32))[None]))[0, 0].T.numpy()
                 for z in (parts[0], parts[1], y)]
     import matplotlib
     matplotlib.use("Agg")
