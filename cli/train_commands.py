@@ -73,12 +73,9 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --run after its last epoch."),
 ):
     """Train a detector; keeps RUN/best (by validation macro mAP) for `birdlive replay --model RUN/best`."""
-    from birdlive.train import AugmentConfig, TrainConfig, TrainError
+    from birdlive.train import AugmentConfig, TrainConfig
     from birdlive.train import train as run_training
-    try:
-        aug = AugmentConfig.preset(augment)
-    except ValueError as e:
-        _fail(str(e))
+    aug = AugmentConfig.preset(augment)     # our errors (OptionError, TrainError, …) reach `main` as one line
     aug.snr_db = _range(snr, "snr")
     aug.pitch_semitones = pitch
     for flag, fields in ((no_mix, ["mix_prob"]), (no_noise, ["noise_prob"]), (no_stretch, ["stretch_prob"]),
@@ -107,10 +104,7 @@ def train(
                       val_max_windows=val_max_windows, val_composed=val_composed, device=device, amp=not no_amp,
                       cache_dir=str(cache_dir) if cache_dir else None, augment=aug,
                       command="birdlive " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
-    try:
-        s = run_training(cfg, resume=resume, console=console)
-    except TrainError as e:
-        _fail(str(e))
+    s = run_training(cfg, resume=resume, console=console)
     if s["interrupted"]:
         raise typer.Exit(130)
     figs = f"val mAP {s['val_map']:.3f}" if s["val_map"] is not None else "no validation set"
@@ -140,24 +134,17 @@ def evaluate(
     device: str = typer.Option("cpu", "--device"),
 ):
     """Per-species AP, macro mAP, F1 at the model threshold, top-1, worst species; event F1; noise false positives."""
-    from birdlive.model import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
-    from birdlive.train import AudioError, DatasetError
+    from birdlive.model import DEFAULT_CHECKPOINT, load_checkpoint
     from birdlive.train.evaluate import evaluate_model, fmt, results_table, write_json
-    try:
-        net = load_checkpoint(model or DEFAULT_CHECKPOINT, device)
-    except CheckpointError as e:
-        _fail(str(e))
+    net = load_checkpoint(model or DEFAULT_CHECKPOINT, device)
     for p in list(data) + [x for x in (split, strong) if x]:
         if not p.exists():
             _fail(f"{p}: no such file or folder")
-    try:
-        res = evaluate_model(net, [str(d) for d in data], split=str(split) if split else None, subset=subset,
-                             cache_dir=cache_dir, hop_s=hop, max_windows=max_windows,
-                             strong=str(strong) if strong else None, onset_tolerance=onset_tolerance,
-                             offset_tolerance=offset_tolerance, noise_minutes=noise_minutes, noise_dbfs=noise_dbfs,
-                             device=device)
-    except (DatasetError, AudioError, ValueError, KeyError) as e:
-        _fail(str(e))
+    res = evaluate_model(net, [str(d) for d in data], split=str(split) if split else None, subset=subset,
+                         cache_dir=cache_dir, hop_s=hop, max_windows=max_windows,
+                         strong=str(strong) if strong else None, onset_tolerance=onset_tolerance,
+                         offset_tolerance=offset_tolerance, noise_minutes=noise_minutes, noise_dbfs=noise_dbfs,
+                         device=device)
     res["model"] = str(model or DEFAULT_CHECKPOINT)
     console.print(results_table(res, rows))
     if res.get("skipped_species"):
@@ -187,18 +174,14 @@ def augment_demo(
     model: Optional[Path] = typer.Option(None, "--model", help="Use this checkpoint's frontend for the picture."),
 ):
     """Write one training-style mixture of FILE_A and FILE_B (WAV) and the log-mel the model sees (PNG)."""
-    from birdlive.model import CheckpointError
-    from birdlive.train import AudioError, AugmentConfig
+    from birdlive.train import AugmentConfig
     from birdlive.train.demo import augment_demo as run_demo
     for p in (file_a, file_b):
         if not p.is_file():
             _fail(f"{p}: no such file")
-    try:
-        aug = AugmentConfig.preset(augment)
-        res = run_demo(file_a, file_b, out, window_s=window, seed=seed, augment=aug,
-                       noise_dir=str(noise_dir) if noise_dir else None, model=str(model) if model else None)
-    except (AudioError, CheckpointError, ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+    aug = AugmentConfig.preset(augment)
+    res = run_demo(file_a, file_b, out, window_s=window, seed=seed, augment=aug,
+                   noise_dir=str(noise_dir) if noise_dir else None, model=str(model) if model else None)
     a = res["applied"]
     console.print(f"labels {', '.join(a['labels'])}; B at {a['b']['gain_db']:+.1f} dB"
                   + (f", SNR {a['snr_db']:.1f} dB" if "snr_db" in a else "")

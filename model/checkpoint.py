@@ -8,6 +8,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from birdlive.errors import BirdliveError, OptionError
+
 from .config import ModelConfig
 from .frontend import FROZEN_PREFIXES
 from .sed import BirdSED
@@ -20,11 +22,11 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("CUDA was asked for but torch sees no GPU; use cpu")
+        raise OptionError("CUDA was asked for but torch sees no GPU; use cpu")
     return torch.device(name)
 
 
-class CheckpointError(Exception):
+class CheckpointError(BirdliveError):
     """The path is not a usable birdlive checkpoint; the message says why, in one line."""
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from birdlive.errors import OptionError
+
 from .events import Event
 
 
@@ -41,7 +43,7 @@ class EventSmoother:
         self.labels, self.names, self.frame_s = labels, names, frame_s
         self.p = params or SmootherParams()
         if self.p.threshold_off > self.p.threshold_on:
-            raise ValueError("threshold_off must not exceed threshold_on")
+            raise OptionError("threshold_off must not exceed threshold_on")
         self.source, self.clock = source, clock
         self.half = max(0, int(round(self.p.median_s / frame_s)) // 2)
         self.min_frames = int(round(self.p.min_duration_s / frame_s))

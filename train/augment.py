@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from birdlive.errors import OptionError
+
 from .synthetic import colored_noise
 
 NOISE_COLORS = ("white", "pink", "brown")
@@ -64,7 +66,7 @@ class AugmentConfig:
             return dataclasses.replace(base, noise_prob=cls.noise_prob)
         if name == "all":
             return cls()
-        raise ValueError(f"unknown augmentation preset {name!r}; choose none, mix, noise or all")
+        raise OptionError(f"unknown augmentation preset {name!r}; choose none, mix, noise or all")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

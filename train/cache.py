@@ -15,8 +15,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from birdlive.errors import BirdliveError
 
-class AudioError(Exception):
+
+class AudioError(BirdliveError):
     """An audio file cannot be decoded; the message says why, in one line."""
 
 

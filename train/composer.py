@@ -24,6 +24,10 @@ from .augment import AugmentConfig, Example, NoiseBank, db_to_gain, pitch_shift,
 from .datasets import Recording
 
 
+class NoSpeciesLeft(LookupError):
+    """Every species the composer has is excluded (a mixture already holds them all): draw something else."""
+
+
 @dataclass
 class ComposerConfig:
     species: tuple[int, int] = (1, 3)             # species per composed window (inclusive)
@@ -167,7 +171,7 @@ class Composer:
         cfg, n, K = self.cfg, self.n, len(self.labels)
         choices = [s for s in self.species if s not in exclude]
         if not choices:
-            raise ValueError("no snippet species left to compose")
+            raise NoSpeciesLeft("every snippet species is excluded from this window")
         k = n_species or int(rng.integers(cfg.species[0], cfg.species[1] + 1))
         chosen = list(rng.choice(choices, size=min(k, len(choices)), replace=False))
         noise_rms = db_to_gain(float(rng.uniform(*cfg.background_dbfs)))

@@ -29,11 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from birdlive.errors import BirdliveError
+
 RUN_IN_NAME = re.compile(r"_run(\d+)_\d+$")      # essential-set file names: <species>_runRRRR_IIIII
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aif", ".aiff")
 
 
-class DatasetError(Exception):
+class DatasetError(BirdliveError):
     """A dataset cannot be read; the message says why, in one line."""
 
 

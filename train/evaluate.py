@@ -12,7 +12,7 @@ Secondary (background) species of a file are neither positives nor negatives: ma
 - confusion summary: the species with the lowest AP, how often their files are top-1 right, and which species
   wins instead.
 
-Event-based F1 (`event_metrics`): estimated events (from `birdlive.streamer.offline.detect_waveform`) are matched
+Event-based F1 (`event_metrics`): estimated events (from `birdlive.streamer.offline.detect_offline`) are matched
 one-to-one to reference events of the same species and file when their onsets differ by at most
 `onset_tolerance` seconds (and, optionally, offsets by at most max(offset_tolerance, offset_pct × reference
 length)); the matching is a maximum bipartite matching, as in sed_eval's `EventBasedMetrics`. It is written here
@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, precision_recall_fscore_support
+
+from birdlive.errors import OptionError
 
 
 # ------------------------------------------------------------------------------------------ clip metrics
@@ -104,7 +106,7 @@ def read_strong_labels(path: str | Path) -> list[RefEvent]:
     rows = list(csv.DictReader(open(path, newline="", encoding="utf-8-sig")))
     need = {"file", "species", "onset", "offset"}
     if not rows or not need <= set(rows[0]):
-        raise ValueError(f"{path}: needs columns {', '.join(sorted(need))}")
+        raise OptionError(f"{path}: needs columns {', '.join(sorted(need))}")
     return [RefEvent(r["file"].strip(), r["species"].strip(), float(r["onset"]), float(r["offset"])) for r in rows]
 
 
@@ -164,11 +166,11 @@ def event_metrics(reference: list[RefEvent], estimated: list[RefEvent], onset_to
 
 
 def detect_events(model, wave: np.ndarray, source: str = "") -> list:
-    from birdlive.streamer.offline import detect_waveform
+    from birdlive.streamer.offline import detect_offline
 
     from .threads import cpu_threads
     with cpu_threads():
-        return detect_waveform(model, np.asarray(wave, np.float32), source=source)
+        return detect_offline(model, np.asarray(wave, np.float32), source=source)
 
 
 def evaluate_events(model, reference: list[RefEvent], waves: dict[str, np.ndarray], onset_tolerance: float = 0.5,
@@ -261,7 +263,7 @@ def evaluate_model(model, data: list[str], split: str | None = None, subset: str
     recs = [r for r in recs if r.primary in known]
     if not recs:
         hint = f" (the data's species are not the model's: {', '.join(unknown[:5])} ...)" if unknown else ""
-        raise ValueError("no files of the model's species to evaluate" + hint)
+        raise OptionError("no files of the model's species to evaluate" + hint)
     cache = AudioCache(cache_dir, cfg.sample_rate)
     items = recording_items(recs, cfg.labels, cache, cfg.window_s, hop_s or cfg.window_s / 2, max_windows)
     from .threads import cpu_threads

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from birdlive.errors import BirdliveError
 from birdlive.model import BirdSED, create_config, load_checkpoint, pick_device, save_checkpoint
 
 from .augment import AugmentConfig, NoiseBank
@@ -55,7 +56,7 @@ from .threads import cpu_threads
 from .windows import WindowSet, composed_items, predict_items, recording_items
 
 
-class TrainError(Exception):
+class TrainError(BirdliveError):
     """An expected problem with the inputs of a training run; the message says what, in one line."""
 
 
@@ -234,11 +235,8 @@ def _train(cfg: TrainConfig, resume: bool, console, show_progress: bool) -> dict
     np.random.seed(seed)
 
     # -- data, labels and the split (by recording / recording run, stratified by species, seeded, saved)
-    try:
-        rec_sets = [load_dataset(d) for d in cfg.data]
-        snip_sets = [load_dataset(d) for d in cfg.snippets]
-    except Exception as e:
-        raise TrainError(str(e)) from None
+    rec_sets = [load_dataset(d) for d in cfg.data]      # DatasetError: the user's one line, as it is
+    snip_sets = [load_dataset(d) for d in cfg.snippets]
     recs, labels, names = merge(rec_sets + snip_sets)
     if cfg.species:
         recs, labels, names = select_species(recs, labels, names, cfg.species)

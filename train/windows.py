@@ -20,9 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from birdlive.errors import OptionError
+
 from .augment import (AugmentConfig, Example, NoiseBank, crop, db_to_gain, energy_profile, fix_length, mix,
                       pitch_shift, time_stretch, weak_example)
-from .composer import Composer
+from .composer import Composer, NoSpeciesLeft
 from .datasets import Recording
 
 
@@ -38,7 +40,7 @@ class WindowSet(torch.utils.data.Dataset):
         self.epoch_size, self.seed, self.epoch = int(epoch_size), int(seed), 0
         self.composer = composer if composer is not None and composer.species else None
         if not self.recs and self.composer is None:
-            raise ValueError("no training recordings and no snippets")
+            raise OptionError("no training recordings and no snippets")
         if snippet_share is None:
             snippet_share = 0.5 if self.recs else 1.0
         self.snippet_share = snippet_share if self.composer is not None else 0.0
@@ -94,7 +96,7 @@ class WindowSet(torch.utils.data.Dataset):
                 k = 1   # no mixing asked for: one species per composed window
             try:
                 return self.composer.compose(rng, exclude=exclude, n_species=k)[0]
-            except ValueError:
+            except NoSpeciesLeft:
                 return None
         return self._recording_example(rng, exclude) if self.recs else None
 
@@ -106,7 +108,7 @@ class WindowSet(torch.utils.data.Dataset):
             if ex is not None and ex.species:
                 break
         if ex is None:
-            raise RuntimeError("cannot draw a training window from the sources")
+            raise RuntimeError("cannot draw a training window from the sources: 10 draws in a row held no species")
         if aug.mix_prob > 0 and rng.random() < aug.mix_prob:
             parts, gains = [ex], [0.0]
             target = int(rng.integers(2, max(2, aug.mix_max) + 1))

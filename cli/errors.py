@@ -1,0 +1,15 @@
+"""The one base class of errors a user can act on (a bad file, an unknown device, not a checkpoint, a bad option).
+
+`str(error)` is one line for the user. The command line turns these into `error: …` and exit status 1; anything
+else is a bug and is reported as one, with its traceback kept (see `birdlive.cli.main`). It lives at the top of
+the package so that `birdlive.model`, `birdlive.streamer` and `birdlive.train` can all raise it without
+importing one another.
+"""
+
+
+class BirdliveError(Exception):
+    """A problem the user can fix; the message says what, in one line."""
+
+
+class OptionError(BirdliveError, ValueError):
+    """An option value that cannot work (a hop off the frame grid, thresholds out of order, …)."""
