@@ -2,9 +2,10 @@
 
     python benchmarks/bench.py [--minutes 5] [--backbones tiny,cpu,full] [--repeat 3]
 
-1. log-mel spectrogram of N minutes of audio: librosa (CPU), torchlibrosa (CPU), torchlibrosa (CUDA if present);
+1. log-mel spectrogram of N minutes of audio: librosa (CPU), torchlibrosa's conv STFT (CPU), birdlive's frontend
+   (torch.stft + the same mel matrix; CPU, and CUDA if present);
 2. end-to-end `replay` real-time factor (audio seconds per wall second) per network preset: FileSource on a
-   real FLAC on disk → windows (5 s every 1 s) → network → stitcher → smoother → events.
+   real FLAC on disk → runner (log-mel once per hop, 5 s windows every 1 s) → network → stitcher → smoother.
 Network weights are random for presets without a checkpoint: speed does not depend on them.
 """
 from __future__ import annotations
@@ -22,8 +23,7 @@ from rich.table import Table
 
 from birdlive.model import BirdSED, create_config
 from birdlive.model.frontend import LogMelFrontend
-from birdlive.streamer import StreamDetector, run_stream
-from birdlive.streamer.sources import FileSource
+from birdlive.streamer import file_specs, make_runner
 from birdlive.train.synthetic import CALL_TYPES, make_scene
 
 
@@ -47,26 +47,35 @@ def logmel_rows(wave: np.ndarray, sr: int, repeat: int) -> list[tuple[str, float
                                            n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax, power=2.0)
         librosa.power_to_db(m)
     rows.append(("log-mel, librosa (CPU)", best_of(with_librosa, repeat)))
+    from torchlibrosa.stft import LogmelFilterBank, Spectrogram
+    spec = Spectrogram(n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.n_fft, window="hann",
+                       center=True, pad_mode="reflect", freeze_parameters=True)
+    mel = LogmelFilterBank(sr=sr, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax, ref=1.0,
+                           amin=1e-10, top_db=None, freeze_parameters=True)
+    x_cpu = torch.from_numpy(wave)[None]
+
+    def with_torchlibrosa():
+        with torch.inference_mode():
+            mel(spec(x_cpu))
+    rows.append(("log-mel, torchlibrosa conv STFT (CPU)", best_of(with_torchlibrosa, repeat)))
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for dev in devices:
         fe = LogMelFrontend(cfg).to(dev).eval()
-        x = torch.from_numpy(wave)[None].to(dev)
+        x = x_cpu.to(dev)
 
-        def with_torchlibrosa():
+        def with_birdlive():
             with torch.inference_mode():
                 fe(x)
             if dev == "cuda":
                 torch.cuda.synchronize()
-        rows.append((f"log-mel, torchlibrosa ({dev.upper()})", best_of(with_torchlibrosa, repeat)))
+        rows.append((f"log-mel, birdlive frontend, FFT STFT ({dev.upper()})", best_of(with_birdlive, repeat)))
     return rows
 
 
 def replay_row(preset: str, path: Path, labels: list[str], device: str) -> tuple[str, float, float]:
     model = BirdSED(create_config(preset, labels=labels)).to(device).eval()
-    src = FileSource(path, model.cfg.sample_rate, block_s=16.0)
-    det = StreamDetector(model, hop_s=1.0)
     t = time.perf_counter()
-    status = run_stream(src, det, [])
+    (status,) = make_runner(model, []).run(file_specs([path], model.cfg.sample_rate))
     wall = time.perf_counter() - t
     return f"replay, {preset} ({model.cfg.backbone}, {device.upper()})", wall, status.audio_s / wall
 

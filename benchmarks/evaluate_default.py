@@ -12,17 +12,17 @@ rebuilt exactly as `train/loop.py` does from the run's `train.json`, and the mod
    validation used seed 0, so these are fresh draws from the same held-out runs). `clip_metrics`: macro mAP,
    per-species AP (scikit-learn), top-1 on single-species windows.
 2. Event F1 (onset tolerance 0.5 s, `event_metrics`) on `--minutes` composed 60 s soundscapes from the held-out
-   runs (2-4 species, 3-6 note sequences each), detected with `detect_waveform` at the checkpoint's thresholds.
+   runs (2-4 species, 3-6 note sequences each), detected with `detect_offline` at the checkpoint's thresholds.
    Two references: every note, and "bouts" (a species' notes merged when the gap is <= the smoother's merge
    gap, which is what one detector event stands for).
 3. Events on pure white, pink and brown noise (`noise_false_positives`, `--noise-minutes` each, -30 dBFS).
 4. BirdNET (`--birdnet`, via benchmarks/birdnet_peer.py in .venv-peers) on the same composed windows (written
    as float WAVs to a temporary folder) and the same xc windows; macro mAP of both on the species both know
    (benchmarks/species_map.py); replay real-time factor of both on one FLAC (48 kHz, the soundscapes end to
-   end): ours through the `birdlive replay` path (FileSource -> StreamDetector -> run_stream), BirdNET as its
+   end): ours through the `birdlive replay` path (FileSource -> runner -> shared scorer), BirdNET as its
    `recordings` mode reports it.
 5. Held-out xc-puerto-rico recordings, whole: window-level AP (5 s windows, hop 5 s; every window carries its
-   recording's labels), recording-level AP and top-1 (max over windows), and `detect_waveform` events per
+   recording's labels), recording-level AP and top-1 (max over windows), and `detect_offline` events per
    recording (right species, secondary species, wrong species); BirdNET's detections (min confidence 0.25,
    consecutive 3 s detections of one species merged into one event) counted the same way.
    Secondary (`also`) species are masked: neither positive nor negative in AP, not wrong as events.
@@ -64,8 +64,7 @@ import hashlib
 
 from birdlive.model import load_checkpoint
 from birdlive.model.checkpoint import checkpoint_paths
-from birdlive.streamer import StreamDetector, default_params, run_stream
-from birdlive.streamer.sources import FileSource
+from birdlive.streamer import default_params, file_specs, make_runner
 from birdlive.train.augment import AugmentConfig, NoiseBank
 from birdlive.train.cache import AudioCache
 from birdlive.train.composer import Composer, SnippetPool
@@ -241,14 +240,9 @@ def background_files(noise_dir: Path) -> list[Path]:
 
 def replay_rtf(model, path: Path, threads: int) -> dict:
     """Our replay real-time factor, the `birdlive replay` path without sinks: FileSource (decode + soxr to the
-    model's rate, 16 s blocks) -> StreamDetector (5 s windows every 1 s) -> run_stream."""
+    model's rate, 16 s blocks) -> runner (log-mel once per hop, 5 s windows every 1 s, shared scorer)."""
     with cpu_threads(threads):
-        src = FileSource(path, model.cfg.sample_rate, block_s=16.0)
-        try:
-            det = StreamDetector(model, hop_s=1.0, params=default_params(model), source=str(path))
-            st = run_stream(src, det, [])
-        finally:
-            src.close()
+        (st,) = make_runner(model, []).run(file_specs([path], model.cfg.sample_rate))
     return {"audio_s": st.audio_s, "wall_s": st.wall_s, "rtf": st.realtime_factor, "events": st.events,
             "threads": threads, "windows": st.windows}
 
@@ -367,7 +361,7 @@ def main(argv=None) -> int:
         va_long = va_long[: a.max_xc]
     cache = AudioCache(cfg.cache_dir, mc.sample_rate)
     lap("data", t0)
-    params = default_params(model)
+    params = default_params(model.cfg)
     extra = mc.extra or {}
     tr = extra.get("training", {})
     settings = {
@@ -423,7 +417,7 @@ def main(argv=None) -> int:
                 "notes": ev_notes, "bouts": ev_bouts, "detect_rtf_1thread": audio_s / det_s,
                 "max_frame_score_any_species": peak_any, "max_frame_score_present_species": peak_present,
             }
-            lap("soundscapes + detect_waveform", t0)
+            lap("soundscapes + detect_offline", t0)
 
             # 3 ---------------------------------------------------------------- coloured noise
             t0 = time.perf_counter()
@@ -731,7 +725,7 @@ def build_tables(res: dict, mc, c_runs: dict, va_long) -> list[Tab]:
     t = Tab("Held-out xeno-canto Puerto Rico recordings (whole recordings)", cols,
             note="Secondary (`also`) species: masked in AP (neither positive nor negative), their events counted "
                  "apart, not as wrong. Top-1: the species with the highest max-over-windows score within the "
-                 "species set is the primary. Events: ours from detect_waveform at the default thresholds; "
+                 "species set is the primary. Events: ours from detect_offline at the default thresholds; "
                  f"BirdNET's 3 s detections ≥ {BIRDNET_MIN_CONF} (no location filter), consecutive ones of a species "
                  "merged into one event; for BirdNET 'wrong' = wrong species in our label set + species outside it."
                  + (f" 'common' = the {len(bn['common_labels'])} species both models know (BirdNET V2.4 lacks "
@@ -790,7 +784,7 @@ def build_tables(res: dict, mc, c_runs: dict, va_long) -> list[Tab]:
             note="Same 48 kHz FLAC (the soundscapes end to end) for both 'recordings/replay' rows; decode and "
                  "resampling included.")
     o = sp["ours_replay"]
-    t.add("birdlive", "replay (FileSource → StreamDetector, 5 s windows every 1 s)", f"{o['audio_s']:.0f}",
+    t.add("birdlive", "replay (FileSource → runner, 5 s windows every 1 s)", f"{o['audio_s']:.0f}",
           o["threads"], f"{o['rtf']:.1f}×")
     if "ours_replay_after" in sp:
         o2 = sp["ours_replay_after"]

@@ -1,4 +1,8 @@
-"""birdlive: real-time streaming bird-call detector."""
+"""birdlive: real-time streaming bird-call detector.
+
+The library is `birdlive.streamer`, `birdlive.model` and `birdlive.train`; the command line is `birdlive.cli`,
+imported only by the `birdlive` command and `python -m birdlive`.
+"""
 import os
 
 # OpenMP threads that spin while waiting make torch tens of times slower whenever another process holds a core

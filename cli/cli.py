@@ -1,31 +1,30 @@
 """The `birdlive` command: a thin typer layer over library calls.
 
-Every expected failure (bad file, unknown device, not a checkpoint, …) ends as one red line on stderr and exit
-status 1; set BIRDLIVE_DEBUG=1 to see the traceback instead.
+Only typer is imported up front: `--help` and usage errors never wait for torch. Expected failures (a bad file,
+an unknown device, not a checkpoint, a bad option) end as one `error:` line and exit status 1; anything else is
+a bug, reported in one line that says where its traceback was written (BIRDLIVE_DEBUG=1 raises it instead).
 """
 from __future__ import annotations
 
 import os
 import signal
 import sys
+import tempfile
 import threading
+import traceback
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Real-time bird-call detection from a microphone or recordings.")
-err = Console(stderr=True)
+                  help="Real-time bird-call detection from microphones or recordings.")
 
 
-def _install_stop_handlers(stop: threading.Event, on_stop=None) -> None:
-    """SIGINT and SIGTERM end the stream cleanly: the loop sees `stop`, flushes open events, and exits 0."""
+def _install_stop_handlers(stop: threading.Event) -> None:
+    """SIGINT and SIGTERM end the streams cleanly: open events are written, the exit status is 0."""
     def handler(signum, frame):
         stop.set()
-        if on_stop is not None:
-            on_stop()
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 
@@ -35,8 +34,8 @@ def _load_model(model: Optional[Path], compute: str):
     return load_checkpoint(model or DEFAULT_CHECKPOINT, device=pick_device(compute))
 
 
-def _sinks(csv: Optional[Path], rotate: str, live: Optional[bool], device: str, model_name: str):
-    from birdlive.streamer import CsvEventLog, EventPrinter
+def _sinks(csv: Optional[Path], rotate: str, live: Optional[bool], model_name: str, several: bool):
+    from birdlive.streamer import CsvEventLog, EventPrinter, StreamReport
     sinks = []
     if csv is not None:
         sinks.append(CsvEventLog(csv, rotate=rotate).open())   # first: on disk before it is shown
@@ -44,26 +43,28 @@ def _sinks(csv: Optional[Path], rotate: str, live: Optional[bool], device: str, 
         live = sys.stdout.isatty()
     if live:
         from birdlive.streamer.liveview import LiveView
-        sinks.append(LiveView(device=device, model=model_name))
+        sinks.append(LiveView(model=model_name))
     else:
-        sinks.append(EventPrinter())
-    return sinks
+        sinks.append(EventPrinter(show_source=several))
+    report = StreamReport()
+    return sinks + [report], report
 
 
-def _detector(model, hop, threshold_on, threshold_off, min_duration, merge_gap, include, exclude, min_conf, source):
-    from birdlive.streamer import EventFilter, StreamDetector, default_params
-    params = default_params(model, threshold_on=threshold_on, threshold_off=threshold_off,
+def _run(net, specs, sinks, stop, hop, threshold_on, threshold_off, min_duration, merge_gap, include, exclude,
+         min_conf, max_open: int) -> None:
+    """Every source through one runner and one scorer; exit status 1 if any stream failed."""
+    from birdlive.streamer import EventFilter, default_params, make_runner
+    params = default_params(net.cfg, threshold_on=threshold_on, threshold_off=threshold_off,
                             min_duration_s=min_duration, merge_gap_s=merge_gap)
-    return StreamDetector(model, hop_s=hop, params=params, source=source,
-                          event_filter=EventFilter(include, exclude, min_conf))
-
-
-def _summary(status) -> None:
-    st = status.source_stats
-    err.print(f"[dim]{status.source}: {status.audio_s:.1f} s audio in {status.wall_s:.1f} s "
-              f"({status.realtime_factor:.1f}× real time), {status.events} events, "
-              f"overflows {st.get('overflows', 0)}, dropped blocks {st.get('dropped_blocks', 0)}, "
-              f"skipped windows {status.skipped_windows}[/]", highlight=False)
+    sinks, report = sinks
+    runner = make_runner(net, sinks, hop, params, EventFilter(include, exclude, min_conf), stop, max_open)
+    try:
+        runner.run(specs)
+    finally:
+        for s in sinks:
+            s.close()
+    if report.failed:
+        raise typer.Exit(1)
 
 
 # Options shared by replay and listen.
@@ -90,79 +91,69 @@ def replay(
     model: Optional[Path] = ModelOpt,
     realtime: bool = typer.Option(False, "--realtime", help="Replay at real-time pace instead of as fast as possible."),
     channel: Optional[int] = typer.Option(None, help="Use this channel of a multichannel file instead of a mix."),
+    jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="Files read at once (their windows share the "
+                                                            "network's batches). --realtime reads one at a time."),
     hop: float = HopOpt, csv: Optional[Path] = CsvOpt, rotate: str = RotateOpt, live: Optional[bool] = LiveOpt,
     threshold_on: Optional[float] = OnOpt, threshold_off: Optional[float] = OffOpt,
     min_duration: Optional[float] = MinDurOpt, merge_gap: Optional[float] = GapOpt,
     include: Optional[list[str]] = IncludeOpt, exclude: Optional[list[str]] = ExcludeOpt,
     min_conf: float = MinConfOpt, compute: str = ComputeOpt,
 ):
-    """Detect bird calls in recordings, as fast as the machine allows (or at real-time pace)."""
-    from birdlive.streamer import run_stream
-    from birdlive.streamer.sources import FileSource
+    """Detect bird calls in recordings, as fast as the machine allows (or at real-time pace).
+
+    A file that cannot be read is reported in one line and the next one starts; the exit status is 1 if any
+    file failed."""
+    from birdlive.streamer import file_specs
 
     net = _load_model(model, compute)
     stop = threading.Event()
     _install_stop_handlers(stop)
-    sinks = _sinks(csv, rotate, live, "", str(model or "default"))
-    try:
-        for path in files:
-            # Big blocks when replaying fast: several windows go through the network as one batch.
-            source = FileSource(path, net.cfg.sample_rate, block_s=1.0 if realtime else 16.0, realtime=realtime,
-                                channel=channel)
-            try:
-                det = _detector(net, hop, threshold_on, threshold_off, min_duration, merge_gap, include, exclude,
-                                min_conf, str(path))
-                _summary(run_stream(source, det, sinks, stop))
-            finally:
-                source.close()
-            if stop.is_set():
-                break
-    finally:
-        for s in sinks:
-            s.close()
+    specs = file_specs(files, net.cfg.sample_rate, realtime=realtime, channel=channel)
+    sinks = _sinks(csv, rotate, live, str(model or "default"), several=len(files) > 1)
+    _run(net, specs, sinks, stop, hop, threshold_on, threshold_off, min_duration, merge_gap, include, exclude,
+         min_conf, max_open=1 if realtime else jobs)
 
 
 @app.command()
 def listen(
-    device: Optional[str] = typer.Option(None, "--device", "-d", help="Input device index or name substring "
-                                                                      "(see `birdlive devices`). Default: system default."),
+    device: Optional[list[str]] = typer.Option(None, "--device", "-d", help="Input device index or name substring "
+                                               "(see `birdlive devices`); repeat for several microphones at once. "
+                                               "Default: the system's default input."),
     model: Optional[Path] = ModelOpt,
     hop: float = HopOpt, csv: Optional[Path] = CsvOpt, rotate: str = RotateOpt, live: Optional[bool] = LiveOpt,
     threshold_on: Optional[float] = OnOpt, threshold_off: Optional[float] = OffOpt,
     min_duration: Optional[float] = MinDurOpt, merge_gap: Optional[float] = GapOpt,
     include: Optional[list[str]] = IncludeOpt, exclude: Optional[list[str]] = ExcludeOpt,
     min_conf: float = MinConfOpt, compute: str = ComputeOpt,
-    duration: Optional[float] = typer.Option(None, help="Stop after this many seconds of audio."),
+    duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
 ):
-    """Detect bird calls live from a microphone or field recorder until Ctrl-C (or SIGTERM)."""
-    from birdlive.streamer import run_stream
+    """Detect bird calls live from microphones or field recorders until Ctrl-C (or SIGTERM)."""
+    from birdlive.streamer import SourceSpec
     from birdlive.streamer.sources import MicSource
 
     net = _load_model(model, compute)
-    dev = int(device) if device is not None and device.strip().isdigit() else device
-    source = MicSource(dev, net.cfg.sample_rate)
+    wanted = device or [None]
+    sources = [MicSource(int(d) if d is not None and d.strip().isdigit() else d, net.cfg.sample_rate)
+               for d in wanted]
     stop = threading.Event()
-    _install_stop_handlers(stop, source.stop)
+    _install_stop_handlers(stop)
     if duration is not None:
-        timer = threading.Timer(duration, lambda: (stop.set(), source.stop()))
+        timer = threading.Timer(duration, stop.set)
         timer.daemon = True
         timer.start()
-    sinks = _sinks(csv, rotate, live, source.name, str(model or "default"))
-    try:
-        det = _detector(net, hop, threshold_on, threshold_off, min_duration, merge_gap, include, exclude, min_conf,
-                        source.name)
-        err.print(f"[dim]listening on {source.name} ({source.device_rate} Hz → {source.sample_rate} Hz); "
-                  f"Ctrl-C to stop[/]", highlight=False)
-        _summary(run_stream(source, det, sinks, stop))
-    finally:
-        source.close()
-        for s in sinks:
-            s.close()
+    sinks = _sinks(csv, rotate, live, str(model or "default"), several=len(sources) > 1)
+    for s in sources:
+        print(f"listening on {s.name} ({s.device_rate} Hz → {s.sample_rate} Hz); Ctrl-C to stop", file=sys.stderr,
+              flush=True)
+    specs = [SourceSpec(s.name, (lambda s=s: s)) for s in sources]
+    _run(net, specs, sinks, stop, hop, threshold_on, threshold_off, min_duration, merge_gap, include, exclude,
+         min_conf, max_open=len(specs))
 
 
 @app.command()
 def devices():
     """List audio input devices (index, name, channels, default rate)."""
+    from rich.console import Console
     from rich.table import Table
 
     from birdlive.streamer.sources import list_input_devices
@@ -174,36 +165,42 @@ def devices():
 
 
 def _register_training_commands() -> None:
-    try:
-        from . import train_commands
-    except ImportError:  # training commands not present in this build
-        return
+    from . import train_commands
     for name in ("train", "evaluate", "augment_demo"):
-        fn = getattr(train_commands, name, None)
-        if fn is not None:
-            app.command(name.replace("_", "-"))(fn)
+        app.command(name.replace("_", "-"))(getattr(train_commands, name))
 
 
 _register_training_commands()
 
 
 def main() -> None:
-    """Entry point: expected errors become one line; unexpected ones too, unless BIRDLIVE_DEBUG is set.
-
-    Usage errors, --help and Ctrl-C before the stream starts are typer's own (standalone mode)."""
-    from birdlive.model import CheckpointError
-    from birdlive.streamer.sources import AudioSourceError
+    """Entry point: expected errors become one line and exit 1; a bug becomes one line and exit 2, with its
+    traceback in a file (or raised, under BIRDLIVE_DEBUG=1). Usage errors and --help are typer's own."""
     try:
         app()
-    except (AudioSourceError, CheckpointError, ValueError, OSError) as e:
-        _one_line(str(e), 1)
-    except Exception as e:  # a bug: still one line for the user, the traceback on request
+    except BrokenPipeError:     # `birdlive replay … | head`: the reader left; the CSV has every event anyway
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
+    except Exception as e:
+        from birdlive.errors import BirdliveError
+        if isinstance(e, BirdliveError):
+            _one_line(str(e), 1)
+        if isinstance(e, OSError) and e.filename is not None:   # a path the user gave: unwritable, missing, …
+            _one_line(f"{e.filename}: {e.strerror or e}", 1)
         if os.environ.get("BIRDLIVE_DEBUG"):
             raise
-        _one_line(f"{type(e).__name__}: {e} (set BIRDLIVE_DEBUG=1 for the traceback)", 2)
+        _one_line(f"unexpected {type(e).__name__}: {e} (a bug; traceback in {_save_traceback()}, or set "
+                  f"BIRDLIVE_DEBUG=1)", 2)
+
+
+def _save_traceback() -> str:
+    fd, path = tempfile.mkstemp(prefix="birdlive-traceback-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        traceback.print_exc(file=f)
+    return path
 
 
 def _one_line(message: str, code: int) -> None:
     lines = message.strip().splitlines()
-    err.print(f"[bold red]error:[/] {lines[0] if lines else 'failed'}", highlight=False, soft_wrap=True)
+    print(f"error: {lines[0] if lines else 'failed'}", file=sys.stderr, flush=True)
     sys.exit(code)

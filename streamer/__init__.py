@@ -1,14 +1,15 @@
-"""birdlive.streamer: sources → ring buffer → windows → network → stitched scores → events → sinks."""
-from .detector import StreamDetector, default_params
-from .engine import ScoreStitcher, WindowScorer
-from .events import Event, EventFilter
-from .offline import detect_waveform
-from .pipeline import StreamStatus, run_stream
+"""birdlive.streamer: sources → per-stream state → one shared scorer → events → sinks (see runner.py)."""
+from .events import Event, EventAudio, EventFilter, StreamStatus
+from .offline import detect_offline, framewise_track
 from .ringbuffer import RingBuffer
-from .scheduler import Window, WindowScheduler
-from .sinks import CSV_COLUMNS, CsvEventLog, EventPrinter
+from .runner import Runner, Source, SourceSpec, file_specs, make_runner
+from .scorer import SharedScorer
+from .sinks import CSV_COLUMNS, CsvEventLog, EventPrinter, Sink, StreamReport
 from .smoother import EventSmoother, SmootherParams
+from .stitcher import ScoreStitcher
+from .stream import StreamState, WindowCut, default_params
 
-__all__ = ["CSV_COLUMNS", "CsvEventLog", "Event", "EventFilter", "EventPrinter", "EventSmoother", "RingBuffer",
-           "ScoreStitcher", "SmootherParams", "StreamDetector", "StreamStatus", "Window", "WindowScheduler",
-           "WindowScorer", "default_params", "detect_waveform", "run_stream"]
+__all__ = ["CSV_COLUMNS", "CsvEventLog", "Event", "EventAudio", "EventFilter", "EventPrinter", "EventSmoother",
+           "RingBuffer", "Runner", "ScoreStitcher", "SharedScorer", "Sink", "SmootherParams", "Source",
+           "SourceSpec", "StreamReport", "StreamState", "StreamStatus", "WindowCut", "default_params",
+           "detect_offline", "file_specs", "framewise_track", "make_runner"]

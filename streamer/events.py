@@ -1,7 +1,9 @@
-"""The unit everything downstream of the smoother deals in: one bird-call event."""
+"""What flows out of the detector to the sinks: events, their audio, and each stream's status."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,39 @@ class Event:
     @property
     def duration_s(self) -> float:
         return self.offset_s - self.onset_s
+
+
+@dataclass(frozen=True)
+class EventAudio:
+    """An event's audio with pre- and post-roll, as far as the stream had it (less at a stream's edges)."""
+    samples: np.ndarray           # float32 mono
+    sample_rate: int
+    start_s: float                # stream time of samples[0]
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + len(self.samples) / self.sample_rate
+
+
+@dataclass
+class StreamStatus:
+    """One stream as the sinks see it: refreshed a few times a second, and once more when it ends."""
+    source: str
+    state: str = "running"        # running | done | failed
+    error: str | None = None      # one line, when failed
+    warnings: list[str] = field(default_factory=list)
+    audio_s: float = 0.0
+    wall_s: float = 0.0
+    level_dbfs: float = -120.0
+    windows: int = 0
+    events: int = 0
+    source_stats: dict = field(default_factory=dict)
+    top: list[tuple[str, float]] = field(default_factory=list)  # (display name, score) of the newest window
+
+    @property
+    def realtime_factor(self) -> float:
+        """Audio seconds processed per wall second (for live input this sits near 1 by construction)."""
+        return self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
 
 
 class EventFilter:

@@ -1,4 +1,4 @@
-"""A rich live terminal view: top species with score bars, recent events, input level, speed, losses."""
+"""A rich live terminal view: one row per source (level, speed, losses, what it hears now) and recent events."""
 from __future__ import annotations
 
 from collections import deque
@@ -9,8 +9,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .events import Event
-from .pipeline import StreamStatus
+from .events import Event, EventAudio, StreamStatus
 
 
 def bar(value: float, width: int = 24, style: str = "green") -> Text:
@@ -20,22 +19,22 @@ def bar(value: float, width: int = 24, style: str = "green") -> Text:
 
 
 class LiveView:
-    """A sink: shows events as they come and the stream's state after every block."""
+    """A sink: shows events as they come and every stream's state as it is refreshed."""
 
-    def __init__(self, console: Console | None = None, device: str = "", model: str = "", recent: int = 12):
+    def __init__(self, console: Console | None = None, model: str = "", recent: int = 12):
         self.console = console or Console()
-        self.device, self.model = device, model
+        self.model = model
         self.recent: deque[Event] = deque(maxlen=recent)
-        self.status: StreamStatus | None = None
+        self.streams: dict[str, StreamStatus] = {}
         self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
         self._live.start()
 
-    def write(self, e: Event) -> None:
+    def on_event(self, e: Event, audio: EventAudio | None = None) -> None:
         self.recent.appendleft(e)
         self._live.update(self._render())
 
-    def update(self, status: StreamStatus) -> None:
-        self.status = status
+    def on_status(self, status: StreamStatus) -> None:
+        self.streams[status.source] = status
         self._live.update(self._render())
 
     def close(self) -> None:
@@ -43,27 +42,25 @@ class LiveView:
         self._live.stop()
 
     def _render(self):
-        s = self.status
-        head = Table.grid(padding=(0, 2))
-        head.add_row(Text("birdlive", style="bold cyan"), Text(self.device or (s.source if s else "")),
-                     Text(f"model {self.model}", style="dim"))
-        if s is not None:
-            stats = s.source_stats
-            level = bar((s.level_dbfs + 90) / 90, 30, "yellow" if s.level_dbfs < -3 else "red")
-            head.add_row("level", level, f"{s.level_dbfs:6.1f} dBFS")
-            head.add_row("time", f"{s.audio_s:8.1f} s audio", f"{s.realtime_factor:6.1f}× real time")
-            lost = (f"overflows {stats.get('overflows', 0)}  dropped blocks {stats.get('dropped_blocks', 0)}  "
-                    f"reconnects {stats.get('reconnects', 0)}  skipped windows {s.skipped_windows}")
-            head.add_row("losses", lost, f"{s.events} events")
-        top = Table(title="now", expand=True, show_edge=False)
-        top.add_column("species")
-        top.add_column("score")
-        top.add_column("", justify="right")
-        for name, score in (s.top if s else []):
-            top.add_row(name, bar(score), f"{score:.2f}")
+        head = Text.assemble(("birdlive", "bold cyan"), "  ", (f"model {self.model}", "dim"))
+        sources = Table(expand=True, show_edge=False)
+        for col, just in (("source", "left"), ("level", "left"), ("dBFS", "right"), ("audio s", "right"),
+                          ("× real time", "right"), ("events", "right"), ("losses", "left"), ("now", "left")):
+            sources.add_column(col, justify=just)
+        for s in self.streams.values():
+            st = s.source_stats
+            losses = "  ".join(f"{k.replace('_', ' ')} {st[k]}" for k in ("overflows", "dropped_blocks",
+                                                                         "reconnects", "clock_steps") if st.get(k))
+            now = ", ".join(f"{name} {score:.2f}" for name, score in s.top[:2] if score >= 0.05)
+            state = "" if s.state == "running" else f" ({s.state})"
+            sources.add_row(s.source + state, bar((s.level_dbfs + 90) / 90, 16, "yellow" if s.level_dbfs < -3
+                                                   else "red"), f"{s.level_dbfs:.1f}", f"{s.audio_s:.1f}",
+                            f"{s.realtime_factor:.1f}", str(s.events), losses or "none", now)
         ev = Table(title="recent events", expand=True, show_edge=False)
-        for col in ("onset s", "offset s", "species", "peak"):
+        several = len(self.streams) > 1
+        for col in (["source"] if several else []) + ["onset s", "offset s", "species", "peak"]:
             ev.add_column(col)
         for e in self.recent:
-            ev.add_row(f"{e.onset_s:.1f}", f"{e.offset_s:.1f}", e.name, f"{e.peak:.2f}")
-        return Panel(Group(head, top, ev), border_style="cyan")
+            ev.add_row(*([e.source] if several else []), f"{e.onset_s:.1f}", f"{e.offset_s:.1f}", e.name,
+                       f"{e.peak:.2f}")
+        return Panel(Group(head, sources, ev), border_style="cyan")

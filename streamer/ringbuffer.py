@@ -1,11 +1,11 @@
-"""RingBuffer: a fixed-capacity store of float32 samples addressed by absolute stream index."""
+"""RingBuffer: a fixed-capacity store of float32 rows (audio samples, log-mel frames) addressed by absolute index."""
 from __future__ import annotations
 
 import numpy as np
 
 
 class RingBuffer:
-    """Holds the most recent `capacity` samples of a stream.
+    """Holds the most recent `capacity` items of a stream: samples (`item_shape=()`) or log-mel frames (`(n_mels,)`).
 
     Samples are addressed by their absolute index in the stream (0 = first sample ever written), so readers
     never have to track wrap-around. Writing never allocates: the storage is one array made up front. When the
@@ -13,11 +13,12 @@ class RingBuffer:
     them gets an IndexError and can see from `start` what is still there.
     """
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, item_shape: tuple[int, ...] = ()):
         if capacity <= 0:
             raise ValueError("capacity must be positive")
         self.capacity = int(capacity)
-        self._buf = np.zeros(self.capacity, dtype=np.float32)
+        self.item_shape = tuple(item_shape)
+        self._buf = np.zeros((self.capacity, *self.item_shape), dtype=np.float32)
         self.end = 0  # absolute index one past the newest sample
 
     @property
@@ -29,7 +30,7 @@ class RingBuffer:
         return self.end - self.start
 
     def write(self, samples: np.ndarray) -> None:
-        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        x = np.asarray(samples, dtype=np.float32).reshape(-1, *self.item_shape)
         if len(x) > self.capacity:  # only the newest `capacity` samples can survive anyway
             self.end += len(x) - self.capacity
             x = x[-self.capacity:]
@@ -57,7 +58,7 @@ class RingBuffer:
         if start < self.start or start + n > self.end:
             raise IndexError(f"samples [{start}, {start + n}) not held; buffer has [{self.start}, {self.end})")
         if out is None:
-            out = np.empty(n, dtype=np.float32)
+            out = np.empty((n, *self.item_shape), dtype=np.float32)
         pos = start % self.capacity
         first = min(n, self.capacity - pos)
         out[:first] = self._buf[pos:pos + first]

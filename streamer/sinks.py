@@ -1,4 +1,5 @@
-"""Where events go: an all-night CSV log, plain lines on stdout, and (liveview.py) a rich terminal view."""
+"""Where events go: the sink protocol, an all-night CSV log, plain lines on stdout, a report of each stream on
+stderr, and (liveview.py) a rich terminal view."""
 from __future__ import annotations
 
 import csv
@@ -8,9 +9,22 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
-from .events import Event
+from birdlive.errors import OptionError
+
+from .events import Event, EventAudio, StreamStatus
+
+
+class Sink(Protocol):
+    """What the runner calls. Every event goes to every sink in order (the CSV log first: an event is on disk
+    before it is shown), with its audio; every stream's status a few times a second and once when it ends."""
+
+    def on_event(self, event: Event, audio: EventAudio) -> None: ...
+
+    def on_status(self, status: StreamStatus) -> None: ...
+
+    def close(self) -> None: ...
 
 CSV_COLUMNS = ["source", "species", "common_name", "onset_s", "offset_s", "duration_s", "peak_conf", "mean_conf",
                "wall_onset", "wall_offset"]
@@ -37,7 +51,7 @@ class CsvEventLog:
 
     def __init__(self, path: str | Path, rotate: str | None = None):
         if rotate not in (None, "none", "daily"):
-            raise ValueError(f"--rotate must be 'none' or 'daily', not {rotate!r}")
+            raise OptionError(f"--rotate must be 'none' or 'daily', not {rotate!r}")
         self.path = Path(path)
         self.rotate = rotate if rotate == "daily" else None
         self._file: TextIO | None = None
@@ -75,9 +89,12 @@ class CsvEventLog:
         self._ensure_open(self.path_for())
         return self
 
-    def write(self, e: Event) -> None:
+    def on_event(self, e: Event, audio: EventAudio | None = None) -> None:
         self._write(self._ensure_open(self.path_for(e)), event_row(e))
         self.rows += 1
+
+    def on_status(self, status: StreamStatus) -> None:
+        pass
 
     def close(self) -> None:
         if self._file is not None:
@@ -88,13 +105,50 @@ class CsvEventLog:
 class EventPrinter:
     """One plain line per event (for pipes, logs, and terminals without the live view)."""
 
-    def __init__(self, stream: TextIO | None = None):
+    def __init__(self, stream: TextIO | None = None, show_source: bool = False):
         self.stream = stream or sys.stdout
+        self.show_source = show_source     # several streams at once: say whose event it is
 
-    def write(self, e: Event) -> None:
+    def on_event(self, e: Event, audio: EventAudio | None = None) -> None:
         wall = f" {iso_time(e.wall_onset)[11:23]}" if e.wall_onset is not None else ""
-        print(f"{e.onset_s:9.2f}–{e.offset_s:<9.2f}{wall} {e.species:<28} {e.name:<28} peak {e.peak:.2f} "
+        source = f"{e.source}  " if self.show_source else ""
+        print(f"{source}{e.onset_s:9.2f}–{e.offset_s:<9.2f}{wall} {e.species:<28} {e.name:<28} peak {e.peak:.2f} "
               f"mean {e.mean:.2f}", file=self.stream, flush=True)
+
+    def on_status(self, status: StreamStatus) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class StreamReport:
+    """On stderr, once each: a stream's warnings as they come, its failure as one `error:` line, and a summary
+    line when it ends. `failed` lists the streams that failed, for the exit status."""
+
+    def __init__(self, stream: TextIO | None = None, summaries: bool = True):
+        self.stream = stream or sys.stderr
+        self.summaries = summaries
+        self.failed: list[str] = []
+        self._warned: dict[str, int] = {}
+
+    def on_event(self, e: Event, audio: EventAudio | None = None) -> None:
+        pass
+
+    def on_status(self, s: StreamStatus) -> None:
+        seen = self._warned.get(s.source, 0)
+        for w in s.warnings[seen:]:
+            print(f"warning: {w}", file=self.stream, flush=True)
+        self._warned[s.source] = len(s.warnings)
+        if s.state == "failed":
+            self.failed.append(s.source)
+            print(f"error: {s.error}", file=self.stream, flush=True)
+        if s.state == "done" and self.summaries:      # a failure is its one error line, nothing more
+            st = s.source_stats
+            losses = "".join(f", {k.replace('_', ' ')} {st[k]}" for k in ("overflows", "dropped_blocks", "reconnects",
+                                                                          "clock_steps") if st.get(k))
+            print(f"{s.source}: {s.audio_s:.1f} s audio in {s.wall_s:.1f} s ({s.realtime_factor:.1f}× real time), "
+                  f"{s.events} events{losses}", file=self.stream, flush=True)
 
     def close(self) -> None:
         pass

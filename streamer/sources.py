@@ -26,6 +26,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from birdlive.errors import BirdliveError
+
 __all__ = [
     "AudioSourceError",
     "AudioBlock",
@@ -39,7 +41,7 @@ _PORTAUDIO_MISSING = "PortAudio library not found: install it with `apt-get inst
 _SEE_DEVICES = "run `birdlive devices` to list input devices"
 
 
-class AudioSourceError(Exception):
+class AudioSourceError(BirdliveError):
     """A problem with an audio source; ``str(err)`` is one line for the user."""
 
 
@@ -129,7 +131,9 @@ class FileSource:
         self.block_s = float(block_s)
         self.realtime = bool(realtime)
         self.stats: dict = {"blocks": 0, "samples": 0, "frames_read": 0}
+        self.warnings: list[str] = []   # one line each: the file was read, but not all of it as its header says
         self._sf: sf.SoundFile | None = None
+        self._stop = threading.Event()
 
         f = self._open()
         try:
@@ -192,13 +196,16 @@ class FileSource:
             raise self._err(f"cannot open audio file ({_one_line(e)})") from None
 
     def _check_truncation(self, f: sf.SoundFile) -> None:
-        """libsndfile silently shortens a cut WAV/Ogg file; its log tells."""
+        """libsndfile silently shortens a cut WAV/Ogg file; its log tells. The audio that is there is analysed
+        (a recorder whose card filled up, a download cut short): the cut is a warning, not a refusal."""
         try:
             info = f.extra_info
         except Exception:  # pragma: no cover - depends on libsndfile build
             return
         if "lacks an end-of-stream bit" in (info or ""):  # Ogg cut short
-            raise self._err("truncated file: the Ogg stream has no end-of-stream page")
+            self.warnings.append(f"{self.name}: truncated file (the Ogg stream has no end-of-stream page); "
+                                 f"analysed the {self._frames / max(1, f.samplerate):.2f} s that are there")
+            return
         m = _DATA_SHOULD_BE.search(info or "")
         if not m:
             return
@@ -211,10 +218,8 @@ class FileSource:
             "FLOAT": 4, "DOUBLE": 8, "ULAW": 1, "ALAW": 1,
         }.get(f.subtype, 2)
         rate = max(1, int(f.samplerate))
-        raise self._err(
-            f"truncated file: header says {declared / bpf / rate:.2f} s of audio, "
-            f"only {actual / bpf / rate:.2f} s present"
-        )
+        self.warnings.append(f"{self.name}: truncated file: header says {declared / bpf / rate:.2f} s of audio, "
+                             f"only {actual / bpf / rate:.2f} s present; analysed those")
 
     # -- iteration
     def __iter__(self) -> Iterator[AudioBlock]:
@@ -251,14 +256,10 @@ class FileSource:
 
         if self.realtime:
             t0_mono, t0_wall = time.monotonic(), time.time()
-        while True:
-            try:
-                data = f.read(read_frames, dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-                msg = _one_line(getattr(e, "error_string", "") or e)
-                raise self._err(f"corrupt audio data at {pos / nat:.2f} s ({msg})") from None
-            n = len(data)
-            if n == 0:
+        failure: AudioSourceError | None = None
+        while not self._stop.is_set() and failure is None:
+            data, failure = self._read(f, read_frames, pos)
+            if len(data) == 0 and failure is None:
                 break
             if self.channel is not None:
                 mono = data[:, self.channel]
@@ -269,27 +270,57 @@ class FileSource:
             finite = np.isfinite(mono)
             if not finite.all():
                 bad = int(np.argmin(finite))
-                raise self._err(
-                    f"invalid sample value (NaN/Inf) at {(pos + bad) / nat:.3f} s"
-                )
-            pos += n
+                failure = self._err(f"invalid sample value (NaN/Inf) at {(pos + bad) / nat:.3f} s")
+                mono = mono[:bad]
+            pos += len(mono)
             self.stats["frames_read"] = pos
             mono = np.ascontiguousarray(mono, dtype=np.float32)
             out.push(rs.resample_chunk(mono) if rs is not None else mono)
             yield from emit(False)
+        if failure is not None:
+            # Everything good before the damage is handed on first: its events are not lost with the file.
+            if rs is not None:
+                out.push(rs.resample_chunk(np.zeros(0, np.float32), last=True))
+            yield from emit(True)
+            raise failure
 
-        if self._frames:
-            short = self._frames - pos
+        if self._frames and pos < self._frames and not self._stop.is_set() and not self.warnings:
+            # MP3s whose frame count in the header is an estimate, recorders that died mid-file: analyse what is
+            # there and say so once (an MP3 a few ms short of its estimate is normal, not worth a line).
             is_mp3 = (self.format or "").upper() in ("MP3", "MPEG")
-            tol = max(int(0.01 * self._frames), nat // 2) if is_mp3 else 0
-            if short > tol:
-                raise self._err(
-                    f"truncated or corrupt file: audio ends at {pos / nat:.2f} s, "
-                    f"header says {self._frames / nat:.2f} s"
-                )
+            if not is_mp3 or self._frames - pos > nat // 20:
+                self.warnings.append(f"{self.name}: audio ends at {pos / nat:.2f} s, header says "
+                                     f"{self._frames / nat:.2f} s; analysed what is there")
         if rs is not None:
             out.push(rs.resample_chunk(np.zeros(0, np.float32), last=True))
         yield from emit(True)
+
+    def _read(self, f: sf.SoundFile, frames: int, pos: int) -> tuple[np.ndarray, AudioSourceError | None]:
+        """Up to `frames` frames, and the error that stopped the file if there is one. After a decoding error the
+        same stretch is read again in small pieces, so the audio up to the damage is still analysed."""
+        try:
+            return f.read(frames, dtype="float32", always_2d=True), None
+        except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+            error = e
+        parts, got = [], 0
+        try:
+            f.seek(pos)
+            while got < frames:
+                part = f.read(min(4096, frames - got), dtype="float32", always_2d=True)
+                if not len(part):
+                    break
+                parts.append(part)
+                got += len(part)
+        except (sf.LibsndfileError, RuntimeError, ValueError):
+            pass
+        data = np.concatenate(parts) if parts else np.zeros((0, f.channels), np.float32)
+        msg = _one_line(getattr(error, "error_string", "") or error)
+        where = (pos + len(data)) / self.native_rate
+        return data, self._err(f"corrupt or truncated audio data at {where:.2f} s ({msg}); analysed up to there")
+
+    def stop(self) -> None:
+        """End iteration after the current block (thread- and signal-handler-safe)."""
+        self._stop.set()
 
     def close(self) -> None:
         f, self._sf = self._sf, None

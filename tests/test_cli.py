@@ -206,3 +206,79 @@ def test_multichannel_file_with_channel_option(tmp_path):
     r = birdlive("replay", path, "--model", TINY, "--channel", "5", "--csv", log, "--no-live")
     assert r.returncode == 0, r.stderr
     assert [x["species"] for x in read_events_csv(log)] == ["upsweep"]
+
+
+def test_replay_of_a_list_goes_on_after_bad_files(tmp_path):
+    """A list replay reports each bad file in one line and still analyses every good one; exit status 1."""
+    bad = bad_files(tmp_path)
+    log = tmp_path / "list.csv"
+    r = birdlive("replay", bad["nan"][0], bad["missing"][0], RECORDING, bad["text"][0], "--model", TINY,
+                 "--csv", log, "--no-live")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 3 and {"nan.wav", "nope.wav", "notes.wav"} == {
+        name for name in ("nan.wav", "nope.wav", "notes.wav") for ln in errors if name in ln}
+    rows = [x for x in read_events_csv(log) if x["source"] == str(RECORDING)]
+    _, missed, spurious = match_events(read_truth(), [(x["species"], float(x["onset_s"]), float(x["offset_s"]))
+                                                      for x in rows])
+    assert not missed and not spurious
+
+
+def test_mp3_that_ends_early_is_analysed_with_one_warning(tmp_path):
+    """An MP3 whose header promises 40 s but whose audio stops at about 24 s (a recorder that died, a download cut
+    short) gives the events of the audio that is there, one warning line, and exit status 0."""
+    x, rate = sf.read(RECORDING, dtype="float32")
+    full = tmp_path / "full.mp3"
+    sf.write(full, x, rate, format="MP3")
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(full.read_bytes()[:int(full.stat().st_size * 0.6)])
+    log = tmp_path / "mp3.csv"
+    r = birdlive("replay", cut, "--model", TINY, "--csv", log, "--no-live")
+    assert r.returncode == 0, r.stderr
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "cut.mp3" in warnings[0] and "header says 40.00 s" in warnings[0]
+    assert not [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    ends = float(warnings[0].split("audio ends at ")[1].split(" s")[0])
+    assert 15 < ends < 30
+    truth = [t for t in read_truth() if t[2] < ends - 1.0]
+    got = [(x["species"], float(x["onset_s"]), float(x["offset_s"])) for x in read_events_csv(log)]
+    _, missed, _ = match_events(truth, got)
+    assert not missed and len(got) >= len(truth)
+
+
+def test_library_imports_no_cli_and_help_imports_no_torch():
+    """`import birdlive.model` / `birdlive.streamer` load no CLI; `birdlive --help` loads no torch."""
+    code = ("import sys, birdlive.model, birdlive.streamer; "
+            "assert not {'typer', 'birdlive.cli'} & set(sys.modules), sorted(sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    code = ("import sys\nsys.argv = ['birdlive', '--help']\nfrom birdlive.cli import main\ntry:\n    main()\n"
+            "except SystemExit as e:\n    assert e.code == 0\nassert 'torch' not in sys.modules and 'timm' not in "
+            "sys.modules\nprint('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and "ok" in r.stdout and "replay" in r.stdout, r.stderr
+
+
+BUGGY_COMMAND = """
+import sys
+from birdlive.cli import app, main
+@app.command()
+def explode():
+    raise RuntimeError("a bug in birdlive")
+sys.argv = ["birdlive", "explode"]
+main()
+"""
+
+
+def test_a_bug_is_one_line_that_says_where_the_traceback_is():
+    env = {k: v for k, v in os.environ.items() if k != "BIRDLIVE_DEBUG"}
+    r = subprocess.run([sys.executable, "-c", BUGGY_COMMAND], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: unexpected RuntimeError: a bug in birdlive")
+    path = line.split("traceback in ")[1].split(",")[0]
+    assert "RuntimeError: a bug in birdlive" in open(path).read()
+    os.unlink(path)
+    r = subprocess.run([sys.executable, "-c", BUGGY_COMMAND], capture_output=True, text=True,
+                       env={**env, "BIRDLIVE_DEBUG": "1"})
+    assert r.returncode != 0 and "Traceback" in r.stderr

@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 
-from birdlive.streamer import RingBuffer, WindowScheduler
+from birdlive.model import load_checkpoint
+from birdlive.streamer import RingBuffer, SharedScorer, StreamState
+from birdlive.streamer.clock import WallClock
+from birdlive.streamer.offline import whole_logmel, window_starts
+
+from common import TINY
 
 
 def test_ring_wraps_and_reads_by_absolute_index():
@@ -34,49 +39,81 @@ def test_ring_does_not_reallocate_in_steady_state():
     assert r._buf is buf and r.end == 50 * 40
 
 
-def test_scheduler_windows_are_exact_slices_for_any_block_size():
-    sr, window, hop = 100, 500, 100
-    x = np.random.default_rng(0).standard_normal(2345).astype(np.float32)
-    for block in (1, 37, 100, 999, 5000):
-        s = WindowScheduler(window, hop, sr)
-        wins = []
-        for i in range(0, len(x), block):
-            wins += s.push(x[i:i + block])
-        full = [w for w in wins]
-        assert [w.start_sample for w in full] == list(range(0, len(x) - window + 1, hop))
-        for w in full:
-            np.testing.assert_array_equal(w.samples, x[w.start_sample:w.start_sample + window])
-        tail = s.finish()
-        assert len(tail) == 1 and tail[0].start_sample == full[-1].start_sample + hop
-        assert tail[0].valid == len(x) - tail[0].start_sample
-        assert not tail[0].samples[tail[0].valid:].any()
+def test_ring_holds_rows_of_log_mel_frames():
+    r = RingBuffer(6, (3,))
+    frames = np.arange(30, dtype=np.float32).reshape(10, 3)
+    r.write(frames[:4])
+    r.write(frames[4:])
+    np.testing.assert_array_equal(r.read(5, 5), frames[5:])
 
 
-def test_scheduler_short_stream_gets_one_padded_window():
-    s = WindowScheduler(500, 100, 100)
-    assert s.push(np.ones(120, np.float32)) == []
-    (w,) = s.finish()
-    assert (w.start_sample, w.valid) == (0, 120)
+@pytest.fixture(scope="module")
+def scorer():
+    return SharedScorer(load_checkpoint(TINY))
 
 
-def test_scheduler_fills_gaps_with_silence_and_keeps_stream_time():
-    s = WindowScheduler(50, 10, 10)
-    s.push(np.ones(20, np.float32), start_sample=0)
-    wins = s.push(np.ones(20, np.float32), start_sample=40)  # 20 samples lost upstream
-    assert s.end == 60 and [w.start_sample for w in wins] == [0, 10]
-    np.testing.assert_array_equal(wins[0].samples[20:40], 0)
+def run_stream_state(scorer, wave, block):
+    """Feed `wave` block by block through a StreamState with the runner's protocol; return its windows."""
+    st = StreamState("x", scorer.cfg)
+    cuts = []
+
+    def tick():
+        chunk = st.frontend_chunk()
+        if chunk is not None:
+            st.add_logmel(scorer.logmel([chunk])[0])
+        cuts.extend(st.ready_windows())
+
+    for i in range(0, len(wave), block):
+        for piece, wall in st.pieces(wave[i:i + block]):
+            st.push(piece, wall)
+            tick()
+    st.end_input()
+    tick()
+    assert st.drained
+    return cuts
 
 
-def test_scheduler_counts_windows_it_had_to_skip():
-    s = WindowScheduler(50, 10, 10, capacity=60)
-    s.ring.write(np.ones(200, np.float32))  # the consumer fell behind: the ring was overwritten
-    wins = s._ready()
-    assert s.skipped_windows == 14 and wins[0].start_sample == 140
+@pytest.mark.parametrize("block_s", [0.07, 1.0, 7.3, 20.0])
+def test_stream_windows_are_cut_from_one_log_mel_of_the_whole_stream(scorer, block_s):
+    """Each sample's log-mel is computed once; every window, the padded last one included, is exactly the
+    whole recording's log-mel cut at its place — for any block size."""
+    cfg = scorer.cfg
+    sr = cfg.sample_rate
+    wave = (0.1 * np.random.default_rng(0).standard_normal(int(12.37 * sr))).astype(np.float32)
+    cuts = run_stream_state(scorer, wave, int(block_s * sr))
+    starts, valid = window_starts(len(wave), cfg.window_samples, sr)
+    assert [c.start_sample for c in cuts] == starts and [c.valid for c in cuts] == valid
+    whole = whole_logmel(scorer.model, wave, starts[-1] + cfg.window_samples).numpy()
+    for c in cuts:
+        f = c.start_sample // cfg.hop_length
+        np.testing.assert_allclose(c.logmel, whole[f:f + len(c.logmel)], atol=1e-3)
+
+
+def test_short_stream_gets_one_padded_window(scorer):
+    cuts = run_stream_state(scorer, np.ones(1200, np.float32), 1200)
+    assert [(c.start_sample, c.valid) for c in cuts] == [(0, 1200)]
+
+
+def test_gaps_become_silence_and_keep_stream_time(scorer):
+    st = StreamState("x", scorer.cfg)
+    sr = scorer.cfg.sample_rate
+    for piece, wall in st.pieces(np.ones(sr, np.float32), 0, 1000.0):
+        st.push(piece, wall)
+    pieces = st.pieces(np.ones(sr, np.float32), 3 * sr, 1003.0)   # two seconds lost upstream
+    assert [len(p) for p, _ in pieces] == [2 * sr, sr] and not pieces[0][0].any()
+    for piece, wall in pieces:
+        st.push(piece, wall)
+    assert st.audio_s == 4.0
+    assert st.clock.at(3.5) == pytest.approx(1003.5)
+    overlap = st.pieces(np.arange(sr, dtype=np.float32), 3 * sr + sr // 2)    # half of it is here already
+    assert len(overlap) == 1 and overlap[0][0][0] == sr // 2
 
 
 def test_wall_clock_follows_newest_anchor():
-    s = WindowScheduler(50, 10, 10)
-    s.push(np.zeros(100, np.float32), wall_time=1000.0)
-    s.push(np.zeros(100, np.float32), wall_time=1010.5)  # the card's clock drifted 0.5 s
-    assert s.clock.at(5.0) == pytest.approx(1005.0)
-    assert s.clock.at(12.0) == pytest.approx(1012.5)
+    clock = WallClock(10)
+    clock.anchor(0, 1000.0)
+    clock.anchor(100, 1010.5)           # the card's clock drifted 0.5 s
+    assert clock.at(5.0) == pytest.approx(1005.0)
+    assert clock.at(12.0) == pytest.approx(1012.5)
+    clock.anchor(200, 5000.0)           # the system clock was set (NTP): times after it follow, before do not
+    assert clock.at(15.0) == pytest.approx(1015.5) and clock.at(21.0) == pytest.approx(5001.0)

@@ -1,14 +1,17 @@
-"""The whole data path on the project's own recording and tiny checkpoint (see tests/fixtures/make_fixture.py)."""
+"""The whole data path on the project's own recording and tiny checkpoint (see tests/fixtures/make_fixture.py):
+the streaming runner against the independent offline reference, several streams at once, and streams that fail."""
+import threading
+
 import numpy as np
 import pytest
 import soundfile as sf
 import soxr
 
 from birdlive.model import load_checkpoint
-from birdlive.streamer import StreamDetector, detect_waveform, run_stream
+from birdlive.streamer import CsvEventLog, Runner, SharedScorer, SourceSpec, StreamState, detect_offline
 from birdlive.streamer.sources import FileSource
 
-from common import RECORDING, TINY, match_events, read_truth
+from common import RECORDING, TINY, match_events, read_events_csv, read_truth
 
 
 @pytest.fixture(scope="module")
@@ -17,17 +20,48 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def offline_events(model):
-    wave, sr = sf.read(RECORDING, dtype="float32")
-    wave = soxr.resample(wave, sr, model.cfg.sample_rate, quality="HQ").astype(np.float32)
-    return detect_waveform(model, wave, source=str(RECORDING))
+def wave(model):
+    x, sr = sf.read(RECORDING, dtype="float32")
+    return soxr.resample(x, sr, model.cfg.sample_rate, quality="HQ").astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def offline_events(model, wave):
+    return detect_offline(model, wave, source=str(RECORDING))
 
 
 def as_tuples(events):
     return [(e.species, e.onset_s, e.offset_s) for e in events]
 
 
-def test_events_at_the_known_call_times(offline_events):
+class Collect:
+    """A sink that keeps what it is given."""
+
+    def __init__(self):
+        self.events, self.audio, self.statuses, self.closed = [], [], [], False
+
+    def on_event(self, e, audio):
+        self.events.append(e)
+        self.audio.append(audio)
+
+    def on_status(self, s):
+        self.statuses.append(s)
+
+    def close(self):
+        self.closed = True
+
+
+def run(model, specs, sinks, max_open=1, stop=None):
+    runner = Runner(SharedScorer(model), sinks, lambda name: StreamState(name, model.cfg), stop=stop,
+                    max_open=max_open)
+    return runner.run(specs)
+
+
+def file_spec(path, model, block_s=1.0, label=None):
+    return SourceSpec(label or str(path), lambda: FileSource(path, model.cfg.sample_rate, block_s=block_s))
+
+
+def test_offline_reference_finds_the_known_calls(offline_events):
     """Every call found, onsets and offsets within 0.3 s, and nothing in the call-free stretches."""
     truth = read_truth()
     pairs, missed, spurious = match_events(truth, as_tuples(offline_events), tol=0.3)
@@ -37,31 +71,101 @@ def test_events_at_the_known_call_times(offline_events):
 
 
 @pytest.mark.parametrize("block_s", [0.1, 1.0, 7.3])
-def test_streaming_equals_offline(model, offline_events, block_s):
-    """Replaying the file block by block through the streaming path gives the events of the whole-file run:
-    same species, onsets and offsets within one frame."""
-    src = FileSource(RECORDING, model.cfg.sample_rate, block_s=block_s)
-
-    class Collect(list):
-        def write(self, e):
-            self.append(e)
-
+def test_streaming_equals_offline_reference(model, offline_events, block_s):
+    """The file read block by block through sources, runner, per-stream state and the shared scorer gives the
+    events of the offline reference (whole log-mel at once, numpy overlap average): same species, onsets and
+    offsets within one frame, peaks within 0.01."""
     got = Collect()
-    status = run_stream(src, StreamDetector(model, source=str(RECORDING)), [got])
-    assert status.audio_s == pytest.approx(sf.info(RECORDING).duration, abs=0.01)
-    assert [e.species for e in got] == [e.species for e in offline_events]
+    (status,) = run(model, [file_spec(RECORDING, model, block_s)], [got])
+    assert status.state == "done" and status.audio_s == pytest.approx(sf.info(RECORDING).duration, abs=0.01)
+    assert [e.species for e in got.events] == [e.species for e in offline_events]
     frame = model.cfg.frame_s
-    for a, b in zip(got, offline_events):
+    for a, b in zip(got.events, offline_events):
         assert abs(a.onset_s - b.onset_s) <= frame + 1e-6 and abs(a.offset_s - b.offset_s) <= frame + 1e-6
+        assert a.peak == pytest.approx(b.peak, abs=0.01)
+    assert got.statuses[-1].state == "done" and got.statuses[-1].events == len(offline_events)
 
 
-def test_events_are_emitted_while_the_stream_runs(model):
-    """Latency stays bounded: an event comes out within a few seconds of its call, not at the end of the file."""
-    truth = read_truth()
-    first_call_end = truth[0][2]
-    src = FileSource(RECORDING, model.cfg.sample_rate, block_s=0.5)
-    det = StreamDetector(model)
-    for block in src:
-        if det.push(block.samples, block.start_sample):
-            break
-    assert det.audio_s <= first_call_end + model.cfg.window_s + 2.0
+def test_each_event_comes_with_its_audio(model, wave):
+    """A sink gets the event's own samples with 1.5 s of pre- and post-roll."""
+    got = Collect()
+    run(model, [file_spec(RECORDING, model)], [got])
+    sr = model.cfg.sample_rate
+    for e, a in zip(got.events, got.audio):
+        assert a.sample_rate == sr
+        assert a.start_s == pytest.approx(max(0.0, e.onset_s - 1.5), abs=1 / sr)
+        assert a.end_s == pytest.approx(min(len(wave) / sr, e.offset_s + 1.5), abs=1 / sr)
+        i = int(round(a.start_s * sr))
+        np.testing.assert_allclose(a.samples, wave[i:i + len(a.samples)], atol=1e-4)
+
+
+def test_three_streams_at_once_give_each_the_events_it_gives_alone(model, tmp_path):
+    """Three recordings share one scorer (their windows are batched together) and keep their own events."""
+    x, rate = sf.read(RECORDING, dtype="float32")
+    paths = []
+    for k, (a, b) in enumerate([(0, 40), (10, 35), (3, 28)]):        # three different stretches
+        p = tmp_path / f"part{k}.flac"
+        sf.write(p, x[a * rate:b * rate], rate)
+        paths.append(p)
+    alone = {}
+    for p in paths:
+        got = Collect()
+        run(model, [file_spec(p, model)], [got])
+        alone[str(p)] = as_tuples(got.events)
+        assert alone[str(p)], p
+    together = Collect()
+    specs = [file_spec(p, model, block_s=bs) for p, bs in zip(paths, (0.1, 1.0, 3.3))]
+    statuses = run(model, specs, [together], max_open=3)
+    assert sorted(s.source for s in statuses) == sorted(alone)
+    for p in paths:
+        mine = as_tuples([e for e in together.events if e.source == str(p)])
+        assert [e[0] for e in mine] == [e[0] for e in alone[str(p)]]
+        for a, b in zip(mine, alone[str(p)]):
+            assert abs(a[1] - b[1]) <= model.cfg.frame_s + 1e-6 and abs(a[2] - b[2]) <= model.cfg.frame_s + 1e-6
+
+
+def nan_recording(tmp_path, at_s):
+    """The test recording with one NaN sample at `at_s`: a source that raises there, mid-stream."""
+    x, rate = sf.read(RECORDING, dtype="float32")
+    x = x.copy()
+    x[int(at_s * rate)] = np.nan
+    p = tmp_path / "nan.wav"
+    sf.write(p, x, rate, subtype="FLOAT")
+    return p
+
+
+def test_a_source_that_raises_mid_stream_loses_no_event(model, tmp_path, offline_events):
+    """The source fails at 12.6 s, in the middle of the upsweep at 12.3–12.8 s: every event before it and the
+    open one are in the CSV, the stream is reported failed in one line, and the stream beside it goes on."""
+    bad = nan_recording(tmp_path, 12.6)
+    log = tmp_path / "events.csv"
+    got = Collect()
+    csv = CsvEventLog(log).open()
+    statuses = run(model, [file_spec(bad, model, block_s=16.0), file_spec(RECORDING, model)], [csv, got],
+                   max_open=2)
+    csv.close()
+    by_source = {s.source: s for s in statuses}
+    assert by_source[str(bad)].state == "failed" and "NaN/Inf" in by_source[str(bad)].error
+    assert "\n" not in by_source[str(bad)].error
+    assert by_source[str(RECORDING)].state == "done"
+    rows = [r for r in read_events_csv(log) if r["source"] == str(bad)]
+    before = [e for e in offline_events if e.onset_s < 12.3]
+    assert [r["species"] for r in rows[:len(before)]] == [e.species for e in before]
+    open_one = rows[len(before):]
+    assert [r["species"] for r in open_one] == ["upsweep"]
+    assert float(open_one[0]["onset_s"]) == pytest.approx(12.3, abs=0.3)
+    good = [e for e in got.events if e.source == str(RECORDING)]
+    assert as_tuples(good) == as_tuples(offline_events)
+
+
+def test_stop_flushes_open_events_and_ends_promptly(model, tmp_path):
+    """Ctrl-C in the middle of a realtime replay: the runner returns within seconds, with what it saw."""
+    stop = threading.Event()
+    got = Collect()
+    spec = SourceSpec(str(RECORDING), lambda: FileSource(RECORDING, model.cfg.sample_rate, block_s=0.5,
+                                                          realtime=True))
+    timer = threading.Timer(3.0, stop.set)
+    timer.start()
+    (status,) = run(model, [spec], [got], stop=stop)
+    assert status.state == "done" and 2.0 <= status.audio_s <= 6.0
+    assert got.statuses[-1].state == "done"

@@ -1,0 +1,271 @@
+"""Runner: source threads → one queue of (stream, item) → per-stream state → one shared scorer → sinks.
+
+    source thread ─┐                       ┌→ StreamState (ring, log-mel, windows, stitcher, smoother) ─┐
+    source thread ─┼→ queue (stream, item) ┤                   SharedScorer: one batch for all streams  ├→ sinks
+    source thread ─┘                       └→ StreamState … ───────────────────────────────────────────┘
+
+Sources only read and hand over blocks (a microphone's PortAudio callback only fills its own queue); everything
+else happens on the consumer side, in order. Whatever ends a stream — its end, an error in its source, Ctrl-C,
+an exception in the consumer — every event it saw, open ones included, goes to the sinks before `run` returns
+(a `finally`). A failing source fails only its own stream: the others go on, and the next file of a list starts.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Protocol
+
+import numpy as np
+
+from birdlive.errors import BirdliveError
+
+from .events import Event, StreamStatus
+from .scorer import SharedScorer
+from .sinks import Sink
+from .sources import AudioBlock
+from .stream import StreamState
+
+
+class Source(Protocol):
+    """What the runner needs of a source (FileSource, MicSource)."""
+    name: str
+    stats: dict
+    warnings: list[str]
+
+    def __iter__(self) -> Iterator[AudioBlock]: ...
+
+    def stop(self) -> None: ...     # from another thread: end iteration soon
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class SourceSpec:
+    """A source to open in its own thread: a file that cannot be read fails its stream, not the run."""
+    label: str                      # its name until it is open (the path, the device asked for)
+    open: Callable[[], Source]
+
+
+@dataclass
+class _Live:
+    status: StreamStatus
+    t0: float = field(default_factory=time.perf_counter)
+    source: Source | None = None
+    state: StreamState | None = None
+    last_status: float = 0.0
+
+
+def one_line(e: BaseException, label: str) -> str:
+    """The user's line for what ended a stream: our own errors as they are, anything else named as a bug."""
+    if isinstance(e, BirdliveError):
+        return " ".join(str(e).split())
+    return " ".join(f"{label}: unexpected {type(e).__name__}: {e} (a bug; BIRDLIVE_DEBUG=1 prints the "
+                    f"traceback)".split())
+
+
+class Runner:
+    def __init__(self, scorer: SharedScorer, sinks: list[Sink], make_stream: Callable[[str], StreamState],
+                 stop: threading.Event | None = None, max_open: int = 1, pre_roll_s: float = 1.5,
+                 post_roll_s: float = 1.5, status_every_s: float = 0.25, queue_items: int = 64):
+        self.scorer, self.sinks, self.make_stream = scorer, sinks, make_stream
+        self.stop = stop or threading.Event()
+        self.max_open, self.pre_roll_s, self.post_roll_s = max_open, pre_roll_s, post_roll_s
+        self.status_every_s = status_every_s
+        self._q: queue.Queue = queue.Queue(maxsize=queue_items)
+        self._live: dict[int, _Live] = {}
+        self._closed = threading.Event()
+        self._names = [scorer.cfg.display_name(i) for i in range(scorer.cfg.num_classes)]
+
+    # ---- the consumer loop
+    def run(self, specs: Iterable[SourceSpec]) -> list[StreamStatus]:
+        """Run every source to its end (at most `max_open` at once), or until `stop` is set. Returns each
+        stream's final status, in the order they ended."""
+        pending, ids, done = deque(specs), itertools.count(), []
+        stopped_at = None
+        try:
+            while pending or self._live:
+                while pending and len(self._live) < self.max_open and not self.stop.is_set():
+                    self._start(next(ids), pending.popleft())
+                for sid, kind, payload in self._next_items():
+                    self._handle(sid, kind, payload, done)
+                self._tick([l.state for l in self._live.values() if l.state is not None])
+                self._send_statuses()
+                if self.stop.is_set():
+                    pending.clear()
+                    stopped_at = stopped_at or time.monotonic()
+                    for live in self._live.values():
+                        if live.source is not None:
+                            live.source.stop()
+                    if time.monotonic() - stopped_at > 5.0:   # a source that will not end: flush it anyway
+                        break
+        finally:
+            self._closed.set()
+            self._flush_all(done)
+        return done
+
+    def _next_items(self) -> list[tuple[int, str, object]]:
+        """Everything queued now (waiting up to 0.1 s for the first item): one tick serves all of it."""
+        try:
+            items = [self._q.get(timeout=0.1)]
+        except queue.Empty:
+            return []
+        while len(items) < 256:
+            try:
+                items.append(self._q.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _handle(self, sid: int, kind: str, payload, done: list[StreamStatus]) -> None:
+        live = self._live.get(sid)
+        if live is None:
+            return
+        if kind == "open":
+            live.source = payload
+            live.state = self.make_stream(payload.name)
+            live.status.source = payload.name
+        elif kind == "block" and not self.stop.is_set():
+            self._feed(live.state, payload)
+        elif kind == "end":
+            done.append(self._end(sid, None))
+        elif kind == "error":
+            done.append(self._end(sid, payload))
+
+    def _feed(self, state: StreamState, block: AudioBlock) -> None:
+        for samples, wall in state.pieces(block.samples, block.start_sample, block.wall_time):
+            if len(samples) > state.room:
+                self._tick([state])
+            state.push(samples, wall)
+
+    def _tick(self, states: list[StreamState]) -> None:
+        """New audio of every stream → log-mel in one batch; ready windows of every stream → one batch."""
+        chunks = [(st, c) for st in states if (c := st.frontend_chunk()) is not None]
+        if chunks:
+            for (st, _), mel in zip(chunks, self.scorer.logmel([c for _, c in chunks])):
+                st.add_logmel(mel)
+        cuts = [(st, w) for st in states for w in st.ready_windows()]
+        if cuts:
+            for (st, w), scores in zip(cuts, self.scorer.score([w.logmel for _, w in cuts])):
+                self._emit(st, st.add_scores(w, scores))
+
+    def _emit(self, state: StreamState, events: list[Event]) -> None:
+        for e in events:
+            audio = state.event_audio(e, self.pre_roll_s, self.post_roll_s)
+            for sink in self.sinks:
+                sink.on_event(e, audio)
+
+    # ---- ending a stream
+    def _end(self, sid: int, error: BaseException | None) -> StreamStatus:
+        """Close the stream's input, score what it owes, hand every remaining event to the sinks."""
+        live = self._live[sid]
+        try:
+            if live.state is not None:
+                live.state.end_input()
+                for _ in range(3):      # one tick scores the padded last window; more would be a bug
+                    if live.state.drained:
+                        break
+                    self._tick([live.state])
+                self._emit(live.state, live.state.finish())
+        finally:
+            del self._live[sid]
+            if error is not None:
+                live.status.state, live.status.error = "failed", one_line(error, live.status.source)
+                if os.environ.get("BIRDLIVE_DEBUG") and not isinstance(error, BirdliveError):
+                    traceback.print_exception(error)
+            else:
+                live.status.state = "done"
+            self._send_status(live)
+        return live.status
+
+    def _flush_all(self, done: list[StreamStatus]) -> None:
+        """The `finally`: streams still open (Ctrl-C, a consumer error) are ended with every event they saw."""
+        for sid in list(self._live):
+            source = self._live[sid].source
+            if source is not None:
+                source.stop()
+            try:
+                done.append(self._end(sid, None))
+            except Exception:   # keep flushing the others; the error that got us here is the one to report
+                if os.environ.get("BIRDLIVE_DEBUG"):
+                    traceback.print_exc()
+
+    # ---- source threads
+    def _start(self, sid: int, spec: SourceSpec) -> None:
+        self._live[sid] = _Live(StreamStatus(source=spec.label))
+        threading.Thread(target=self._pump, args=(sid, spec), name=f"source-{sid}", daemon=True).start()
+
+    def _pump(self, sid: int, spec: SourceSpec) -> None:
+        """A source's thread: open it, read it, hand each block over; nothing else."""
+        source = None
+        try:
+            source = spec.open()
+            if not self._put((sid, "open", source)):
+                return
+            for block in source:
+                if self.stop.is_set() or not self._put((sid, "block", block)):
+                    break
+            self._put((sid, "end", None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which reports it as this stream's
+            self._put((sid, "error", e))
+        finally:
+            if source is not None:
+                source.close()
+
+    def _put(self, item) -> bool:
+        """Blocks while the queue is full (back-pressure on files; a microphone's own queue absorbs it)."""
+        while not self._closed.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    # ---- status
+    def _send_statuses(self) -> None:
+        now = time.perf_counter()
+        for live in list(self._live.values()):
+            if now - live.last_status >= self.status_every_s:
+                self._send_status(live)
+
+    def _send_status(self, live: _Live) -> None:
+        s, st = live.status, live.state
+        live.last_status = time.perf_counter()
+        s.wall_s = live.last_status - live.t0
+        if st is not None:
+            s.audio_s, s.level_dbfs, s.windows, s.events = st.audio_s, st.level_dbfs, st.windows_scored, st.events
+            order = np.argsort(st.latest_scores)[::-1][:5]
+            s.top = [(self._names[i], float(st.latest_scores[i])) for i in order]
+        if live.source is not None:
+            s.source_stats = dict(live.source.stats)
+            s.warnings = list(live.source.warnings)
+        for sink in self.sinks:
+            sink.on_status(s)
+
+
+def make_runner(model, sinks: list[Sink], hop_s: float = 1.0, params=None, event_filter=None,
+                stop: threading.Event | None = None, max_open: int = 1) -> Runner:
+    """A runner with one shared scorer for `model` and a StreamState per source with these detector settings."""
+    from .stream import check_hop, default_params
+    check_hop(model.cfg, hop_s)
+    params = params or default_params(model.cfg)
+    return Runner(SharedScorer(model), sinks,
+                  lambda name: StreamState(name, model.cfg, hop_s=hop_s, params=params, event_filter=event_filter),
+                  stop=stop, max_open=max_open)
+
+
+def file_specs(paths: Iterable, sample_rate: int, realtime: bool = False, channel: int | None = None) -> list[SourceSpec]:
+    """Recordings as sources, opened in their own threads (a file that cannot be read fails only itself).
+    Fast replay reads 16 s blocks: a block's windows go through the network as one batch."""
+    from .sources import FileSource
+
+    def opener(path):
+        return lambda: FileSource(path, sample_rate, block_s=1.0 if realtime else 16.0, realtime=realtime,
+                                  channel=channel)
+    return [SourceSpec(str(p), opener(p)) for p in paths]
