@@ -16,6 +16,8 @@ from birdlive.train import AugmentConfig, TrainConfig, train
 from birdlive.train.evaluate import RefEvent, evaluate_events, evaluate_model
 from birdlive.train.synthetic import CALL_TYPES, make_scene
 
+from common import birdlive
+
 SR = 32000
 
 
@@ -160,13 +162,15 @@ def test_cli_augment_demo_writes_wav_and_png(tmp_path, cli):
     assert (tmp_path / "demo" / "mix.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_cli_errors_are_one_red_line(tmp_path, cli):
-    r = CliRunner().invoke(cli, ["train", str(tmp_path / "missing"), "--run", str(tmp_path / "run")])
-    assert r.exit_code == 1 and "missing: no such file or folder" in r.output
-    r = CliRunner().invoke(cli, ["evaluate", str(tmp_path), "--model", str(tmp_path / "nothing")])
-    assert r.exit_code == 1 and "no checkpoint" in r.output
-    r = CliRunner().invoke(cli, ["train", str(tmp_path), "--augment", "lots", "--run", str(tmp_path / "run")])
-    assert r.exit_code == 1 and "unknown augmentation preset" in r.output
+def test_cli_errors_are_one_red_line(tmp_path):
+    """Through the real command: each mistake is one `error:` line on stderr and exit status 1."""
+    for args, needle in ([["train", tmp_path / "missing", "--run", tmp_path / "run"], "missing: no such file"],
+                         [["evaluate", tmp_path, "--model", tmp_path / "nothing"], "no checkpoint"],
+                         [["train", tmp_path, "--augment", "lots", "--run", tmp_path / "run"],
+                          "unknown augmentation preset"]):
+        r = birdlive(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr
 
 
 def test_cli_evaluate_writes_table_and_json(trained, cli):
