@@ -72,12 +72,13 @@ def one_line(e: BaseException, label: str) -> str:
 class Runner:
     def __init__(self, scorer: SharedScorer, sinks: list[Sink], make_stream: Callable[[str], StreamState],
                  stop: threading.Event | None = None, max_open: int = 1, pre_roll_s: float = 1.5,
-                 post_roll_s: float = 1.5, status_every_s: float = 0.25, queue_items: int = 64):
+                 post_roll_s: float = 1.5, status_every_s: float = 0.25, queue_items: int | None = None):
         self.scorer, self.sinks, self.make_stream = scorer, sinks, make_stream
         self.stop = stop or threading.Event()
         self.max_open, self.pre_roll_s, self.post_roll_s = max_open, pre_roll_s, post_roll_s
         self.status_every_s = status_every_s
-        self._q: queue.Queue = queue.Queue(maxsize=queue_items)
+        # A few blocks of read-ahead per stream: files are read in 16 s blocks, and more would only hold memory.
+        self._q: queue.Queue = queue.Queue(maxsize=queue_items or max(16, 4 * max_open))
         self._live: dict[int, _Live] = {}
         self._closed = threading.Event()
         self._names = [scorer.cfg.display_name(i) for i in range(scorer.cfg.num_classes)]

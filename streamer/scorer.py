@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from birdlive.model import BirdSED
+from birdlive.model.fuse import inference_copy
 
 
 class SharedScorer:
@@ -18,8 +19,12 @@ class SharedScorer:
     """
 
     def __init__(self, model: BirdSED, batch_size: int | None = None):
-        self.model = model.eval()
         self.device = next(model.parameters()).device
+        cfg = model.cfg
+        with torch.inference_mode():
+            example = model.frontend(0.1 * torch.randn(2, cfg.window_samples, generator=torch.Generator()
+                                                       .manual_seed(0)).to(self.device))
+        self.model = inference_copy(model, example)     # BatchNorm folded, channels-last: ~1.5× on a CPU
         # CPU: batches past 16 windows buy nothing and cost latency; a GPU wants them large.
         self.batch_size = batch_size or (256 if self.device.type == "cuda" else 16)
         self.windows_scored = 0
@@ -50,6 +55,7 @@ class SharedScorer:
         out: list[np.ndarray] = []
         for i in range(0, len(windows), self.batch_size):
             batch = torch.from_numpy(np.stack(windows[i:i + self.batch_size])[:, None]).to(self.device)
+            batch = batch.contiguous(memory_format=torch.channels_last)
             out.extend(self.model.forward_logmel(batch)["framewise"].float().cpu().numpy())
         self.windows_scored += len(windows)
         return out

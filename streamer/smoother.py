@@ -53,6 +53,7 @@ class EventSmoother:
         self._received = 0    # raw frames seen
         self._smoothed = 0    # frames smoothed and stepped
         self._tracks = [_Track() for _ in labels]
+        self._busy: set[int] = set()   # species whose track is not idle; the rest need a look only above threshold
 
     def push(self, frames: np.ndarray) -> list[Event]:
         out: list[Event] = []
@@ -75,6 +76,7 @@ class EventSmoother:
                 out += self._step(np.median(np.stack(self._raw), axis=0))
         for k, t in enumerate(self._tracks):
             out += self._close(k, t, self._smoothed)
+        self._busy.clear()
         return sorted(out, key=lambda e: (e.onset_s, e.species))
 
     def _step(self, s: np.ndarray) -> list[Event]:
@@ -82,7 +84,10 @@ class EventSmoother:
         self._smoothed += 1
         out: list[Event] = []
         p = self.p
-        for k, t in enumerate(self._tracks):
+        # An idle track (no run, no open event, nothing pending) stays idle below the off threshold: with a
+        # hundred species and a few calling, looking only at the others is most of the smoother's time saved.
+        for k in sorted(self._busy.union(np.flatnonzero(s >= p.threshold_off).tolist())):
+            t = self._tracks[k]
             v = float(s[k])
             if t.open_start is None:
                 if v >= p.threshold_off:
@@ -111,6 +116,10 @@ class EventSmoother:
                 if earliest - t.pending[1] > self.gap_frames or i - t.pending[1] >= self.max_frames:
                     out += self._emit(k, *t.pending)
                     t.pending = None
+            if t.run_start is None and t.open_start is None and t.pending is None:
+                self._busy.discard(k)
+            else:
+                self._busy.add(k)
         return out
 
     def _open(self, k: int, t: _Track) -> list[Event]:
