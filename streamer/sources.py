@@ -286,9 +286,10 @@ class FileSource:
 
         if self._frames and pos < self._frames and not self._stop.is_set() and not self.warnings:
             # MP3s whose frame count in the header is an estimate, recorders that died mid-file: analyse what is
-            # there and say so once (an MP3 a few ms short of its estimate is normal, not worth a line).
+            # there and say so once. An MP3 a few hundred ms short of its estimate is normal (almost every
+            # xeno-canto file is): a line only past half a second and 1 %.
             is_mp3 = (self.format or "").upper() in ("MP3", "MPEG")
-            if not is_mp3 or self._frames - pos > nat // 20:
+            if not is_mp3 or self._frames - pos > max(nat // 2, self._frames // 100):
                 self.warnings.append(f"{self.name}: audio ends at {pos / nat:.2f} s, header says "
                                      f"{self._frames / nat:.2f} s; analysed what is there")
         if rs is not None:
