@@ -18,6 +18,11 @@ def bar(value: float, width: int = 24, style: str = "green") -> Text:
     return Text("█" * full, style=style) + Text("░" * (width - full), style="grey30")
 
 
+def _short(source: str) -> str:
+    """A file's name without its folders (the CSV keeps the whole path); a device name as it is."""
+    return source.rsplit("/", 1)[-1]
+
+
 class LiveView:
     """A sink: shows events as they come and every stream's state as it is refreshed."""
 
@@ -53,7 +58,7 @@ class LiveView:
                                                                          "reconnects", "clock_steps") if st.get(k))
             now = ", ".join(f"{name} {score:.2f}" for name, score in s.top[:2] if score >= 0.05)
             state = "" if s.state == "running" else f" ({s.state})"
-            sources.add_row(s.source + state, bar((s.level_dbfs + 90) / 90, 16, "yellow" if s.level_dbfs < -3
+            sources.add_row(_short(s.source) + state, bar((s.level_dbfs + 90) / 90, 16, "yellow" if s.level_dbfs < -3
                                                    else "red"), f"{s.level_dbfs:.1f}", f"{s.audio_s:.1f}",
                             f"{s.realtime_factor:.1f}", str(s.events), losses or "none", now)
         ev = Table(title="recent events", expand=True, show_edge=False)
@@ -61,6 +66,6 @@ class LiveView:
         for col in (["source"] if several else []) + ["onset s", "offset s", "species", "peak"]:
             ev.add_column(col)
         for e in self.recent:
-            ev.add_row(*([e.source] if several else []), f"{e.onset_s:.1f}", f"{e.offset_s:.1f}", e.name,
+            ev.add_row(*([_short(e.source)] if several else []), f"{e.onset_s:.1f}", f"{e.offset_s:.1f}", e.name,
                        f"{e.peak:.2f}")
         return Panel(Group(head, sources, ev), border_style="cyan")

@@ -1,0 +1,408 @@
+"""Streaming benchmarks of the installed `birdlive` command, printed as one table from one run.
+
+    .venv/bin/python benchmarks/streaming.py [--repeat N] [--skip-birdnet] [--skip-rss] [--json OUT]
+
+Every figure times a whole process, from spawn to exit (Python start-up and model load included), because
+that is what a user waits for; ratios between columns come from the same run on the same machine.
+
+1. replay of real audio, birdlive vs BirdNET V2.4 (benchmarks/birdnet_peer.py in .venv-peers): a 120 s and a
+   30 min file made by concatenating the xeno-canto recordings of ../shared/data/xc-puerto-rico (sorted by path,
+   so the files are the same on every machine), 48 kHz mono FLAC, cached in runs/bench-audio/;
+2. time to `birdlive --help`, and time from spawn to the first event line on stdout (`replay --no-live`);
+3. resident memory of one `birdlive replay` over 2 hours of audio (the 30 min file looped 4x, 32 kHz),
+   sampled every 0.5 s from /proc (the process and its children);
+4. concurrent real-time streams one machine sustains with the default model (benchmarks/realtime_streams.py).
+
+Timed figures are the best of --repeat runs (the machine may be shared; the minimum is the least disturbed).
+The memory run is made once: memory does not depend on the machine's load the way time does.
+Generated audio stays under runs/ (git-ignored); the recordings are never copied into the repository.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+BIRDLIVE = ROOT / ".venv" / "bin" / "birdlive"
+PEER_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
+PEER_SCRIPT = ROOT / "benchmarks" / "birdnet_peer.py"
+XC_DIR = ROOT.parent / "shared" / "data" / "xc-puerto-rico"
+AUDIO_DIR = ROOT / "runs" / "bench-audio"
+OUT_DIR = AUDIO_DIR / "out"  # CSVs and stderr logs of the runs, overwritten each time
+AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg"}
+
+# Short real recordings for "time to first event", tried in order until one prints an event. Events are
+# printed when they close, so a recording whose first call ends early measures start-up, not the recording.
+FIRST_EVENT_TRIES = [
+    ("Setophaga_adelaidae/XC308510.mp3", []),
+    ("Setophaga_adelaidae/XC308510.mp3", ["--threshold-on", "0.1", "--threshold-off", "0.05"]),
+    ("Agelaius_xanthomus/XC33703.mp3", ["--threshold-on", "0.1", "--threshold-off", "0.05"]),
+]
+
+
+def log(msg: str) -> None:
+    print(f"[streaming] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------- audio files
+
+def xc_recordings() -> list[Path]:
+    files = [p for p in XC_DIR.rglob("*") if p.suffix.lower() in AUDIO_EXT]
+    return sorted(files, key=lambda p: p.relative_to(XC_DIR).as_posix())
+
+
+def concat_real_audio(out: Path, seconds: float, sr: int = 48000) -> Path:
+    """The first `seconds` of all xeno-canto recordings back to back, mono at `sr`: made once, then reused."""
+    if out.exists():
+        return out
+    log(f"making {out.relative_to(ROOT)} ({seconds:.0f} s of real recordings, {sr} Hz)")
+    need, done = int(seconds * sr), 0
+    tmp = out.with_name(out.stem + ".part.flac")  # renamed at the end: an interrupted build is never reused
+    with sf.SoundFile(tmp, "w", sr, 1, "PCM_16", format="FLAC") as w:
+        for f in xc_recordings():
+            y, fsr = sf.read(f, dtype="float32", always_2d=True)
+            y = y.mean(axis=1)
+            if fsr != sr:
+                y = soxr.resample(y, fsr, sr)
+            y = np.clip(y[: need - done], -1.0, 1.0)  # resampling can overshoot; 16-bit PCM must not wrap
+            w.write(y)
+            done += len(y)
+            if done >= need:
+                break
+    if done < need:
+        tmp.unlink()
+        raise SystemExit(f"only {done / sr:.0f} s of recordings under {XC_DIR}, {seconds:.0f} s needed")
+    tmp.rename(out)
+    return out
+
+
+def loop_audio(src: Path, out: Path, loops: int, sr: int) -> Path:
+    """`src` played `loops` times over, resampled to `sr`, block by block (2 h does not fit comfortably in RAM)."""
+    if out.exists():
+        return out
+    log(f"making {out.relative_to(ROOT)} ({loops}x {src.name}, {sr} Hz)")
+    tmp = out.with_name(out.stem + ".part.flac")
+    with sf.SoundFile(src) as r, sf.SoundFile(tmp, "w", sr, 1, "PCM_16", format="FLAC") as w:
+        rs = soxr.ResampleStream(r.samplerate, sr, 1, dtype="float32")
+        for _ in range(loops):
+            r.seek(0)
+            for block in r.blocks(blocksize=60 * r.samplerate, dtype="float32"):
+                w.write(np.clip(rs.resample_chunk(block), -1.0, 1.0))
+        w.write(np.clip(rs.resample_chunk(np.zeros(0, np.float32), last=True), -1.0, 1.0))
+    tmp.rename(out)
+    return out
+
+
+def duration_s(path: Path) -> float:
+    info = sf.info(str(path))
+    return info.frames / info.samplerate
+
+
+# --------------------------------------------------------------------------------------------- processes
+
+def run_process(cmd: list[str], name: str) -> dict:
+    """Run `cmd` to completion; wall time from spawn to exit. stdout/stderr are kept for parsing."""
+    log(f"run {name}: {' '.join(map(str, cmd))}")
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    (OUT_DIR / f"{name}.stderr.txt").write_text(p.stderr)
+    if p.returncode != 0:
+        raise RuntimeError(f"{name} exited {p.returncode}: {p.stderr[-1500:]}")
+    return {"wall_s": wall, "stdout": p.stdout, "stderr": p.stderr}
+
+
+def best_of(repeat: int, fn) -> dict:
+    """The run with the least wall time: on a shared machine it is the least disturbed one."""
+    return min((fn() for _ in range(max(1, repeat))), key=lambda r: r["wall_s"])
+
+
+def csv_rows(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with open(path, newline="") as fh:
+        return max(0, sum(1 for _ in csv.reader(fh)) - 1)
+
+
+def birdlive_replay(audio: Path, tag: str) -> dict:
+    out = OUT_DIR / f"birdlive-{tag}.csv"
+    out.unlink(missing_ok=True)  # birdlive appends to an existing CSV
+    r = run_process([str(BIRDLIVE), "replay", str(audio), "--no-live", "--csv", str(out)], f"birdlive-{tag}")
+    # birdlive's own summary on stderr: "… X s audio in Y s (Z× real time)"; the rest of the wall is start-up.
+    m = re.search(r"audio in\s+([\d.]+)\s*s", " ".join(r["stderr"].split()))
+    return {"wall_s": r["wall_s"], "inner_s": float(m.group(1)) if m else None, "events": csv_rows(out)}
+
+
+def birdnet_replay(audio: Path, tag: str) -> dict:
+    out = OUT_DIR / f"birdnet-{tag}.csv"
+    # --threads is a global option of birdnet_peer.py: it must come before the subcommand.
+    cmd = [str(PEER_PYTHON), str(PEER_SCRIPT), "--threads", "2", "recordings", str(audio), "-o", str(out)]
+    r = run_process(cmd, f"birdnet-{tag}")
+    # birdnet_peer's last line: "… N s audio in W s: real-time factor …" (decode + resample + model, per file).
+    m = re.search(r"audio in ([\d.]+) s", r["stdout"])
+    return {"wall_s": r["wall_s"], "inner_s": float(m.group(1)) if m else None, "events": csv_rows(out)}
+
+
+def replay_figures(files: dict[str, Path], repeat: int, skip_birdnet: bool) -> dict:
+    """Row 1. One untimed run of each tool first, so that no timed run pays for a cold page cache (torch,
+    TFLite and the model files read from disk) or for numba compiling BirdNET's resampler on its first use."""
+    first = next(iter(files.values()))
+    log("warm-up runs (untimed)")
+    birdlive_replay(first, "warmup")
+    if not skip_birdnet:
+        birdnet_replay(first, "warmup")
+    figs = {}
+    for label, audio in files.items():
+        tag = label.replace(" ", "")
+        f = {"file": str(audio.relative_to(ROOT)), "audio_s": duration_s(audio),
+             "birdlive": best_of(repeat, lambda: birdlive_replay(audio, tag))}
+        if not skip_birdnet:
+            f["birdnet"] = best_of(repeat, lambda: birdnet_replay(audio, tag))
+        figs[label] = f
+    return figs
+
+
+def first_event_once(audio: Path, extra: list[str]) -> dict:
+    """Spawn `replay --no-live` and time spawn -> first stdout line (one line per event, flushed) and -> exit."""
+    cmd = [str(BIRDLIVE), "replay", str(audio), "--no-live", *extra]
+    log(f"run first-event: {' '.join(cmd)}")
+    with open(OUT_DIR / "first-event.stderr.txt", "w") as err:  # a file, not a pipe: a full pipe could block it
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
+        line = p.stdout.readline()
+        t_line = time.perf_counter() - t0
+        p.stdout.read()
+        p.wait()
+        t_exit = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"first-event run exited {p.returncode}: see {OUT_DIR / 'first-event.stderr.txt'}")
+    return {"wall_s": t_line if line else float("inf"), "exit_s": t_exit, "line": " ".join(line.split())}
+
+
+def startup_figures(repeat: int) -> dict:
+    """Row 2: `birdlive --help`, then spawn -> first event on the first of FIRST_EVENT_TRIES that gives one."""
+    help_run = best_of(repeat, lambda: run_process([str(BIRDLIVE), "--help"], "help"))
+    figs = {"help": {"wall_s": help_run["wall_s"]}}
+    for rel, extra in FIRST_EVENT_TRIES:
+        audio = XC_DIR / rel
+        runs = [first_event_once(audio, extra)]
+        if not runs[0]["line"]:
+            log(f"no event from {rel} {' '.join(extra)}; trying the next candidate")
+            continue
+        runs += [first_event_once(audio, extra) for _ in range(repeat - 1)]
+        best = min(runs, key=lambda r: r["wall_s"])
+        figs["first_event"] = {**best, "file": rel, "audio_s": duration_s(audio),
+                               "thresholds": " ".join(extra) or "default"}
+        break
+    return figs
+
+
+# --------------------------------------------------------------------------------------------- memory
+
+def _descendants(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # thread gone, or a kernel without /proc/.../children: count the process alone
+            pass
+    return kids + [d for k in kids for d in _descendants(k)]
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of the process and its children (worker processes would hold memory too)."""
+    total = 0
+    for p in [pid, *_descendants(pid)]:
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                total += next((int(ln.split()[1]) for ln in fh if ln.startswith("VmRSS:")), 0)
+        except OSError:  # exited between listing and reading
+            pass
+    return total
+
+
+def rss_figures(audio: Path, period_s: float = 0.5) -> dict:
+    """Row 3: one accelerated replay of `audio`, RSS sampled every `period_s`. Waiting on the process (rather
+    than sleeping) between samples keeps the wall time exact to the moment it exits."""
+    out = OUT_DIR / "birdlive-rss.csv"
+    out.unlink(missing_ok=True)
+    cmd = [str(BIRDLIVE), "replay", str(audio), "--no-live", "--csv", str(out)]
+    log(f"run rss: {' '.join(cmd)}")
+    samples: list[tuple[float, int]] = []
+    with open(OUT_DIR / "rss.stderr.txt", "w") as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+        while p.poll() is None:
+            now = time.perf_counter() - t0
+            kib = rss_kib(p.pid)
+            if kib:  # 0 once the process is a zombie
+                samples.append((now, kib))
+            try:
+                p.wait(timeout=period_s - now % period_s)
+            except subprocess.TimeoutExpired:
+                pass
+        wall = time.perf_counter() - t0
+    if p.returncode != 0 or not samples:
+        raise RuntimeError(f"rss run exited {p.returncode}: see {OUT_DIR / 'rss.stderr.txt'}")
+    at10 = next((kib for t, kib in samples if t >= 10.0), None)
+    peak = max(kib for _, kib in samples)
+    return {"file": str(audio.relative_to(ROOT)), "audio_s": duration_s(audio), "wall_s": wall,
+            "rss_10s_mib": at10 / 1024 if at10 else None, "rss_peak_mib": peak / 1024,
+            "rss_end_mib": samples[-1][1] / 1024, "growth_pct": (peak / at10 - 1) * 100 if at10 else None,
+            "samples": len(samples), "events": csv_rows(out)}
+
+
+def realtime_streams_figures(audio: Path, seconds: float = 20.0, max_lag_s: float = 1.0) -> dict:
+    """Row 4: the most real-time 32 kHz streams (0.1 s blocks, like a microphone) one process sustains with the
+    default model, every window scored and no source more than `max_lag_s` behind the wall clock
+    (benchmarks/realtime_streams.py). In this process: a stream count is not a start-up figure."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch
+    from realtime_streams import max_streams
+
+    from birdlive.model import DEFAULT_CHECKPOINT, load_checkpoint, pick_device
+    device = pick_device("auto")
+    model = load_checkpoint(DEFAULT_CHECKPOINT, device=device)
+    x, rate = sf.read(audio, dtype="float32", always_2d=True)
+    wave = soxr.resample(x.mean(axis=1), rate, model.cfg.sample_rate).astype(np.float32)
+    log(f"real-time streams on {device}: {seconds:g} s runs")
+    n, tried = max_streams(model, wave, seconds, max_lag_s, log=log)
+    return {"streams": n, "device": str(device), "torch_threads": torch.get_num_threads(), "seconds": seconds,
+            "max_lag_s": max_lag_s, "worst_lag_by_count": tried}
+
+
+# --------------------------------------------------------------------------------------------- table
+
+Row = tuple[str, str, str, str, str]  # what, birdlive, BirdNET, birdlive ÷ BirdNET, notes
+
+
+def _speed(run: dict | None, audio_s: float) -> str:
+    return f"{run['wall_s']:.2f} s · {audio_s / run['wall_s']:.0f}×" if run else "skipped"
+
+
+def replay_rows(figs: dict) -> list[Row | None]:
+    rows: list[Row | None] = []
+    for label, f in figs.items():
+        bl, bn = f["birdlive"], f.get("birdnet")
+        ratio = f"{bn['wall_s'] / bl['wall_s']:.2f}×" if bn else "–"  # throughput ratio = inverse wall ratio
+        counts = f"birdlive {bl['events']} events" + (f", BirdNET {bn['events']} detections" if bn else "")
+        rows.append((f"replay {label} of real audio: wall s · × real time", _speed(bl, f["audio_s"]),
+                     _speed(bn, f["audio_s"]), ratio, f"{f['file']}; {counts}"))
+        # Where the wall time goes: the tools' own in-process time (read from their output) vs the rest.
+        if bl["inner_s"] is not None and (bn is None or bn["inner_s"] is not None):
+            rows.append((f"  of which start-up + model load ({label})", f"{bl['wall_s'] - bl['inner_s']:.2f} s",
+                         f"{bn['wall_s'] - bn['inner_s']:.2f} s" if bn else "skipped", "",
+                         f"in-process: birdlive {bl['inner_s']:.1f} s"
+                         + (f", BirdNET {bn['inner_s']:.1f} s (decode + resample + model)" if bn else "")))
+    return rows
+
+
+def startup_rows(figs: dict) -> list[Row | None]:
+    rows: list[Row | None] = [("`birdlive --help`, whole process", f"{figs['help']['wall_s']:.2f} s", "–", "", "")]
+    fe = figs.get("first_event")
+    if fe is None:
+        rows.append(("spawn → first event line", "no event", "–", "", f"tried {len(FIRST_EVENT_TRIES)} candidates"))
+    else:
+        rows.append(("spawn → first event line (`replay --no-live`)", f"{fe['wall_s']:.2f} s", "–", "",
+                     f"{fe['file']} ({fe['audio_s']:.1f} s), thresholds {fe['thresholds']}; process exit at "
+                     f"{fe['exit_s']:.2f} s; line: {fe['line']}"))
+    return rows
+
+
+def rss_rows(r: dict | None) -> list[Row | None]:
+    if r is None:
+        return []
+    span = f"{r['audio_s'] / 3600:.0f} h" if r["audio_s"] >= 3600 else f"{r['audio_s']:.0f} s"
+    return [
+        (f"RSS at 10 s of wall time ({span} replay)",
+         f"{r['rss_10s_mib']:.0f} MiB" if r["rss_10s_mib"] else "run < 10 s", "–", "", r["file"]),
+        ("  peak RSS", f"{r['rss_peak_mib']:.0f} MiB", "–", "", f"{r['samples']} samples, every 0.5 s"),
+        ("  RSS at the end", f"{r['rss_end_mib']:.0f} MiB", "–", "", "last sample before exit"),
+        ("  growth (peak / RSS at 10 s − 1)", f"{r['growth_pct']:+.1f} %" if r["growth_pct"] is not None else "–",
+         "–", "", ""),
+        (f"  {span} replay: wall s · × real time", _speed(r, r["audio_s"]), "–", "",
+         f"{r['events']} events"),
+    ]
+
+
+def realtime_streams_row(r: dict | None) -> list[Row | None]:
+    if r is None:
+        return []
+    return [(f"real-time 32 kHz streams sustained ({r['device'].upper()})", str(r["streams"]), "–", "",
+             f"every window scored, no source > {r['max_lag_s']:g} s behind, {r['seconds']:g} s runs; "
+             f"{r['torch_threads']} torch threads")]
+
+
+def machine_info() -> dict:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=ROOT).stdout.strip()
+    except OSError:
+        rev = ""
+    return {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
+            "machine": platform.machine(), "python": platform.python_version(), "git_head": rev}
+
+
+def print_table(rows: list[Row | None], info: dict) -> None:
+    t = Table(title=f"birdlive streaming benchmarks — {info['date']}, {info['cpus']} CPUs, "
+                    f"load {info['load_avg'][0]:.2f} at start, git {info['git_head'] or '?'}",
+              caption="whole processes, spawn to exit (start-up and model load included); best of --repeat; "
+                      "ratio = birdlive throughput ÷ BirdNET V2.4 throughput (2 TFLite threads)")
+    for col, just in [("measurement", "left"), ("birdlive", "right"), ("BirdNET V2.4", "right"),
+                      ("birdlive ÷ BirdNET", "right"), ("notes", "left")]:
+        t.add_column(col, justify=just)
+    for row in rows:
+        if row is not None:  # rows not measured (skipped, or not implemented yet) are left out
+            t.add_row(*row)
+    Console(width=max(160, Console().width)).print(t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=1, help="runs per timed figure; the best is kept (default 1)")
+    ap.add_argument("--skip-birdnet", action="store_true", help="no BirdNET V2.4 runs")
+    ap.add_argument("--skip-rss", action="store_true", help="no 2-hour memory run")
+    ap.add_argument("--skip-streams", action="store_true", help="no real-time streams search")
+    ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    args = ap.parse_args()
+    if not BIRDLIVE.exists():
+        raise SystemExit(f"{BIRDLIVE} not found: install birdlive into .venv first (README.md)")
+    if not args.skip_birdnet and not PEER_PYTHON.exists():
+        raise SystemExit(f"{PEER_PYTHON} not found: see benchmarks/README.md, or pass --skip-birdnet")
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    figs: dict = {"machine": machine_info(), "repeat": args.repeat}
+
+    long = concat_real_audio(AUDIO_DIR / "xc-pr-1800s-48k.flac", 1800)
+    short = concat_real_audio(AUDIO_DIR / "xc-pr-120s-48k.flac", 120)
+    figs["replay"] = replay_figures({"120 s": short, "30 min": long}, args.repeat, args.skip_birdnet)
+    figs["startup"] = startup_figures(args.repeat)
+    if not args.skip_rss:
+        figs["rss"] = rss_figures(loop_audio(long, AUDIO_DIR / "xc-pr-7200s-32k.flac", 4, 32000))
+
+    if not args.skip_streams:
+        figs["streams"] = realtime_streams_figures(short)
+    rows = [*replay_rows(figs["replay"]), *startup_rows(figs["startup"]), *rss_rows(figs.get("rss")),
+            *realtime_streams_row(figs.get("streams"))]
+    print_table(rows, figs["machine"])
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figs, indent=1, default=str) + "\n")
+        log(f"figures written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()
