@@ -427,17 +427,264 @@ def resolve_input_device(spec: int | str | None) -> int | None:
     )
 
 
+# PortAudio rescans devices only by terminating and re-initialising the library, and Pa_Terminate closes (and
+# frees) every stream open in the process. So every PortAudio call a MicSource makes goes through _PA_LOCK, a
+# re-initialisation first closes the other sources' streams itself (no stale pointer is ever used afterwards),
+# and _PA_STATE["gen"] counts re-initialisations so those sources notice and reopen their own streams.
+_PA_LOCK = threading.RLock()
+_PA_STATE = {"gen": 0}
+_OPEN_SOURCES: set = set()  # MicSources with an open stream
+
+
+def _reinit_portaudio(sd) -> None:
+    """Rescan devices. Closes every MicSource's stream first: Pa_Terminate would free them under their owners."""
+    with _PA_LOCK:
+        for src in list(_OPEN_SOURCES):
+            src._close_stream()
+        try:
+            if getattr(sd, "_initialized", 1):
+                sd._terminate()
+        except Exception:
+            pass
+        _PA_STATE["gen"] += 1
+        sd._initialize()
+
+
+@dataclass
+class _Chunk:
+    """One PortAudio callback's input, exactly as the callback saw it (all arithmetic happens in the consumer)."""
+
+    gen: int  # which opened stream of the source delivered it
+    frame: int  # device frames that stream delivered before this chunk
+    samples: np.ndarray  # float32 mono at the device rate
+    wall: float  # time.time() in the callback
+    mono: float  # time.monotonic() in the callback
+    adc: float  # time_info.inputBufferAdcTime (PortAudio stream clock; 0 if the host API does not know)
+    now: float  # time_info.currentTime (same clock)
+    overflow: bool  # PortAudio flagged input overflow since the last queued chunk
+
+
+def _make_callback(q: queue.Queue, stats: dict, channels: int, gen: int, wall_clock=time.time,
+                   mono_clock=time.monotonic):
+    """The PortAudio callback: copy the block into the bounded queue and nothing else (it runs on the audio
+    thread; it never blocks). The clocks are parameters so that tests can step them."""
+    counter = [0]  # device frames delivered by this stream
+    overflow = [False]  # a flag whose chunk was dropped (queue full) travels with the next chunk
+
+    def callback(indata, frames, time_info, status):
+        wall, mono = wall_clock(), mono_clock()
+        overflow[0] = overflow[0] or bool(status.input_overflow)
+        x = indata[:, 0].copy() if channels == 1 else indata.mean(axis=1, dtype=np.float32)
+        chunk = _Chunk(gen, counter[0], x, wall, mono, float(time_info.inputBufferAdcTime),
+                       float(time_info.currentTime), overflow[0])
+        counter[0] += frames
+        try:
+            q.put_nowait(chunk)
+            overflow[0] = False
+        except queue.Full:
+            stats["dropped_blocks"] += 1
+            stats["dropped_samples"] += frames
+
+    return callback
+
+
+def _adc_valid(adc: float, now: float) -> bool:
+    """PortAudio's timestamps are usable: set (some host APIs leave 0), ordered, and not absurdly far apart."""
+    return adc > 0 and now > 0 and 0 <= now - adc < 5.0
+
+
+def _overflow_frames(overflow: bool, t_first: float, t_expected: float | None, frames: int, rate: int) -> int:
+    """Frames PortAudio discarded before a block flagged input_overflow: how far its first-sample time jumped
+    past the time the frames counted so far predict. A jump under half a block is timestamp jitter: no zeros."""
+    if not overflow or t_expected is None:
+        return 0
+    jump = t_first - t_expected
+    return int(round(jump * rate)) if jump > 0.5 * frames / rate else 0
+
+
+class _Timeline:
+    """MicSource's consumer side, free of PortAudio (tests drive it with made-up chunks).
+
+    Stream time counts device frames (resampled to ``sample_rate``), plus zeros for frames the queue dropped or
+    PortAudio lost in an overflow, plus zeros for a device outage measured on the monotonic clock (a system
+    clock step must never become hours of silence).
+
+    Wall times are re-estimated on every chunk, so sound-card drift never accumulates: the callback's
+    ``time.time()`` minus the block's age. The age is PortAudio's ADC latency (``currentTime -
+    inputBufferAdcTime``) once the ADC timestamps have advanced with the frames counted for 5 s (a sound card's
+    do), else one block: a block cannot arrive before its last sample was recorded. The ALSA pulse
+    plugin's ADC latency jumps between 0 and 700 ms from block to block while the true latency does not
+    (measured with clicks that a null sink renders in real time): wall times from it would be off by up to
+    0.6 s. Each chunk gives an upper bound of when the stream started; the least of the last 31 is used (late
+    callbacks, and a freshly opened stream's backlog, only make bounds later).
+    """
+
+    # Seconds of consistent ADC steps before the ADC timestamps are used: the ALSA pulse plugin's stay steady
+    # for the first second of a new stream (while they are wrong by 0.5 s), then jump about.
+    trust_after_s = 5.0
+    settle_s = 1.0  # a reopened stream's first second is held back to measure when it really started
+
+    def __init__(self, sample_rate: int, block: int, stats: dict, warnings: list[str]):
+        self.sr = int(sample_rate)
+        self.out = _Blocker(block)
+        self.stats, self.warnings = stats, warnings
+        self.rs = None  # resampler of the current stream
+        self.gen: int | None = None  # stream generation whose chunks we consume
+        self.rate = self.sr  # its device rate
+        self.pending: list[_Chunk] | None = None  # a reopened stream's first chunks, until its start is known
+        self.base = 0  # target-rate position where that stream's audio starts
+        self.fed = 0  # device frames (audio and zeros) fed from that stream
+        self.expect = 0  # next frame counter expected from that stream
+        self.produced = 0  # target-rate samples handed to the blocker
+        self.prev: _Chunk | None = None  # previous chunk of this stream
+        self.adc_run = 0.0  # seconds of consistent ADC steps in this stream; -1: inconsistent, never used again
+        self.end_mono: float | None = None  # monotonic time at which the previous stream's audio ended
+        self.offset: float | None = None  # wall minus monotonic clock at the previous chunk
+        self.origins: deque = deque(maxlen=31)  # bounds of when this stream started: (wall, monotonic)
+        self.anchors: deque = deque(maxlen=64)  # (stream position, wall time)
+
+    def add(self, c: _Chunk, rate: int) -> None:
+        if c.gen != self.gen:
+            self.end_stream()
+            self.gen, self.rate = c.gen, int(rate)
+            if self.end_mono is None:
+                self._start_stream(0)  # the very first stream: stream time 0 is its first sample
+            else:
+                self.pending = []
+        if self.pending is None:
+            self._add(c)
+            return
+        self.pending.append(c)
+        if sum(len(p.samples) for p in self.pending) >= self.settle_s * self.rate:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Zero-fill the outage before a reopened stream: from the end of the previous stream's audio to the
+        earliest start its first chunks allow (each callback bounds it from above), both monotonic."""
+        pending, self.pending = self.pending, None
+        start = min(p.mono - (p.frame + len(p.samples)) / self.rate for p in pending)
+        self._start_stream(int(round((start - self.end_mono) * self.sr)))
+        for p in pending:
+            self._add(p)
+
+    def _start_stream(self, gap: int) -> None:
+        if gap > 0:
+            self.out.push(np.zeros(gap, np.float32))
+            self.produced += gap
+            self.stats["gap_samples"] += gap
+        self.base, self.fed, self.expect = self.produced, 0, 0
+        self.rs = _new_resampler(self.rate, self.sr)
+        self.prev, self.adc_run = None, 0.0
+        self.origins.clear()  # a new stream has its own latency
+
+    def _add(self, c: _Chunk) -> None:
+        n = len(c.samples)
+        if c.overflow:
+            self.stats["overflows"] += 1
+        lost = self._lost_frames(c, n)
+        self.stats["overflow_samples"] += lost
+        if c.frame - self.expect + lost > 0:
+            self._feed(np.zeros(c.frame - self.expect + lost, np.float32))
+        self._judge_adc(c, n)
+        self._anchor(c, c.now - c.adc if self._adc_trusted() else n / self.rate)
+        self._feed(c.samples)
+        self.prev, self.expect = c, c.frame + n
+
+    def _lost_frames(self, c: _Chunk, n: int) -> int:
+        """Overflow loss: on the ADC clock when it is trusted, else on the callbacks' monotonic clock."""
+        p = self.prev
+        if not c.overflow or p is None:
+            return 0
+        between = (c.frame - p.frame) / self.rate  # what the frames counted say
+        if self._adc_trusted() and _adc_valid(c.adc, c.now):
+            return _overflow_frames(True, c.adc, p.adc + between, n, self.rate)
+        return _overflow_frames(True, c.mono - n / self.rate, p.mono - len(p.samples) / self.rate + between,
+                                n, self.rate)
+
+    def _judge_adc(self, c: _Chunk, n: int) -> None:
+        """Trust ADC timestamps after consistent steps; one implausible step distrusts them for this stream."""
+        p, block = self.prev, n / self.rate
+        if self.adc_run < 0 or p is None or c.overflow:
+            return
+        if not (_adc_valid(c.adc, c.now) and _adc_valid(p.adc, p.now)):
+            self.adc_run = 0.0
+            return
+        step_error = c.adc - p.adc - (c.frame - p.frame) / self.rate
+        if abs(step_error) > max(0.002, 0.1 * block) or c.now - c.adc < block - 0.002:
+            if self._adc_trusted():
+                self.origins.clear()  # bounds made with bad timestamps
+            self.adc_run = -1.0
+            return
+        was = self._adc_trusted()
+        self.adc_run += block
+        if self._adc_trusted() and not was:
+            self.origins.clear()  # from now on the bounds are tighter
+
+    def _adc_trusted(self) -> bool:
+        return self.adc_run >= self.trust_after_s
+
+    def _anchor(self, c: _Chunk, age: float) -> None:
+        """Wall time of the chunk's first sample (fed next), whose callback came ``age`` seconds after it."""
+        offset = c.wall - c.mono
+        pos = self.base + self.fed * self.sr / self.rate
+        if self.offset is not None and abs(offset - self.offset) > 1.0:
+            # NTP set the clock (a Raspberry Pi has no RTC): wall times follow the new clock from here on;
+            # stream time, counted in frames, is untouched.
+            self.stats["clock_steps"] += 1
+            self.warnings.append(f"system clock stepped by {offset - self.offset:+.1f} s at stream time "
+                                 f"{pos / self.sr:.1f} s; wall-clock times follow the new clock")
+            self.origins.clear()
+        self.offset = offset
+        since_start = age + self.fed / self.rate  # seconds from this stream's first sample to the callback
+        self.origins.append((c.wall - since_start, c.mono - since_start))
+        self.anchors.append((pos, min(o[0] for o in self.origins) + (pos - self.base) / self.sr))
+
+    def _feed(self, x: np.ndarray) -> None:
+        y = self.rs.resample_chunk(x) if self.rs is not None else x
+        self.out.push(y)
+        self.produced += len(y)
+        self.fed += len(x)
+
+    def end_stream(self) -> None:
+        """The stream ended (device lost, or the end): settle it, note when its audio ended, flush the resampler."""
+        if self.pending:
+            self._settle()
+        if self.origins:
+            self.end_mono = min(o[1] for o in self.origins) + self.fed / self.rate
+        if self.rs is not None:
+            y = self.rs.resample_chunk(np.zeros(0, np.float32), last=True)
+            self.out.push(y)
+            self.produced += len(y)
+            self.rs = None
+
+    def wall_at(self, pos: int) -> float | None:
+        for p, w in reversed(self.anchors):
+            if p <= pos:
+                return w + (pos - p) / self.sr
+        return self.anchors[0][1] + (pos - self.anchors[0][0]) / self.sr if self.anchors else None
+
+    def blocks(self, final: bool = False) -> Iterator[AudioBlock]:
+        if final:
+            self.end_stream()
+        for start, x in self.out.pop_blocks(final):
+            self.stats["blocks"] += 1
+            self.stats["samples"] += len(x)
+            yield AudioBlock(np.ascontiguousarray(x, dtype=np.float32), int(start), self.wall_at(start))
+
+
 class MicSource:
     """Live input from a PortAudio capture device.
 
-    The PortAudio callback only copies the (mono-mixed) block into a bounded
-    queue together with its frame counter; the iterator (consumer side)
-    resamples to ``sample_rate``, fills dropped stretches with zeros so that
-    ``start_sample`` stays honest, and yields :class:`AudioBlock` objects.
-    If the device disappears or stops delivering, it is reopened every
-    ``retry_s`` seconds for up to ``reconnect_s`` seconds; the outage is
-    filled with zeros.  Iteration ends when :meth:`stop` is called (safe from
-    other threads and signal handlers).
+    The PortAudio callback only copies the (mono-mixed) block and its timestamps into a bounded queue; the
+    iterator (consumer side, :class:`_Timeline`) resamples to ``sample_rate``, fills dropped or lost stretches
+    with zeros so that ``start_sample`` stays honest, and yields :class:`AudioBlock` objects whose ``wall_time``
+    is re-estimated on every block. If the device disappears or stops delivering, it is reopened every
+    ``retry_s`` seconds for up to ``reconnect_s`` seconds; the outage (measured on the monotonic clock) is
+    filled with zeros.
+
+    Several MicSources may run in one process, each iterated in its own thread (``for block in source:`` works
+    in any thread). :meth:`stop` ends the iteration from any other thread or a signal handler; ``name``,
+    ``stats`` and ``warnings`` (one line each, e.g. a system clock step) may be read meanwhile.
     """
 
     retry_s = 2.0  # seconds between reopen attempts
@@ -464,26 +711,33 @@ class MicSource:
             "blocks": 0,
             "samples": 0,
             "overflows": 0,
+            "overflow_samples": 0,  # device frames PortAudio lost in overflows, zero-filled
             "dropped_blocks": 0,
             "dropped_samples": 0,
             "reconnects": 0,
             "gap_samples": 0,
+            "clock_steps": 0,
         }
+        self.warnings: list[str] = []
         self._stop = threading.Event()
         self._stream = None
-        self._gen = 0
+        self._gen = 0  # streams this source opened; tags queued chunks so stale ones are dropped
+        self._pa_gen = -1  # PortAudio generation our stream was opened in / we last rescanned in
+        self._opened_at = time.monotonic()
         self._q: queue.Queue = queue.Queue(maxsize=max(2, int(math.ceil(self.queue_s / self.block_s))))
 
         sd = _sd()
-        idx = resolve_input_device(device)
-        if idx is None:
-            idx = _default_input_index(sd)
+        with _PA_LOCK:
+            idx = resolve_input_device(device)
             if idx is None:
-                raise AudioSourceError(f"no default input device; {_SEE_DEVICES}")
-        self.device_index = idx
-        info = sd.query_devices(idx)
-        self.name = str(info["name"])
-        self.device_rate, self.device_channels = self._pick_settings(sd, idx, info)
+                idx = _default_input_index(sd)
+                if idx is None:
+                    raise AudioSourceError(f"no default input device; {_SEE_DEVICES}")
+            self.device_index = idx
+            info = sd.query_devices(idx)
+            self.name = str(info["name"])
+            self.device_rate, self.device_channels = self._pick_settings(sd, idx, info)
+            self._pa_gen = _PA_STATE["gen"]
 
     # -- device handling
     def _pick_settings(self, sd, idx: int, info) -> tuple[int, int]:
@@ -507,77 +761,101 @@ class MicSource:
 
     def _open_stream(self) -> None:
         sd = _sd()
-        self._gen += 1
-        gen = self._gen
-        counter = [0]  # device frames delivered by this stream
-        q = self._q
-        stats = self.stats
-        ch = self.device_channels
-
-        def callback(indata, frames, time_info, status):
-            if status.input_overflow:
-                stats["overflows"] += 1
-            mono = indata[:, 0].copy() if ch == 1 else indata.mean(axis=1, dtype=np.float32)
+        with _PA_LOCK:
+            self._gen += 1
+            callback = _make_callback(self._q, self.stats, self.device_channels, self._gen)
+            stream = None
             try:
-                q.put_nowait((gen, counter[0], mono, time.time()))
-            except queue.Full:
-                stats["dropped_blocks"] += 1
-                stats["dropped_samples"] += frames
-            counter[0] += frames
-
-        try:
-            stream = sd.InputStream(
-                device=self.device_index,
-                samplerate=self.device_rate,
-                channels=ch,
-                dtype="float32",
-                blocksize=max(1, int(round(self.block_s * self.device_rate))),
-                latency="high",
-                callback=callback,
-            )
-            stream.start()
-        except Exception as e:  # sd.PortAudioError, ValueError
-            raise AudioSourceError(
-                f"cannot open input device '{self.name}': {_one_line(e)}"
-            ) from None
-        self._stream = stream
+                stream = sd.InputStream(
+                    device=self.device_index,
+                    samplerate=self.device_rate,
+                    channels=self.device_channels,
+                    dtype="float32",
+                    blocksize=max(1, int(round(self.block_s * self.device_rate))),
+                    latency="high",
+                    callback=callback,
+                )
+                stream.start()
+            except Exception as e:  # sd.PortAudioError, ValueError
+                if stream is not None:
+                    stream.close(ignore_errors=True)
+                raise AudioSourceError(f"cannot open input device '{self.name}': {_one_line(e)}") from None
+            self._stream = stream
+            self._pa_gen = _PA_STATE["gen"]
+            self._opened_at = time.monotonic()
+            _OPEN_SOURCES.add(self)
 
     def _close_stream(self) -> None:
-        s, self._stream = self._stream, None
-        if s is None:
-            return
-        for op in (s.abort, s.close):
+        with _PA_LOCK:
+            s, self._stream = self._stream, None
+            _OPEN_SOURCES.discard(self)
+            if s is None:
+                return
+            for op in (s.abort, s.close):
+                try:
+                    op()
+                except Exception:
+                    pass
+
+    def _stream_dead(self, last_data: float) -> bool:
+        """Our stream is gone: closed by another source's PortAudio rescan, stopped, or silent too long."""
+        with _PA_LOCK:
+            s = self._stream
+            if s is None or self._pa_gen != _PA_STATE["gen"]:
+                return True
             try:
-                op()
+                if not s.active:
+                    return True
             except Exception:
-                pass
+                return True
+        # a freshly opened stream may take a moment to deliver its first block
+        limit = self.stall_s if last_data > self._opened_at else 2 * self.stall_s
+        return time.monotonic() - max(last_data, self._opened_at) > limit
 
     def _reopen(self) -> None:
-        """Rescan PortAudio devices, find ours again by name, open it."""
+        """Find our device again by name (rescanning PortAudio unless another source just did) and open it."""
         sd = _sd()
-        try:
-            sd._terminate()
-            sd._initialize()
-        except Exception:
-            pass
-        if self.spec is None:
-            idx = _default_input_index(sd)
-            if idx is None:
-                raise AudioSourceError("no default input device")
-        else:
-            idx = None
-            for d in list_input_devices():
-                if d["name"] == self.name:
-                    idx = d["index"]
-                    break
-            if idx is None:
-                raise AudioSourceError(f"input device '{self.name}' not present")
-        info = sd.query_devices(idx)
-        self.device_index = idx
-        rate, ch = self._pick_settings(sd, idx, info)
-        if rate != self.device_rate or ch != self.device_channels:
-            self.device_rate, self.device_channels = rate, ch
-        self._open_stream()
+        with _PA_LOCK:
+            if _PA_STATE["gen"] == self._pa_gen:
+                _reinit_portaudio(sd)  # closes the other sources' streams: they notice and reopen
+            self._pa_gen = _PA_STATE["gen"]
+            if self.spec is None:
+                idx = _default_input_index(sd)
+                if idx is None:
+                    raise AudioSourceError("no default input device")
+            else:
+                idx = next((d["index"] for d in list_input_devices() if d["name"] == self.name), None)
+                if idx is None:
+                    raise AudioSourceError(f"input device '{self.name}' not present")
+            info = sd.query_devices(idx)
+            self.device_index = idx
+            self.device_rate, self.device_channels = self._pick_settings(sd, idx, info)
+            self._open_stream()
+
+    def _recover(self, outage_since: float) -> None:
+        """Reopen the device every ``retry_s`` (at once if another source's rescan closed our stream) until it
+        works, ``stop()`` is called, or ``reconnect_s`` after ``outage_since`` (then AudioSourceError)."""
+        with _PA_LOCK:
+            wait = 0.0 if self._stream is None and self._pa_gen != _PA_STATE["gen"] else self.retry_s
+            self._close_stream()
+        last_err = ""
+        while not self._stop.is_set():
+            if time.monotonic() - outage_since > self.reconnect_s:
+                raise AudioSourceError(
+                    f"input device '{self.name}' lost and could not be reopened "
+                    f"within {self.reconnect_s:.0f} s ({last_err or 'no data'})"
+                )
+            if self._stop.wait(wait):
+                return
+            wait = self.retry_s
+            try:
+                self._reopen()
+            except Exception as e:  # AudioSourceError, PortAudioError, ...
+                last_err = _one_line(e)
+                self._close_stream()
+                continue
+            self.stats["reconnects"] += 1
+            return
 
     # -- iteration
     def __iter__(self) -> Iterator[AudioBlock]:
@@ -590,105 +868,29 @@ class MicSource:
             self.close()
 
     def _run(self) -> Iterator[AudioBlock]:
-        sr = self.sample_rate
-        out = _Blocker(int(round(self.block_s * sr)))
-        rs = None
-        anchors: deque = deque(maxlen=64)  # (stream position, unix time of that sample)
-        produced = 0  # target-rate samples produced so far (end of stream)
-        gen = None  # generation whose data we are consuming
-        expect = 0  # next expected device frame in that generation
+        tl = _Timeline(self.sample_rate, int(round(self.block_s * self.sample_rate)), self.stats, self.warnings)
         last_data = time.monotonic()
-        opened_at = last_data
-        outage_since: float | None = None
-        last_err = ""
-
-        def wall_at(pos: int) -> float | None:
-            for p, w in reversed(anchors):
-                if p <= pos:
-                    return w + (pos - p) / sr
-            return anchors[0][1] + (pos - anchors[0][0]) / sr if anchors else None
-
-        def emit(final=False):
-            for start, x in out.pop_blocks(final):
-                self.stats["blocks"] += 1
-                self.stats["samples"] += len(x)
-                yield AudioBlock(np.ascontiguousarray(x, dtype=np.float32), int(start), wall_at(start))
-
-        def feed(x: np.ndarray) -> None:
-            nonlocal produced
-            y = rs.resample_chunk(x) if rs is not None else x
-            out.push(y)
-            produced += len(y)
-
+        outage_since: float | None = None  # kept until data flows again, across reopen attempts
         while not self._stop.is_set():
             try:
-                item = self._q.get(timeout=0.1)
+                chunk = self._q.get(timeout=0.1)
             except queue.Empty:
-                item = None
-            if item is None:
-                s = self._stream
-                now = time.monotonic()
-                # a freshly opened stream may take a moment to deliver its first block
-                limit = self.stall_s if last_data > opened_at else 2 * self.stall_s
-                dead = s is None or not s.active or now - max(last_data, opened_at) > limit
-                if not dead:
-                    continue
-                # ---- the device went away: flush, close, try to reopen
-                if rs is not None:
-                    y = rs.resample_chunk(np.zeros(0, np.float32), last=True)
-                    out.push(y)
-                    produced += len(y)
-                    rs = None
-                self._close_stream()
-                if outage_since is None:
-                    outage_since = now
-                yield from emit()
-                while not self._stop.is_set():
-                    if time.monotonic() - outage_since > self.reconnect_s:
-                        raise AudioSourceError(
-                            f"input device '{self.name}' lost and could not be reopened "
-                            f"within {self.reconnect_s:.0f} s ({last_err or 'no data'})"
-                        )
-                    if self._stop.wait(self.retry_s):
-                        break
-                    try:
-                        self._reopen()
-                    except Exception as e:  # AudioSourceError, PortAudioError, ...
-                        last_err = _one_line(e)
-                        self._close_stream()
-                        continue
-                    self.stats["reconnects"] += 1
-                    opened_at = time.monotonic()
-                    break
+                chunk = None
+            if chunk is not None:
+                if chunk.gen == self._gen:  # else: stale data from a stream we already closed
+                    tl.add(chunk, self.device_rate)
+                    last_data, outage_since = time.monotonic(), None
+                    yield from tl.blocks()
                 continue
-
-            g, frame, x, cb_wall = item
-            if g != self._gen:
-                continue  # stale data from a stream we already closed
-            n = len(x)
-            first_wall = cb_wall - n / self.device_rate  # approx. unix time of x[0]
-            if g != gen:
-                # first data of a (re)opened stream: new resampler, fill the outage
-                gen, expect = g, 0
-                rs = _new_resampler(self.device_rate, sr)
-                end_wall = wall_at(produced)
-                if end_wall is not None:
-                    gap = int(round((first_wall - end_wall) * sr))
-                    if gap > 0:
-                        out.push(np.zeros(gap, np.float32))
-                        produced += gap
-                        self.stats["gap_samples"] += gap
-                anchors.append((produced, first_wall))
-            if frame > expect:
-                # blocks were dropped because the queue was full: keep time honest
-                feed(np.zeros(frame - expect, np.float32))
-            expect = frame + n
-            feed(x)
-            last_data = time.monotonic()
-            outage_since = None
-            yield from emit()
-
-        yield from emit(final=True)
+            if not self._stream_dead(last_data):
+                continue
+            # the device went away: flush what we have, then reopen
+            tl.end_stream()
+            yield from tl.blocks()
+            if outage_since is None:
+                outage_since = time.monotonic()
+            self._recover(outage_since)
+        yield from tl.blocks(final=True)
 
     def stop(self) -> None:
         """End iteration (thread- and signal-handler-safe)."""

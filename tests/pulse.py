@@ -12,6 +12,7 @@ pulseaudio-utils, libasound2-plugins, libportaudio2).  Works as root.
     with PulseNullSink() as pa:
         src = MicSource(pa.device, 32000)
         pa.play(wav_path)            # async; returns the paplay Popen
+        pa.upload_sample(wav_path, "x"); t0, t1 = pa.play_sample("x")   # starts between t0 and t1
         pa.unload_sink(); pa.load_sink()   # simulate a device vanishing
 
 ``pulse_null_sink()`` is the same as a context manager that calls
@@ -53,14 +54,21 @@ def _missing_requirements() -> str | None:
 
 
 def _rescan_portaudio() -> None:
-    """PortAudio enumerates devices once at init; rescan if already imported."""
+    """PortAudio enumerates devices once at init; rescan if already imported. Through birdlive's own rescan when
+    it is loaded: that one closes open MicSource streams first and tells them to reopen (a bare Pa_Terminate
+    would free their streams under them)."""
     sd = sys.modules.get("sounddevice")
-    if sd is not None:
-        try:
+    if sd is None:
+        return
+    sources = sys.modules.get("birdlive.streamer.sources")
+    try:
+        if sources is not None and hasattr(sources, "_reinit_portaudio"):
+            sources._reinit_portaudio(sd)
+        else:
             sd._terminate()
             sd._initialize()
-        except Exception:
-            pass
+    except Exception:
+        pass
 
 
 class PulseNullSink:
@@ -218,6 +226,18 @@ class PulseNullSink:
         """Start playing a sound file into the null sink; returns the paplay process."""
         return subprocess.Popen(["paplay", f"--device={self.sink}", os.fspath(wav_path)],
                                 env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def upload_sample(self, wav_path, name: str) -> None:
+        """Put a sound file into the server's sample cache (for ``play_sample``)."""
+        self.pactl("upload-sample", os.fspath(wav_path), name)
+
+    def play_sample(self, name: str) -> tuple[float, float]:
+        """Play a cached sample into the null sink; returns ``time.time()`` before and after the command. The
+        server starts the sample when it answers: its first sound reached the monitor ~15 ms after the command
+        was issued (measured against the capture); ``play()``'s paplay takes ~90 ms (connecting, buffering)."""
+        before = time.time()
+        self.pactl("play-sample", name, self.sink)
+        return before, time.time()
 
     def log_tail(self, n: int = 600) -> str:
         try:

@@ -3,6 +3,7 @@ monitor (tests/pulse.py). Skips only where PulseAudio or PortAudio are not insta
 import signal
 import subprocess
 import time
+from datetime import datetime
 
 import numpy as np
 import soundfile as sf
@@ -72,3 +73,55 @@ def test_listen_turns_played_calls_into_csv_events(tmp_path):
     assert abs(wall - (t_play + truth[0][1])) < 3.0
     # stream time 0 is when capture began, at or before playback (up to onset error)
     assert -0.5 <= d < 10
+
+
+def _faded(wave, sr):
+    """The null sink delivers digital silence until playback starts; fade the noise bed in over the first second
+    (no call there), as the test above does."""
+    x = wave.copy()
+    x[:sr] *= np.linspace(0.0, 1.0, sr, dtype=np.float32)
+    return x
+
+
+def test_listen_wall_clock_onsets_follow_playback_over_a_minute(tmp_path):
+    """A minute of capture: every call's `wall_onset` in the CSV is within 0.5 s of the wall time at which it was
+    played. The recording plays from the sound server's sample cache (`pactl play-sample`), which starts it within
+    ~15 ms of the command (paplay needs ~90 ms, measured against the capture), so the command's start is the play
+    time. The other errors are small: the model's onsets are within 0.1 s of the truth on this recording, and
+    MicSource's wall times within ~0.03 s of when the null sink rendered the audio (measured with a time-coded
+    tone)."""
+    wave, sr = sf.read(RECORDING, dtype="float32")
+    clip = tmp_path / "calls.wav"
+    sf.write(clip, _faded(wave, sr), sr, subtype="PCM_16")
+    truth = read_truth()
+    log = tmp_path / "live.csv"
+    with pulse_null_sink() as pa:
+        pa.upload_sample(clip, "calls")
+        with open(tmp_path / "out.txt", "w") as out:
+            proc = subprocess.Popen([*BIRDLIVE, "listen", "--device", pa.device, "--model", str(TINY), "--csv",
+                                     str(log), "--no-live"], stdout=out, stderr=subprocess.PIPE, text=True,
+                                    env={**pa.env(), "PYTHONUNBUFFERED": "1"})
+            try:
+                line = proc.stderr.readline()
+                assert "listening on" in line, line + proc.stderr.read()
+                listening = time.monotonic()
+                time.sleep(12.0)  # the calls then lie ~13-47 s into the capture, which starts 1-2 s after the line
+                played, answered = pa.play_sample("calls")
+                time.sleep(max(0.0, listening + 64.0 - time.monotonic()))  # > 60 s of capture in all
+                proc.send_signal(signal.SIGINT)
+                _, err = proc.communicate(timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+    assert proc.returncode == 0, err
+    assert answered - played < 0.5, answered - played
+    rows = read_events_csv(log)
+    assert rows and all(r["source"] == pa.device and r["wall_onset"] for r in rows), rows
+    events = [(r["species"], datetime.fromisoformat(r["wall_onset"]).timestamp(), float(r["onset_s"])) for r in rows]
+    errors = []
+    for species, onset, _ in truth:
+        near = [wall - (played + onset) for sp, wall, _ in events if sp == species]
+        assert near, (species, onset, rows)
+        errors.append(round(min(near, key=abs), 3))
+    assert max(map(abs, errors)) <= 0.5, errors
+    assert max(on for _, _, on in events) > 40.0  # the last call was heard well into the minute
