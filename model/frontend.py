@@ -52,12 +52,12 @@ def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -
 class LogMelFrontend(nn.Module):
     """(batch, samples) float waveform → (batch, 1, frames, n_mels) log-mel (dB, not yet normalised).
 
-    The numbers are torchlibrosa's `Spectrogram` + `LogmelFilterBank(ref=1, amin=1e-10, top_db=None)` (a test
+    The numbers are torchlibrosa's `Spectrogram` + `LogmelFilterBank(ref=1, amin=floor, top_db=None)` (a test
     holds them equal), computed faster: the STFT is `torch.stft` (an FFT; torchlibrosa convolves with the DFT
     matrix, 2.5× slower on a CPU) and the mel matrix is `mel_filterbank`. Both are fixed functions of the config
     and are not stored in checkpoints. `normalize` is the trainable part: a BatchNorm over mel bins (PANNs' bn0)
     standardises each band so that a quiet recorder and a loud one look alike; torchlibrosa's SpecAugment masks
-    come after it (a mask means "average", not "silence at −100 dB"), in training mode only.
+    come after it (a mask means "average", not "silence at the floor"), in training mode only.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -66,7 +66,7 @@ class LogMelFrontend(nn.Module):
         self.register_buffer("window", torch.hann_window(cfg.n_fft, periodic=True), persistent=False)
         mel = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
         self.register_buffer("mel_basis", torch.from_numpy(mel), persistent=False)
-        self.amin = 1e-10                      # power floor: digital silence is −100 dB
+        self.amin = 10.0 ** (cfg.logmel_floor_db / 10.0)   # power floor (see ModelConfig.logmel_floor_db)
         self.bn0 = nn.BatchNorm2d(cfg.n_mels)
         self.cfg = cfg
         self._specaug = None                   # torchlibrosa's, made on the first training step (no weights)
