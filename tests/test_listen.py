@@ -27,35 +27,52 @@ def best_alignment(truth, got, tol):
     return best[1]
 
 
+def _faded(wave, sr):
+    """The null sink delivers digital silence until playback starts; a real microphone never does. Fade the noise
+    bed in over the first second (no call there) so the jump from silence to noise is not itself a "sound"."""
+    x = wave.copy()
+    x[:sr] *= np.linspace(0.0, 1.0, sr, dtype=np.float32)
+    return x
+
+
+def _listen(pa, tmp_path, log, while_listening):
+    """`birdlive listen` on the null sink's monitor; `while_listening(started)` plays, then SIGINT ends it.
+    Returns the process and its stderr."""
+    with open(tmp_path / "out.txt", "w") as out:
+        proc = subprocess.Popen([*BIRDLIVE, "listen", "--device", pa.device, "--model", str(TINY), "--csv",
+                                 str(log), "--no-live"], stdout=out, stderr=subprocess.PIPE, text=True,
+                                env={**pa.env(), "PYTHONUNBUFFERED": "1"})
+        try:
+            line = proc.stderr.readline()
+            assert "listening on" in line, line + proc.stderr.read()
+            while_listening(time.monotonic())
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return proc, err
+
+
 def test_listen_turns_played_calls_into_csv_events(tmp_path):
     wave, sr = sf.read(RECORDING, dtype="float32")
     clip_s = 17.0
     clip = tmp_path / "clip.wav"
-    x = wave[: int(clip_s * sr)].copy()
-    # The null sink delivers digital silence until playback starts; a real microphone never does. Fade the noise
-    # bed in over the first second (no call there) so the jump from silence to noise is not itself a "sound".
-    x[:sr] *= np.linspace(0.0, 1.0, sr, dtype=np.float32)
-    sf.write(clip, x, sr, subtype="PCM_16")
+    sf.write(clip, _faded(wave[: int(clip_s * sr)], sr), sr, subtype="PCM_16")
     truth = [t for t in read_truth() if t[2] <= clip_s - 0.5]
     assert len(truth) >= 4
     log = tmp_path / "live.csv"
+    played = []
+
+    def play(_listening):
+        time.sleep(1.0)
+        played.append(time.time())
+        pa.play(clip).wait(timeout=60)
+        time.sleep(8.0)  # one window (5 s) plus the smoother's delay after the last call
+
     with pulse_null_sink() as pa:
-        with open(tmp_path / "out.txt", "w") as out:
-            proc = subprocess.Popen([*BIRDLIVE, "listen", "--device", pa.device, "--model", str(TINY), "--csv",
-                                     str(log), "--no-live"], stdout=out, stderr=subprocess.PIPE, text=True,
-                                    env={**pa.env(), "PYTHONUNBUFFERED": "1"})
-            try:
-                line = proc.stderr.readline()
-                assert "listening on" in line, line + proc.stderr.read()
-                time.sleep(1.0)
-                t_play = time.time()
-                pa.play(clip).wait(timeout=60)
-                time.sleep(8.0)  # one window (5 s) plus the smoother's delay after the last call
-                proc.send_signal(signal.SIGINT)
-                _, err = proc.communicate(timeout=30)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
+        proc, err = _listen(pa, tmp_path, log, play)
+    t_play = played[0]
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     rows = read_events_csv(log)
@@ -68,19 +85,10 @@ def test_listen_turns_played_calls_into_csv_events(tmp_path):
     # live events carry wall-clock times, close to when the sound was played
     first = rows[0]
     assert first["wall_onset"] and first["source"] == pa.device
-    from datetime import datetime
     wall = datetime.fromisoformat(first["wall_onset"]).timestamp()
     assert abs(wall - (t_play + truth[0][1])) < 3.0
     # stream time 0 is when capture began, at or before playback (up to onset error)
     assert -0.5 <= d < 10
-
-
-def _faded(wave, sr):
-    """The null sink delivers digital silence until playback starts; fade the noise bed in over the first second
-    (no call there), as the test above does."""
-    x = wave.copy()
-    x[:sr] *= np.linspace(0.0, 1.0, sr, dtype=np.float32)
-    return x
 
 
 def test_listen_wall_clock_onsets_follow_playback_over_a_minute(tmp_path):
@@ -95,24 +103,17 @@ def test_listen_wall_clock_onsets_follow_playback_over_a_minute(tmp_path):
     sf.write(clip, _faded(wave, sr), sr, subtype="PCM_16")
     truth = read_truth()
     log = tmp_path / "live.csv"
+    times = {}
+
+    def play(listening):
+        time.sleep(12.0)  # the calls then lie ~13-47 s into the capture, which starts 1-2 s after the line
+        times["played"], times["answered"] = pa.play_sample("calls")
+        time.sleep(max(0.0, listening + 64.0 - time.monotonic()))  # > 60 s of capture in all
+
     with pulse_null_sink() as pa:
         pa.upload_sample(clip, "calls")
-        with open(tmp_path / "out.txt", "w") as out:
-            proc = subprocess.Popen([*BIRDLIVE, "listen", "--device", pa.device, "--model", str(TINY), "--csv",
-                                     str(log), "--no-live"], stdout=out, stderr=subprocess.PIPE, text=True,
-                                    env={**pa.env(), "PYTHONUNBUFFERED": "1"})
-            try:
-                line = proc.stderr.readline()
-                assert "listening on" in line, line + proc.stderr.read()
-                listening = time.monotonic()
-                time.sleep(12.0)  # the calls then lie ~13-47 s into the capture, which starts 1-2 s after the line
-                played, answered = pa.play_sample("calls")
-                time.sleep(max(0.0, listening + 64.0 - time.monotonic()))  # > 60 s of capture in all
-                proc.send_signal(signal.SIGINT)
-                _, err = proc.communicate(timeout=30)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
+        proc, err = _listen(pa, tmp_path, log, play)
+    played, answered = times["played"], times["answered"]
     assert proc.returncode == 0, err
     assert answered - played < 0.5, answered - played
     rows = read_events_csv(log)
