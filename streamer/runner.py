@@ -28,8 +28,8 @@ from birdlive.errors import BirdliveError
 from .events import Event, StreamStatus
 from .scorer import SharedScorer
 from .sinks import Sink
-from .sources import AudioBlock
-from .stream import StreamState
+from .sources import AudioBlock, FileSource
+from .stream import StreamState, check_hop, default_params
 
 
 class Source(Protocol):
@@ -253,7 +253,6 @@ class Runner:
 def make_runner(model, sinks: list[Sink], hop_s: float = 1.0, params=None, event_filter=None,
                 stop: threading.Event | None = None, max_open: int = 1) -> Runner:
     """A runner with one shared scorer for `model` and a StreamState per source with these detector settings."""
-    from .stream import check_hop, default_params
     check_hop(model.cfg, hop_s)
     params = params or default_params(model.cfg)
     return Runner(SharedScorer(model), sinks,
@@ -261,11 +260,10 @@ def make_runner(model, sinks: list[Sink], hop_s: float = 1.0, params=None, event
                   stop=stop, max_open=max_open)
 
 
-def file_specs(paths: Iterable, sample_rate: int, realtime: bool = False, channel: int | None = None) -> list[SourceSpec]:
+def file_specs(paths: Iterable, sample_rate: int, realtime: bool = False,
+               channel: int | None = None) -> list[SourceSpec]:
     """Recordings as sources, opened in their own threads (a file that cannot be read fails only itself).
     Fast replay reads 16 s blocks: a block's windows go through the network as one batch."""
-    from .sources import FileSource
-
     def opener(path):
         return lambda: FileSource(path, sample_rate, block_s=1.0 if realtime else 16.0, realtime=realtime,
                                   channel=channel)
