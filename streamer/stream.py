@@ -67,7 +67,6 @@ class StreamState:
         self.sr, self.mel_hop, self.ctx = cfg.sample_rate, cfg.hop_length, cfg.n_fft // 2
         self.hop_samples = int(round(hop_s * cfg.sample_rate))
         self.window_frames = cfg.window_samples // cfg.hop_length + 1     # 501: frames centred on both ends
-        self.hop_mel_frames = self.hop_samples // cfg.hop_length
         self.params = params or default_params(cfg)
         self.max_block = int(max_block_s * cfg.sample_rate)
         # The audio ring keeps an event's audio until the event closes: the longest event, the window the
