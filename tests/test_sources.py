@@ -231,13 +231,18 @@ def test_streamed_wav_with_placeholder_size_is_fine(tmp_path):
     assert abs(len(x) - SR) <= 2
 
 
-def test_truncated_ogg_is_read_up_to_its_end_with_one_warning(tmp_path):
-    good = tmp_path / "good.ogg"
+def cut_in_half(tmp_path, ext, fmt):
+    """4 s of noise written as `fmt`, then the file's bytes cut in half (a copy or download cut short)."""
+    good = tmp_path / f"good.{ext}"
     rng = np.random.default_rng(0)
-    sf.write(good, (0.3 * rng.standard_normal(16000 * 4)).astype(np.float32), 16000, format="OGG")
-    bad = tmp_path / "cut.ogg"
+    sf.write(good, (0.3 * rng.standard_normal(16000 * 4)).astype(np.float32), 16000, format=fmt)
+    bad = tmp_path / f"cut.{ext}"
     bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    src = FileSource(bad, SR)
+    return bad
+
+
+def test_truncated_ogg_is_read_up_to_its_end_with_one_warning(tmp_path):
+    src = FileSource(cut_in_half(tmp_path, "ogg", "OGG"), SR)
     _, x = read_all(src)
     assert 0.3 < len(x) / SR < 3.0
     (warning,) = src.warnings
@@ -246,11 +251,7 @@ def test_truncated_ogg_is_read_up_to_its_end_with_one_warning(tmp_path):
 
 def test_truncated_flac_delivers_the_audio_before_the_cut_then_fails(tmp_path):
     """libsndfile loses sync where a FLAC is cut: everything decodable before it is delivered, then one error."""
-    good = tmp_path / "good.flac"
-    rng = np.random.default_rng(0)
-    sf.write(good, (0.3 * rng.standard_normal(16000 * 4)).astype(np.float32), 16000, format="FLAC")
-    bad = tmp_path / "cut.flac"
-    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    bad = cut_in_half(tmp_path, "flac", "FLAC")
     got = []
     with pytest.raises(AudioSourceError) as ei:
         for b in FileSource(bad, SR, block_s=16.0):
