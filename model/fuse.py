@@ -14,7 +14,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 def _conv_bn_pairs(module: nn.Module) -> list[tuple[nn.Module, str, nn.Conv2d, str, nn.BatchNorm2d]]:
-    """(parent, conv name, conv, bn parent…) for every BatchNorm registered right after a Conv2d of the same
+    """(parent, conv name, conv, bn name, bn) for every BatchNorm registered right after a Conv2d of the same
     parent. That is the data flow in timm's CNN blocks (conv_pw → bn1, conv_dw → bn2, conv → bn0, …); the caller
     checks the folded network against the original, so a block where it is not only costs the speed-up."""
     pairs = []
