@@ -368,7 +368,8 @@ def main(argv=None) -> int:
         "model": str(a.model), "weights_sha1": hashlib.sha1(weights.read_bytes()).hexdigest()[:12], "run": str(run), "labels": len(mc.labels), "backbone": mc.backbone,
         "epoch": tr.get("epoch"), "step": tr.get("step"), "validation_map_at_save": extra.get("heldout", {}).get(
             "macro_map"),
-        "threshold_on": params.threshold_on, "threshold_off": params.threshold_off, "median_s": params.median_s,
+        "threshold_on": mc.threshold_on, "threshold_off": mc.threshold_off,
+        "species_thresholds": dict(mc.thresholds or {}), "median_s": params.median_s,
         "min_duration_s": params.min_duration_s, "merge_gap_s": params.merge_gap_s,
         "max_event_s": params.max_event_s, "hop_s": 1.0, "window_s": mc.window_s, "out_fps": mc.out_fps,
         "sample_rate": mc.sample_rate, "seed": a.seed, "split_seed": split.seed,

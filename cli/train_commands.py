@@ -1,7 +1,7 @@
-"""`birdlive train`, `birdlive evaluate`, `birdlive augment-demo`: thin wrappers over `birdlive.train`.
+"""`birdlive train`, `evaluate`, `calibrate`, `augment-demo`: thin wrappers over `birdlive.train`.
 
 Registered by cli.py: app.command("train")(train), app.command("evaluate")(evaluate),
-app.command("augment-demo")(augment_demo).
+app.command("calibrate")(calibrate), app.command("augment-demo")(augment_demo).
 """
 from __future__ import annotations
 
@@ -161,6 +161,72 @@ def evaluate(
     if json_out:
         write_json(res, json_out)
         console.print(f"results → {json_out}")
+
+
+def calibrate(
+    data: List[Path] = typer.Argument(None, help="The recording datasets the model was trained on (as given to "
+                                               "train); only their validation files are used."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint (STEM, RUN folder); default: "
+                                                                     "the shipped model."),
+    snippets: List[Path] = typer.Option([], "--snippets", help="The short-call sets it was trained on; held-out "
+                                                               "runs give composed validation windows."),
+    split: Optional[Path] = typer.Option(None, "--split", help="The training run's split.json (default: the one "
+                                         "beside the checkpoint, else rebuilt from the seed the checkpoint records)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write a new checkpoint STEM (weights copied) with "
+                                                                 "the thresholds."),
+    in_place: bool = typer.Option(False, "--in-place", help="Write the thresholds into the checkpoint's own JSON."),
+    floor: Optional[float] = typer.Option(None, "--floor", help="Lowest on threshold (default: the checkpoint's "
+                                                                "global on, checked noise-safe)."),
+    min_positives: int = typer.Option(3, "--min-positives", help="Fewer validation positives: the global pair."),
+    composed: int = typer.Option(4, "--composed-per-species", help="Composed validation windows per snippet "
+                                                                   "species (training validation used 4)."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also write the thresholds as a --thresholds CSV."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Per-species details as JSON."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: cores - 1)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+):
+    """Per-species on/off thresholds from the model's validation split (best F0.5 per species; see
+    birdlive/train/calibrate.py), written into the checkpoint's JSON (--in-place) or a copy (--out)."""
+    from birdlive.model import DEFAULT_CHECKPOINT, load_checkpoint
+    from birdlive.model.checkpoint import checkpoint_paths, load_config
+    from birdlive.streamer.thresholds import write_thresholds
+    from birdlive.train.cache import AudioCache
+    from birdlive.train.calibrate import (calibrate as run_calibration, record_for, validation_items,
+                                          validation_recordings, write_calibrated)
+    from birdlive.train.evaluate import write_json
+    from birdlive.train.threads import cpu_threads
+    if (out is None) == (not in_place):
+        _fail("say where the thresholds go: --out STEM (a new checkpoint) or --in-place")
+    if not data and not snippets:
+        _fail("give the datasets the model was trained on (DATA and/or --snippets)")
+    for p in list(data or []) + list(snippets) + ([split] if split else []):
+        if not p.exists():
+            _fail(f"{p}: no such file or folder")
+    path = model or DEFAULT_CHECKPOINT
+    net = load_checkpoint(path)
+    beside = checkpoint_paths(path)[1].parent / "split.json"
+    split = split or (beside if beside.is_file() else None)
+    recs, snippet_paths, info = validation_recordings(net.cfg, [str(d) for d in data or []],
+                                                      [str(d) for d in snippets], str(split) if split else None)
+    seed = info["split"]["seed"]
+    items = validation_items(net.cfg, recs, snippet_paths, AudioCache(cache_dir, net.cfg.sample_rate), composed, seed)
+    n_rec = sum(not it.composed for it in items)
+    console.print(f"{len(items)} validation items ({n_rec} recordings, {len(items) - n_rec} composed windows) "
+                  f"from {info['split']['n_val_groups_found']} validation groups")
+    with cpu_threads(threads):
+        table, summary = run_calibration(net, items, floor, min_positives)
+    command = "birdlive " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    record = record_for(summary, info, command, n_rec, len(items) - n_rec, seed)
+    written = write_calibrated(path, net.cfg, table, record, out)
+    if csv_out:
+        write_thresholds(csv_out, load_config(written))
+    if report:
+        write_json(summary, report)
+    rng = summary["on_range"]
+    console.print(f"{summary['n_calibrated']} of {summary['n_species']} species calibrated "
+                  f"({summary['n_raised']} raised above {summary['floor']:g}"
+                  + (f", on {rng[0]:g}–{rng[1]:g}" if rng else "") + f"), the others keep the global pair "
+                  f"({', '.join(f'{n} {r}' for r, n in summary['reasons'].items() if r != 'calibrated')}) → {written}")
 
 
 def augment_demo(

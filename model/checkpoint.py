@@ -46,12 +46,20 @@ def save_checkpoint(model: BirdSED, path: str | Path) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
              if not k.startswith(FROZEN_PREFIXES)}
     # Write to temporary names and rename, so an interrupted save never leaves a half checkpoint behind.
-    tmp_w, tmp_c = weights.with_suffix(".safetensors.tmp"), config.with_suffix(".json.tmp")
+    tmp_w = weights.with_suffix(".safetensors.tmp")
     save_file(state, str(tmp_w))
-    tmp_c.write_text(model.cfg.to_json())
     tmp_w.replace(weights)
-    tmp_c.replace(config)
+    save_config(model.cfg, path)
     return weights.with_suffix("")
+
+
+def save_config(cfg: ModelConfig, path: str | Path) -> Path:
+    """Write (or replace) only the checkpoint's JSON, atomically: new thresholds for unchanged weights."""
+    _, config = checkpoint_paths(path)
+    tmp = config.with_suffix(".json.tmp")
+    tmp.write_text(cfg.to_json() + "\n")
+    tmp.replace(config)
+    return config
 
 
 def load_config(path: str | Path) -> ModelConfig:
@@ -68,7 +76,8 @@ def load_config(path: str | Path) -> ModelConfig:
 
 
 def load_checkpoint(path: str | Path = DEFAULT_CHECKPOINT, device: str | torch.device = "cpu") -> BirdSED:
-    """Build the network from the JSON and load the safetensors weights, in eval mode on `device`."""
+    """Build the network from the JSON and load the safetensors weights, in eval mode on `device`. The JSON's
+    per-species thresholds (absent in older checkpoints: the global pair serves) arrive in `model.cfg`."""
     weights, _ = checkpoint_paths(path)
     cfg = load_config(path)
     if not weights.is_file():

@@ -43,6 +43,9 @@ class ModelConfig:
     out_fps: float = 10.0                   # framewise scores per second of audio
     threshold_on: float = 0.5               # default event thresholds (hysteresis)
     threshold_off: float = 0.3
+    # Per-species [on, off] where calibrated (`birdlive calibrate`, on a validation split); species not here use
+    # the pair above. Older checkpoints have none. Who wins over whom: `birdlive.streamer.thresholds`.
+    thresholds: dict[str, list[float]] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # provenance: training command, data, figures
 
     def __post_init__(self):
@@ -52,6 +55,13 @@ class ModelConfig:
             raise ValueError("labels and names differ in length")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("duplicate labels")
+        self.thresholds = {lab: [float(on), float(off)] for lab, (on, off) in self.thresholds.items()}
+        known = set(self.labels)
+        for lab, (on, off) in self.thresholds.items():
+            if lab not in known:
+                raise ValueError(f"thresholds for {lab!r}, which is not a label")
+            if not 0.0 <= off <= on <= 1.0:
+                raise ValueError(f"thresholds for {lab}: need 0 <= off <= on <= 1, not {on:g}/{off:g}")
 
     @property
     def num_classes(self) -> int:

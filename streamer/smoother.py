@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,8 +14,10 @@ from .events import Event
 
 @dataclass
 class SmootherParams:
-    threshold_on: float = 0.5      # a call starts when the smoothed score reaches this …
-    threshold_off: float = 0.3     # … and lasts while it stays at or above this (hysteresis)
+    """Event settings. The thresholds are one number for every species or one per species (the model's label
+    order): `birdlive.streamer.default_params` builds them from the checkpoint and the user's options."""
+    threshold_on: float | Sequence[float] = 0.5   # a call starts when the smoothed score reaches this …
+    threshold_off: float | Sequence[float] = 0.3  # … and lasts while it stays at or above this (hysteresis)
     median_s: float = 0.3          # median filter length; removes one-frame flickers
     min_duration_s: float = 0.2    # shorter events are dropped
     merge_gap_s: float = 0.3       # events of one species closer than this become one
@@ -42,8 +45,7 @@ class EventSmoother:
                  source: str = "", clock=None):
         self.labels, self.names, self.frame_s = labels, names, frame_s
         self.p = params or SmootherParams()
-        if self.p.threshold_off > self.p.threshold_on:
-            raise OptionError("threshold_off must not exceed threshold_on")
+        self.on, self.off = self._thresholds(labels, self.p)
         self.source, self.clock = source, clock
         self.half = max(0, int(round(self.p.median_s / frame_s)) // 2)
         self.min_frames = int(round(self.p.min_duration_s / frame_s))
@@ -54,6 +56,22 @@ class EventSmoother:
         self._smoothed = 0    # frames smoothed and stepped
         self._tracks = [_Track() for _ in labels]
         self._busy: set[int] = set()   # species whose track is not idle; the rest need a look only above threshold
+
+    @staticmethod
+    def _thresholds(labels: list[str], p: SmootherParams) -> tuple[np.ndarray, np.ndarray]:
+        """(K,) float64 on and off thresholds. float64, so that the vectorised pre-selection in `_step` and the
+        per-species compares of the float32 scores agree to the last bit."""
+        try:
+            on, off = (np.broadcast_to(np.asarray(v, np.float64), (len(labels),)) for v in
+                       (p.threshold_on, p.threshold_off))
+        except ValueError:
+            raise OptionError(f"per-species thresholds must have one value per species ({len(labels)})") from None
+        bad = np.flatnonzero(off > on)
+        if len(bad):
+            k = int(bad[0])
+            which = f" for {labels[k]}" if np.ndim(p.threshold_on) or np.ndim(p.threshold_off) else ""
+            raise OptionError(f"threshold_off ({off[k]:g}) must not exceed threshold_on ({on[k]:g}){which}")
+        return on, off
 
     def push(self, frames: np.ndarray) -> list[Event]:
         out: list[Event] = []
@@ -83,22 +101,22 @@ class EventSmoother:
         i = self._smoothed
         self._smoothed += 1
         out: list[Event] = []
-        p = self.p
-        # An idle track (no run, no open event, nothing pending) stays idle below the off threshold: with a
+        # An idle track (no run, no open event, nothing pending) stays idle below its off threshold: with a
         # hundred species and a few calling, looking only at the others is most of the smoother's time saved.
-        for k in sorted(self._busy.union(np.flatnonzero(s >= p.threshold_off).tolist())):
+        above = s >= self.off
+        for k in sorted(self._busy.union(np.flatnonzero(above).tolist())):
             t = self._tracks[k]
             v = float(s[k])
             if t.open_start is None:
-                if v >= p.threshold_off:
+                if above[k]:
                     if t.run_start is None:
                         t.run_start, t.scores = i, []
                     t.scores.append(v)
-                    if v >= p.threshold_on:  # onset = where the score first rose above the off threshold
+                    if v >= self.on[k]:  # onset = where the score first rose above the off threshold
                         out += self._open(k, t)
                 else:
                     t.run_start = None
-            elif v >= p.threshold_off:
+            elif above[k]:
                 t.scores.append(v)
                 if i + 1 - t.open_start >= self.max_frames:  # long chorus: report this piece now
                     out += self._emit(k, t.open_start, i + 1, t.scores)
