@@ -34,36 +34,35 @@ def _load_model(model: Optional[Path], compute: str):
     return load_checkpoint(model or DEFAULT_CHECKPOINT, device=pick_device(compute))
 
 
-def _sinks(csv: Optional[Path], rotate: str, live: Optional[bool], model_name: str, several: bool):
-    from birdlive.streamer import CsvEventLog, EventPrinter, StreamReport
-    sinks = []
-    if csv is not None:
-        sinks.append(CsvEventLog(csv, rotate=rotate).open())   # first: on disk before it is shown
-    if live is None:
-        live = sys.stdout.isatty()
-    if live:
-        from birdlive.streamer.liveview import LiveView
-        sinks.append(LiveView(model=model_name))
-    else:
-        sinks.append(EventPrinter(show_source=several))
-    report = StreamReport()
-    return sinks + [report], report
+def _outputs(model_name: str, several: bool, csv, rotate, live, clips, clips_max_gb, pre_roll, post_roll,
+             clip_pictures, raven, audacity, jsonl, mqtt, plot=None, plot_recording=None):
+    from birdlive.streamer.outputs import OutputOptions
+    return OutputOptions(csv=csv, rotate=rotate, live=live, several=several, model_name=model_name, clips=clips,
+                         clips_max_gb=clips_max_gb, pictures=clip_pictures, pre_roll_s=pre_roll,
+                         post_roll_s=post_roll, plot=plot, plot_recording=plot_recording, raven=raven,
+                         audacity=audacity, jsonl=jsonl, mqtt=mqtt)
 
 
-def _run(net, specs, sinks, stop, hop, threshold_on, threshold_off, min_duration, merge_gap, include, exclude,
-         min_conf, max_open: int) -> None:
+def _run(net, specs, options, stop, hop, threshold_on, threshold_off, thresholds, min_duration, merge_gap, include,
+         exclude, min_conf, max_open: int) -> None:
     """Every source through one runner and one scorer; exit status 1 if any stream failed."""
     from birdlive.streamer import EventFilter, default_params, make_runner
+    from birdlive.streamer.outputs import build_outputs
+    species = None
+    if thresholds is not None:
+        from birdlive.streamer.thresholds import load_thresholds
+        species = load_thresholds(thresholds, net.cfg.labels, net.cfg.names)
     params = default_params(net.cfg, threshold_on=threshold_on, threshold_off=threshold_off,
-                            min_duration_s=min_duration, merge_gap_s=merge_gap)
-    sinks, report = sinks
-    runner = make_runner(net, sinks, hop, params, EventFilter(include, exclude, min_conf), stop, max_open)
+                            species_thresholds=species, min_duration_s=min_duration, merge_gap_s=merge_gap)
+    outputs = build_outputs(options, net.cfg)
     try:
+        runner = make_runner(net, outputs.sinks, hop, params, EventFilter(include, exclude, min_conf), stop, max_open,
+                             annotators=outputs.annotators, score_sinks=outputs.score_sinks,
+                             pre_roll_s=options.pre_roll_s, post_roll_s=options.post_roll_s)
         runner.run(specs)
     finally:
-        for s in sinks:
-            s.close()
-    if report.failed:
+        outputs.close()
+    if outputs.report.failed:
         raise typer.Exit(1)
 
 
@@ -75,8 +74,23 @@ CsvOpt = typer.Option(None, "--csv", help="Append events to this CSV (flushed an
 RotateOpt = typer.Option("none", help="'daily': one CSV per day, NAME-YYYY-MM-DD.csv.")
 LiveOpt = typer.Option(None, "--live/--no-live", help="Rich live view (default when stdout is a terminal) or "
                                                       "one plain line per event.")
-OnOpt = typer.Option(None, help="Score at which an event starts (default: the checkpoint's).")
+OnOpt = typer.Option(None, help="Score at which an event starts, for every species not in --thresholds "
+                                "(default: the checkpoint's per-species values).")
 OffOpt = typer.Option(None, help="Score below which an event ends (default: the checkpoint's).")
+ThresholdsOpt = typer.Option(None, "--thresholds", help="CSV `species,threshold[,threshold_off]`: per-species "
+                                                        "values; they win over --threshold-on/off.")
+ClipsOpt = typer.Option(None, "--clips", help="Save each event's audio (FLAC, with pre- and post-roll) and a "
+                                              "spectrogram PNG in this folder; the CSV row names the clip.")
+ClipsMaxOpt = typer.Option(None, "--clips-max-gb", help="Cap the clips folder: oldest clips go first, the best "
+                                                        "3 of each species stay.")
+PreRollOpt = typer.Option(1.5, "--pre-roll", help="Seconds of audio kept before an event (clips, event audio).")
+PostRollOpt = typer.Option(1.5, "--post-roll", help="Seconds of audio kept after an event.")
+ClipPicturesOpt = typer.Option(True, "--clip-pictures/--no-clip-pictures", help="A spectrogram PNG beside each clip.")
+RavenOpt = typer.Option(None, "--raven", help="Write a Raven Pro selection table (tab-separated).")
+AudacityOpt = typer.Option(None, "--audacity", help="Write an Audacity label track.")
+JsonlOpt = typer.Option(None, "--jsonl", help="Append one JSON object per event (flushed per line).")
+MqttOpt = typer.Option(None, "--mqtt", help="Publish events to an MQTT broker, HOST[:PORT], on "
+                                            "birdlive/<source>/detection (retained status on birdlive/<source>/status).")
 MinDurOpt = typer.Option(None, help="Drop events shorter than this (seconds).")
 GapOpt = typer.Option(None, help="Merge events of one species closer than this (seconds).")
 IncludeOpt = typer.Option(None, "--include", help="Only these species (code or common name; repeatable).")
@@ -93,8 +107,14 @@ def replay(
     channel: Optional[int] = typer.Option(None, help="Use this channel of a multichannel file instead of a mix."),
     jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="Files read at once (their windows share the "
                                                             "network's batches). --realtime reads one at a time."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the recording's spectrogram with every event "
+                                        "boxed and the species' score tracks under it (PNG; one recording)."),
     hop: float = HopOpt, csv: Optional[Path] = CsvOpt, rotate: str = RotateOpt, live: Optional[bool] = LiveOpt,
+    clips: Optional[Path] = ClipsOpt, clips_max_gb: Optional[float] = ClipsMaxOpt, pre_roll: float = PreRollOpt,
+    post_roll: float = PostRollOpt, clip_pictures: bool = ClipPicturesOpt, raven: Optional[Path] = RavenOpt,
+    audacity: Optional[Path] = AudacityOpt, jsonl: Optional[Path] = JsonlOpt, mqtt: Optional[str] = MqttOpt,
     threshold_on: Optional[float] = OnOpt, threshold_off: Optional[float] = OffOpt,
+    thresholds: Optional[Path] = ThresholdsOpt,
     min_duration: Optional[float] = MinDurOpt, merge_gap: Optional[float] = GapOpt,
     include: Optional[list[str]] = IncludeOpt, exclude: Optional[list[str]] = ExcludeOpt,
     min_conf: float = MinConfOpt, compute: str = ComputeOpt,
@@ -103,15 +123,19 @@ def replay(
 
     A file that cannot be read is reported in one line and the next one starts; the exit status is 1 if any
     file failed."""
+    from birdlive.errors import OptionError
     from birdlive.streamer import file_specs
 
+    if plot is not None and len(files) != 1:
+        raise OptionError(f"--plot draws one recording; {len(files)} were given")
     net = _load_model(model, compute)
     stop = threading.Event()
     _install_stop_handlers(stop)
     specs = file_specs(files, net.cfg.sample_rate, realtime=realtime, channel=channel)
-    sinks = _sinks(csv, rotate, live, str(model or "default"), several=len(files) > 1)
-    _run(net, specs, sinks, stop, hop, threshold_on, threshold_off, min_duration, merge_gap, include, exclude,
-         min_conf, max_open=1 if realtime else jobs)
+    options = _outputs(str(model or "default"), len(files) > 1, csv, rotate, live, clips, clips_max_gb, pre_roll,
+                       post_roll, clip_pictures, raven, audacity, jsonl, mqtt, plot=plot, plot_recording=files[0])
+    _run(net, specs, options, stop, hop, threshold_on, threshold_off, thresholds, min_duration, merge_gap, include,
+         exclude, min_conf, max_open=1 if realtime else jobs)
 
 
 @app.command()
@@ -121,7 +145,11 @@ def listen(
                                                "Default: the system's default input."),
     model: Optional[Path] = ModelOpt,
     hop: float = HopOpt, csv: Optional[Path] = CsvOpt, rotate: str = RotateOpt, live: Optional[bool] = LiveOpt,
+    clips: Optional[Path] = ClipsOpt, clips_max_gb: Optional[float] = ClipsMaxOpt, pre_roll: float = PreRollOpt,
+    post_roll: float = PostRollOpt, clip_pictures: bool = ClipPicturesOpt, raven: Optional[Path] = RavenOpt,
+    audacity: Optional[Path] = AudacityOpt, jsonl: Optional[Path] = JsonlOpt, mqtt: Optional[str] = MqttOpt,
     threshold_on: Optional[float] = OnOpt, threshold_off: Optional[float] = OffOpt,
+    thresholds: Optional[Path] = ThresholdsOpt,
     min_duration: Optional[float] = MinDurOpt, merge_gap: Optional[float] = GapOpt,
     include: Optional[list[str]] = IncludeOpt, exclude: Optional[list[str]] = ExcludeOpt,
     min_conf: float = MinConfOpt, compute: str = ComputeOpt,
@@ -141,13 +169,14 @@ def listen(
         timer = threading.Timer(duration, stop.set)
         timer.daemon = True
         timer.start()
-    sinks = _sinks(csv, rotate, live, str(model or "default"), several=len(sources) > 1)
+    options = _outputs(str(model or "default"), len(sources) > 1, csv, rotate, live, clips, clips_max_gb, pre_roll,
+                       post_roll, clip_pictures, raven, audacity, jsonl, mqtt)
     for s in sources:
         print(f"listening on {s.name} ({s.device_rate} Hz → {s.sample_rate} Hz); Ctrl-C to stop", file=sys.stderr,
               flush=True)
     specs = [SourceSpec(s.name, (lambda s=s: s)) for s in sources]
-    _run(net, specs, sinks, stop, hop, threshold_on, threshold_off, min_duration, merge_gap, include, exclude,
-         min_conf, max_open=len(specs))
+    _run(net, specs, options, stop, hop, threshold_on, threshold_off, thresholds, min_duration, merge_gap, include,
+         exclude, min_conf, max_open=len(specs))
 
 
 @app.command()
@@ -164,13 +193,21 @@ def devices():
     Console().print(table)
 
 
-def _register_training_commands() -> None:
-    from . import train_commands
-    for name in ("train", "evaluate", "augment_demo"):
-        app.command(name.replace("_", "-"))(getattr(train_commands, name))
+def _register_commands() -> None:
+    """Commands that live in their own modules (each imports only typer at module level)."""
+    import importlib
+    for module, names in (("train_commands", ("train", "evaluate", "calibrate", "augment_demo")),
+                          ("analyze_command", ("analyze",)), ("summary_command", ("summary",))):
+        try:  # TODO(lead): drop this guard once every module exists
+            mod = importlib.import_module(f"birdlive.{module}")
+        except ImportError:
+            continue
+        for name in names:
+            if hasattr(mod, name):
+                app.command(name.replace("_", "-"))(getattr(mod, name))
 
 
-_register_training_commands()
+_register_commands()
 
 
 def main() -> None:

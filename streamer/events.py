@@ -17,6 +17,7 @@ class Event:
     source: str = ""              # file path or device name
     wall_onset: float | None = None   # unix time, live input and --realtime replay only
     wall_offset: float | None = None
+    clip: str | None = None       # path of the event's saved audio clip (set by ClipWriter, an EventAnnotator)
 
     @property
     def duration_s(self) -> float:
@@ -27,7 +28,7 @@ class Event:
 class EventAudio:
     """An event's audio with pre- and post-roll, as far as the stream had it (less at a stream's edges)."""
     samples: np.ndarray           # float32 mono
-    sample_rate: int
+    sample_rate: int              # the source's own rate where it is above the model's, else the model's
     start_s: float                # stream time of samples[0]
 
     @property

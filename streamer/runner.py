@@ -27,7 +27,7 @@ from birdlive.errors import BirdliveError
 
 from .events import Event, StreamStatus
 from .scorer import SharedScorer
-from .sinks import Sink
+from .sinks import EventAnnotator, ScoreSink, Sink
 from .sources import AudioBlock, FileSource
 from .stream import StreamState, check_hop, default_params
 
@@ -72,8 +72,10 @@ def one_line(e: BaseException, label: str) -> str:
 class Runner:
     def __init__(self, scorer: SharedScorer, sinks: list[Sink], make_stream: Callable[[str], StreamState],
                  stop: threading.Event | None = None, max_open: int = 1, pre_roll_s: float = 1.5,
-                 post_roll_s: float = 1.5, status_every_s: float = 0.25, queue_items: int | None = None):
+                 post_roll_s: float = 1.5, status_every_s: float = 0.25, queue_items: int | None = None,
+                 annotators: list[EventAnnotator] | None = None, score_sinks: list[ScoreSink] | None = None):
         self.scorer, self.sinks, self.make_stream = scorer, sinks, make_stream
+        self.annotators, self.score_sinks = list(annotators or []), list(score_sinks or [])
         self.stop = stop or threading.Event()
         self.max_open, self.pre_roll_s, self.post_roll_s = max_open, pre_roll_s, post_roll_s
         self.status_every_s = status_every_s
@@ -130,6 +132,7 @@ class Runner:
         if kind == "open":
             live.source = payload
             live.state = self.make_stream(payload.name)
+            live.state.keep_scores = bool(self.score_sinks)
             live.status.source = payload.name
         elif kind == "block" and not self.stop.is_set():
             self._feed(live.state, payload)
@@ -143,6 +146,8 @@ class Runner:
             if len(samples) > state.room:
                 self._tick([state])
             state.push(samples, wall)
+        if block.native is not None:
+            state.add_native(block.native, block.native_rate, block.start_sample)
 
     def _tick(self, states: list[StreamState]) -> None:
         """New audio of every stream → log-mel in one batch; ready windows of every stream → one batch."""
@@ -156,8 +161,13 @@ class Runner:
                 self._emit(st, st.add_scores(w, scores))
 
     def _emit(self, state: StreamState, events: list[Event]) -> None:
+        for first, frames in state.take_scores():
+            for score_sink in self.score_sinks:
+                score_sink.on_scores(state.name, first, frames, self.scorer.cfg.frame_s)
         for e in events:
             audio = state.event_audio(e, self.pre_roll_s, self.post_roll_s)
+            for annotator in self.annotators:
+                e = annotator.annotate(e, audio)
             for sink in self.sinks:
                 sink.on_event(e, audio)
 
@@ -251,13 +261,16 @@ class Runner:
 
 
 def make_runner(model, sinks: list[Sink], hop_s: float = 1.0, params=None, event_filter=None,
-                stop: threading.Event | None = None, max_open: int = 1) -> Runner:
+                stop: threading.Event | None = None, max_open: int = 1, annotators: list[EventAnnotator] | None = None,
+                score_sinks: list[ScoreSink] | None = None, pre_roll_s: float = 1.5,
+                post_roll_s: float = 1.5) -> Runner:
     """A runner with one shared scorer for `model` and a StreamState per source with these detector settings."""
     check_hop(model.cfg, hop_s)
     params = params or default_params(model.cfg)
     return Runner(SharedScorer(model), sinks,
                   lambda name: StreamState(name, model.cfg, hop_s=hop_s, params=params, event_filter=event_filter),
-                  stop=stop, max_open=max_open)
+                  stop=stop, max_open=max_open, pre_roll_s=pre_roll_s, post_roll_s=post_roll_s,
+                  annotators=annotators, score_sinks=score_sinks)
 
 
 def file_specs(paths: Iterable, sample_rate: int, realtime: bool = False,

@@ -11,6 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol, TextIO
 
+import numpy as np
+
 from birdlive.errors import OptionError
 
 from .events import Event, EventAudio, StreamStatus
@@ -26,8 +28,27 @@ class Sink(Protocol):
 
     def close(self) -> None: ...
 
+
+class EventAnnotator(Protocol):
+    """Runs before every sink, in order: the event it returns is the one the sinks get (ClipWriter saves the
+    audio and returns the event with its clip's path, so the CSV row can name the clip)."""
+
+    def annotate(self, event: Event, audio: EventAudio) -> Event: ...
+
+    def close(self) -> None: ...
+
+
+class ScoreSink(Protocol):
+    """Each stream's stitched framewise scores (before smoothing), in stream order and contiguous: frames
+    `first_frame … first_frame + len(frames)` of the stream `source`, each `frame_s` long, shape (n, K)."""
+
+    def on_scores(self, source: str, first_frame: int, frames: np.ndarray, frame_s: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
 CSV_COLUMNS = ["source", "species", "common_name", "onset_s", "offset_s", "duration_s", "peak_conf", "mean_conf",
-               "wall_onset", "wall_offset"]
+               "wall_onset", "wall_offset", "clip"]
 
 
 def iso_time(t: float | None) -> str:
@@ -37,7 +58,7 @@ def iso_time(t: float | None) -> str:
 
 def event_row(e: Event) -> list[str]:
     return [e.source, e.species, e.name, f"{e.onset_s:.2f}", f"{e.offset_s:.2f}", f"{e.duration_s:.2f}",
-            f"{e.peak:.3f}", f"{e.mean:.3f}", iso_time(e.wall_onset), iso_time(e.wall_offset)]
+            f"{e.peak:.3f}", f"{e.mean:.3f}", iso_time(e.wall_onset), iso_time(e.wall_offset), e.clip or ""]
 
 
 class CsvEventLog:

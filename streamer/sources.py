@@ -50,10 +50,49 @@ class AudioBlock:
     samples: np.ndarray  # float32, mono, at the source's target sample_rate
     start_sample: int  # index of samples[0] in the stream at the target rate
     wall_time: float | None  # unix time of samples[0] (live / realtime), else None
+    # The same stretch at the source's own rate, where that is higher than the target's (clips keep a 48 kHz
+    # recorder's full bandwidth): native sample i is target sample i * target / native_rate.
+    native: np.ndarray | None = None
+    native_rate: int = 0
 
     @property
     def end_sample(self) -> int:
         return self.start_sample + len(self.samples)
+
+
+class _NativeTrail:
+    """The source's own-rate audio kept beside the resampled stream, handed out block by block: the target-rate
+    block [s, e) is native [s·r, e·r), r = native / target. Both sides count from the stream's first sample, so
+    whatever the resampler's delay the two stay aligned."""
+
+    def __init__(self, native_rate: int, target_rate: int):
+        self.rate, self.ratio = int(native_rate), native_rate / target_rate
+        self._parts: list[np.ndarray] = []
+        self.start = 0  # native index of the first sample held
+
+    @property
+    def end(self) -> int:
+        return self.start + sum(len(p) for p in self._parts)
+
+    def push(self, x: np.ndarray) -> None:
+        if len(x):
+            self._parts.append(np.asarray(x, dtype=np.float32))
+
+    def pad_to(self, target_sample: int) -> None:
+        """Silence up to the target-rate sample `target_sample` (an outage between two device streams)."""
+        missing = int(round(target_sample * self.ratio)) - self.end
+        if missing > 0:
+            self.push(np.zeros(missing, np.float32))
+
+    def take(self, start_sample: int, end_sample: int) -> np.ndarray:
+        """Native samples of the target-rate span [start_sample, end_sample); what is before it is dropped."""
+        n0, n1 = int(round(start_sample * self.ratio)), int(round(end_sample * self.ratio))
+        buf = np.concatenate(self._parts) if len(self._parts) > 1 else (self._parts[0] if self._parts
+                                                                         else np.zeros(0, np.float32))
+        out = buf[max(0, n0 - self.start):max(0, n1 - self.start)]
+        rest = buf[max(0, n1 - self.start):]
+        self._parts, self.start = ([rest] if len(rest) else []), max(self.start, n1)
+        return np.ascontiguousarray(out)
 
 
 def _one_line(text: object) -> str:
@@ -235,6 +274,7 @@ class FileSource:
         read_frames = max(1, int(round(self.block_s * nat)))
         rs = _new_resampler(nat, self.sample_rate)
         out = _Blocker(int(round(self.block_s * self.sample_rate)))
+        trail = _NativeTrail(nat, self.sample_rate) if nat > self.sample_rate else None
         t0_mono = t0_wall = None
         pos = 0  # native frames read so far
 
@@ -252,7 +292,9 @@ class FileSource:
                     wall = t0_wall + start / self.sample_rate
                 self.stats["blocks"] += 1
                 self.stats["samples"] += len(x)
-                yield AudioBlock(np.ascontiguousarray(x, dtype=np.float32), int(start), wall)
+                native = trail.take(start, start + len(x)) if trail is not None else None
+                yield AudioBlock(np.ascontiguousarray(x, dtype=np.float32), int(start), wall, native,
+                                 nat if trail is not None else 0)
 
         if self.realtime:
             t0_mono, t0_wall = time.monotonic(), time.time()
@@ -275,6 +317,8 @@ class FileSource:
             pos += len(mono)
             self.stats["frames_read"] = pos
             mono = np.ascontiguousarray(mono, dtype=np.float32)
+            if trail is not None:
+                trail.push(mono)
             out.push(rs.resample_chunk(mono) if rs is not None else mono)
             yield from emit(False)
         if failure is not None:
@@ -542,6 +586,8 @@ class _Timeline:
         self.offset: float | None = None  # wall minus monotonic clock at the previous chunk
         self.origins: deque = deque(maxlen=31)  # bounds of when this stream started: (wall, monotonic)
         self.anchors: deque = deque(maxlen=64)  # (stream position, wall time)
+        self.trail: _NativeTrail | None = None  # device-rate audio for clips, while the device rate stays put
+        self.trail_dropped = False
 
     def add(self, c: _Chunk, rate: int) -> None:
         if c.gen != self.gen:
@@ -573,9 +619,22 @@ class _Timeline:
             self.produced += gap
             self.stats["gap_samples"] += gap
         self.base, self.fed, self.expect = self.produced, 0, 0
+        self._start_trail()
         self.rs = _new_resampler(self.rate, self.sr)
         self.prev, self.adc_run = None, 0.0
         self.origins.clear()  # a new stream has its own latency
+
+    def _start_trail(self) -> None:
+        """Device-rate audio rides beside the stream only while one rate above the target's holds: a device
+        reopened at another rate would break the sample mapping, so its clips fall back to the target rate."""
+        if self.trail_dropped:
+            return
+        if self.trail is None and self.produced == 0 and self.rate > self.sr:
+            self.trail = _NativeTrail(self.rate, self.sr)
+        elif self.trail is not None and self.trail.rate != self.rate:
+            self.trail, self.trail_dropped = None, True
+        elif self.trail is not None:
+            self.trail.pad_to(self.produced)
 
     def _add(self, c: _Chunk) -> None:
         n = len(c.samples)
@@ -640,6 +699,8 @@ class _Timeline:
         self.anchors.append((pos, min(o[0] for o in self.origins) + (pos - self.base) / self.sr))
 
     def _feed(self, x: np.ndarray) -> None:
+        if self.trail is not None:
+            self.trail.push(x)
         y = self.rs.resample_chunk(x) if self.rs is not None else x
         self.out.push(y)
         self.produced += len(y)
@@ -669,7 +730,10 @@ class _Timeline:
         for start, x in self.out.pop_blocks(final):
             self.stats["blocks"] += 1
             self.stats["samples"] += len(x)
-            yield AudioBlock(np.ascontiguousarray(x, dtype=np.float32), int(start), self.wall_at(start))
+            trail = self.trail
+            yield AudioBlock(np.ascontiguousarray(x, dtype=np.float32), int(start), self.wall_at(start),
+                             trail.take(start, start + len(x)) if trail is not None else None,
+                             trail.rate if trail is not None else 0)
 
 
 class MicSource:

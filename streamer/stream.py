@@ -23,16 +23,23 @@ from .events import Event, EventAudio, EventFilter
 from .ringbuffer import RingBuffer
 from .smoother import EventSmoother, SmootherParams
 from .stitcher import ScoreStitcher
+from .thresholds import SpeciesThresholds, resolve_thresholds
 
 
-def default_params(cfg: ModelConfig, **overrides) -> SmootherParams:
-    """Smoother settings with the checkpoint's own thresholds; `None` overrides are ignored."""
-    p = SmootherParams(threshold_on=cfg.threshold_on, threshold_off=cfg.threshold_off)
+def default_params(cfg: ModelConfig, threshold_on: float | None = None, threshold_off: float | None = None,
+                   species_thresholds: SpeciesThresholds | None = None, **overrides) -> SmootherParams:
+    """Smoother settings for `cfg`'s model, with one on/off threshold per species.
+
+    Most specific wins: `species_thresholds` ({species index: (on, off or None)}, from `--thresholds FILE` via
+    `load_thresholds`) > `threshold_on`/`threshold_off` (the global flags) > the checkpoint's calibrated
+    per-species pairs > its global pair; a lower level's value that would put off above on moves to keep the
+    checkpoint's off/on ratio (details: `birdlive.streamer.thresholds`). Other overrides (`min_duration_s`, …)
+    replace the `SmootherParams` defaults; `None` ones are ignored."""
+    on, off = resolve_thresholds(cfg, threshold_on, threshold_off, species_thresholds)
+    p = SmootherParams(threshold_on=on, threshold_off=off)
     for k, v in overrides.items():
         if v is not None:
             setattr(p, k, v)
-    if p.threshold_off > p.threshold_on:
-        p.threshold_off = p.threshold_on
     return p
 
 
@@ -74,6 +81,9 @@ class StreamState:
         keep_s = keep_audio_s or (self.params.max_event_s + cfg.window_s + self.params.merge_gap_s
                                   + self.params.median_s + 2 * 5.0 + max_block_s)
         self.audio = RingBuffer(int(keep_s * cfg.sample_rate))
+        self.keep_s = keep_s
+        self.native: RingBuffer | None = None   # the source's own-rate audio, for event clips (see add_native)
+        self.native_rate = 0
         # One tick may turn everything the audio ring holds into frames before any window is cut.
         self.mel = RingBuffer(self.audio.capacity // cfg.hop_length + self.window_frames + 2, (cfg.n_mels,))
         self.clock = WallClock(cfg.sample_rate)
@@ -81,6 +91,8 @@ class StreamState:
         self.smoother = EventSmoother(cfg.labels, cfg.names, cfg.frame_s, self.params, source=name,
                                       clock=self.clock)
         self.filter = event_filter or EventFilter()
+        self.keep_scores = False       # a score sink wants the stitched frames (take_scores)
+        self.final_scores: list[tuple[int, np.ndarray]] = []
         self.next_window = 0           # start sample of the next window to cut
         self.input_ended = False
         self.tail_cut = False
@@ -134,6 +146,17 @@ class StreamState:
         if len(samples):
             rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
             self.level_dbfs = 20 * math.log10(max(rms, 1e-6))
+
+    def add_native(self, samples: np.ndarray, rate: int, start_sample: int) -> None:
+        """The source's own-rate audio of the model-rate block starting at `start_sample`, kept only for event
+        audio: a gap the source could not fill is silence, an overlap is dropped (as `pieces` does)."""
+        if self.native is None or rate != self.native_rate:
+            self.native, self.native_rate = RingBuffer(int(self.keep_s * rate)), int(rate)
+            self.native.end = int(round(start_sample * rate / self.sr))   # a ring starts empty at its stream time
+        start = int(round(start_sample * rate / self.sr))
+        if start > self.native.end:
+            self.native.write_zeros(start - self.native.end)
+        self.native.write(samples[max(0, self.native.end - start):])
 
     def end_input(self) -> None:
         """No more audio: the last window is cut zero-padded, and `finish` may follow the next tick."""
@@ -212,7 +235,8 @@ class StreamState:
         fps = self.cfg.out_fps
         start_frame = int(round(cut.start_sample * fps / self.sr))
         valid_frames = math.ceil(cut.valid * fps / self.sr - 1e-9)
-        _, frames = self.stitcher.add(start_frame, scores, valid_frames)
+        first, frames = self.stitcher.add(start_frame, scores, valid_frames)
+        self._keep_scores(first, frames)
         self.latest_scores = scores[max(0, valid_frames - self.stitcher.hop_frames):valid_frames].max(axis=0)
         self.windows_scored += 1
         return self._smooth(frames)
@@ -224,8 +248,18 @@ class StreamState:
 
     def finish(self) -> list[Event]:
         """The events still open or pending at the end of the stream."""
-        _, frames = self.stitcher.finish()
+        first, frames = self.stitcher.finish()
+        self._keep_scores(first, frames)
         return self._counted(self.smoother.push(frames) + self.smoother.finish())
+
+    def _keep_scores(self, first: int, frames: np.ndarray) -> None:
+        if self.keep_scores and len(frames):
+            self.final_scores.append((first, frames))
+
+    def take_scores(self) -> list[tuple[int, np.ndarray]]:
+        """The stitched score frames that became final since the last call: (first frame, (n, K) frames)."""
+        out, self.final_scores = self.final_scores, []
+        return out
 
     def _smooth(self, frames: np.ndarray) -> list[Event]:
         return self._counted(self.smoother.push(frames))
@@ -236,7 +270,9 @@ class StreamState:
         return kept
 
     def event_audio(self, event: Event, pre_roll_s: float, post_roll_s: float) -> EventAudio:
-        """The event's audio from the ring, with pre- and post-roll as far as the stream has them."""
-        lo = max(self.audio.start, int(round((event.onset_s - pre_roll_s) * self.sr)))
-        hi = max(lo, min(self.audio.end, int(round((event.offset_s + post_roll_s) * self.sr))))
-        return EventAudio(self.audio.read(lo, hi - lo), self.sr, lo / self.sr)
+        """The event's audio with pre- and post-roll as far as the stream has them: at the source's own rate
+        where the source gave it (a 48 kHz recorder's clip keeps its top octave), else from the model-rate ring."""
+        ring, sr = (self.native, self.native_rate) if self.native is not None else (self.audio, self.sr)
+        lo = max(ring.start, int(round((event.onset_s - pre_roll_s) * sr)))
+        hi = max(lo, min(ring.end, int(round((event.offset_s + post_roll_s) * sr))))
+        return EventAudio(ring.read(lo, hi - lo), sr, lo / sr)

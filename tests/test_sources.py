@@ -820,3 +820,30 @@ def test_two_mics_at_once_and_one_rescanning_portaudio(pa, tone_wav):
         assert 0 < src.stats["gap_samples"] < 10 * SR, src.stats
         _assert_tone(np.concatenate([blk.samples for blk in blocks])[play_pos[k] :], SR)
         assert src._stream is None
+
+
+def test_mic_blocks_carry_the_device_rate_audio_aligned_with_stream_time():
+    """A 48 kHz device: each 32 kHz block comes with its stretch of the device's own samples (for clips), the
+    overflow's zeros included, so native sample i is always stream sample i·2/3."""
+    card = _FakeCard(rate=48000, block=4800)
+    stats = {k: 0 for k in ("blocks", "samples", "overflows", "overflow_samples", "gap_samples", "clock_steps")}
+    tl = card.S._Timeline(SR, 3200, stats, [])
+    for _ in range(20):
+        card.deliver()
+    card.advance(0.25)
+    card.deliver(overflow=True)
+    for _ in range(5):
+        card.deliver()
+    blocks = []
+    while not card.q.empty():
+        tl.add(card.q.get_nowait(), 48000)
+        blocks += list(tl.blocks())
+    blocks += list(tl.blocks(final=True))
+    check_contiguous(blocks)
+    device = np.concatenate([np.repeat(np.arange(1, 21), 4800), np.zeros(12000), np.repeat(np.arange(21, 27), 4800)])
+    for b in blocks:
+        assert b.native_rate == 48000
+        n0 = int(round(b.start_sample * 1.5))
+        np.testing.assert_array_equal(b.native, device[n0:n0 + len(b.native)])
+    native = np.concatenate([b.native for b in blocks])
+    assert abs(len(native) - len(device)) <= 2

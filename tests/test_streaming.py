@@ -99,6 +99,67 @@ def test_each_event_comes_with_its_audio(model, wave):
         np.testing.assert_allclose(a.samples, wave[i:i + len(a.samples)], atol=1e-4)
 
 
+@pytest.mark.parametrize("rate", [48000, 22050])
+def test_event_audio_is_at_the_sources_own_rate_when_that_is_higher(model, tmp_path, rate):
+    """A 48 kHz recording's events come with 48 kHz audio, sample for sample the file's (clips keep the top
+    octave the model never hears); a 22.05 kHz one's at the model's rate. Same events either way."""
+    x, sr = sf.read(RECORDING, dtype="float32")
+    y = soxr.resample(x, sr, rate, quality="HQ").astype(np.float32)
+    path = tmp_path / f"rec{rate}.flac"
+    sf.write(path, y, rate, subtype="PCM_24")
+    y = sf.read(path, dtype="float32")[0]
+    got = Collect()
+    run(model, [file_spec(path, model, block_s=16.0)], [got])
+    assert [e.species for e in got.events] == [e.species for e in detect_offline(model, soxr.resample(
+        y, rate, model.cfg.sample_rate, quality="HQ").astype(np.float32))]
+    want_rate = max(rate, model.cfg.sample_rate)
+    for e, a in zip(got.events, got.audio):
+        assert a.sample_rate == want_rate
+        assert a.start_s == pytest.approx(max(0.0, e.onset_s - 1.5), abs=1 / want_rate)
+        if rate == want_rate:
+            i = int(round(a.start_s * rate))
+            np.testing.assert_array_equal(a.samples, y[i:i + len(a.samples)])
+
+
+class Clipper:
+    """An annotator: names each event's 'clip' after its audio, as ClipWriter does with a real path."""
+
+    def annotate(self, e, audio):
+        import dataclasses
+        return dataclasses.replace(e, clip=f"{e.species}@{audio.start_s:.2f}")
+
+    def close(self):
+        pass
+
+
+class Tracks:
+    def __init__(self):
+        self.parts = []
+
+    def on_scores(self, source, first, frames, frame_s):
+        self.parts.append((first, frames))
+
+    def close(self):
+        pass
+
+
+def test_annotators_run_before_sinks_and_score_sinks_get_the_whole_track(model, wave):
+    """Every sink gets the annotated event; the score frames come contiguous, cover the recording, and are the
+    offline reference's stitched track."""
+    from birdlive.streamer import framewise_track
+    got, tracks = Collect(), Tracks()
+    runner = Runner(SharedScorer(model), [got], lambda name: StreamState(name, model.cfg),
+                    annotators=[Clipper()], score_sinks=[tracks])
+    runner.run([file_spec(RECORDING, model, block_s=3.0)])
+    assert got.events and all(e.clip == f"{e.species}@{a.start_s:.2f}" for e, a in zip(got.events, got.audio))
+    firsts = [f for f, _ in tracks.parts]
+    assert firsts[0] == 0 and all(a + len(fr) == b for (a, fr), b in zip(tracks.parts, firsts[1:]))
+    track = np.concatenate([fr for _, fr in tracks.parts])
+    ref = framewise_track(model, wave)
+    assert track.shape == ref.shape
+    np.testing.assert_allclose(track, ref, atol=0.01)
+
+
 def test_three_streams_at_once_give_each_the_events_it_gives_alone(model, tmp_path):
     """Three recordings share one scorer (their windows are batched together) and keep their own events."""
     x, rate = sf.read(RECORDING, dtype="float32")
