@@ -35,12 +35,13 @@ def _load_model(model: Optional[Path], compute: str):
 
 
 def _outputs(model_name: str, several: bool, csv, rotate, live, clips, clips_max_gb, pre_roll, post_roll,
-             clip_pictures, raven, audacity, jsonl, mqtt, plot=None, plot_recording=None):
-    from birdlive.streamer.outputs import OutputOptions
-    return OutputOptions(csv=csv, rotate=rotate, live=live, several=several, model_name=model_name, clips=clips,
+             clip_pictures, raven, audacity, jsonl, mqtt, plot=None, plot_recording=None, channel=None):
+    from birdlive.streamer.outputs import OutputOptions, check_options
+    return check_options(OutputOptions(csv=csv, rotate=rotate, live=live, several=several, model_name=model_name, clips=clips,
                          clips_max_gb=clips_max_gb, pictures=clip_pictures, pre_roll_s=pre_roll,
-                         post_roll_s=post_roll, plot=plot, plot_recording=plot_recording, raven=raven,
-                         audacity=audacity, jsonl=jsonl, mqtt=mqtt)
+                         post_roll_s=post_roll, plot=plot, plot_recording=plot_recording, plot_channel=channel,
+                         raven=raven,
+                         audacity=audacity, jsonl=jsonl, mqtt=mqtt))
 
 
 def _run(net, specs, options, stop, hop, threshold_on, threshold_off, thresholds, min_duration, merge_gap, include,
@@ -124,16 +125,17 @@ def replay(
     A file that cannot be read is reported in one line and the next one starts; the exit status is 1 if any
     file failed."""
     from birdlive.errors import OptionError
-    from birdlive.streamer import file_specs
 
     if plot is not None and len(files) != 1:
         raise OptionError(f"--plot draws one recording; {len(files)} were given")
+    options = _outputs(str(model or "default"), len(files) > 1, csv, rotate, live, clips, clips_max_gb, pre_roll,
+                       post_roll, clip_pictures, raven, audacity, jsonl, mqtt, plot=plot, plot_recording=files[0],
+                       channel=channel)
+    from birdlive.streamer import file_specs
     net = _load_model(model, compute)
     stop = threading.Event()
     _install_stop_handlers(stop)
     specs = file_specs(files, net.cfg.sample_rate, realtime=realtime, channel=channel)
-    options = _outputs(str(model or "default"), len(files) > 1, csv, rotate, live, clips, clips_max_gb, pre_roll,
-                       post_roll, clip_pictures, raven, audacity, jsonl, mqtt, plot=plot, plot_recording=files[0])
     _run(net, specs, options, stop, hop, threshold_on, threshold_off, thresholds, min_duration, merge_gap, include,
          exclude, min_conf, max_open=1 if realtime else jobs)
 
@@ -159,8 +161,10 @@ def listen(
     from birdlive.streamer import SourceSpec
     from birdlive.streamer.sources import MicSource
 
-    net = _load_model(model, compute)
     wanted = device or [None]
+    options = _outputs(str(model or "default"), len(wanted) > 1, csv, rotate, live, clips, clips_max_gb, pre_roll,
+                       post_roll, clip_pictures, raven, audacity, jsonl, mqtt)
+    net = _load_model(model, compute)
     sources = [MicSource(int(d) if d is not None and d.strip().isdigit() else d, net.cfg.sample_rate)
                for d in wanted]
     stop = threading.Event()
@@ -169,8 +173,6 @@ def listen(
         timer = threading.Timer(duration, stop.set)
         timer.daemon = True
         timer.start()
-    options = _outputs(str(model or "default"), len(sources) > 1, csv, rotate, live, clips, clips_max_gb, pre_roll,
-                       post_roll, clip_pictures, raven, audacity, jsonl, mqtt)
     for s in sources:
         print(f"listening on {s.name} ({s.device_rate} Hz → {s.sample_rate} Hz); Ctrl-C to stop", file=sys.stderr,
               flush=True)

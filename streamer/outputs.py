@@ -29,6 +29,7 @@ class OutputOptions:
     post_roll_s: float = 1.5
     plot: Path | None = None            # the whole recording's spectrogram with events and score tracks
     plot_recording: Path | None = None  # …of this recording
+    plot_channel: int | None = None     # …this channel of it (replay --channel), else the mix
     raven: Path | None = None           # Raven Pro selection table
     audacity: Path | None = None        # Audacity label track
     jsonl: Path | None = None           # one JSON object per event
@@ -56,6 +57,14 @@ class Outputs:
             raise first
 
 
+def check_options(opts: OutputOptions) -> OutputOptions:
+    """What can be refused before the model loads (seconds saved on a typo); returns `opts`."""
+    if opts.mqtt is not None:
+        from .mqtt import parse_target
+        parse_target(opts.mqtt)
+    return opts
+
+
 def build_outputs(opts: OutputOptions, cfg) -> Outputs:
     """The outputs `opts` asks for, for a model with config `cfg`. Files that cannot be written are refused here,
     before any audio is read, each with one error line (OptionError)."""
@@ -71,13 +80,13 @@ def build_outputs(opts: OutputOptions, cfg) -> Outputs:
         if opts.raven is not None:
             out.sinks.append(exports.RavenTable(opts.raven, fmin=cfg.fmin, fmax=_top_hz(cfg)))
         if opts.audacity is not None:
-            out.sinks.append(exports.AudacityLabels(opts.audacity))
+            out.sinks.append(exports.AudacityLabels(opts.audacity, show_source=opts.several))
         if opts.jsonl is not None:
             out.sinks.append(exports.JsonlEvents(opts.jsonl))
     if opts.plot is not None:
         from .pictures import RecordingPlot
         plot = RecordingPlot(opts.plot, opts.plot_recording, [cfg.display_name(i) for i in range(cfg.num_classes)],
-                             cfg.sample_rate, fmin=cfg.fmin, fmax=_top_hz(cfg))
+                             cfg.sample_rate, fmin=cfg.fmin, fmax=_top_hz(cfg), channel=opts.plot_channel)
         out.sinks.append(plot)
         out.score_sinks.append(plot)
     if opts.mqtt is not None:
