@@ -282,3 +282,32 @@ def test_a_bug_is_one_line_that_says_where_the_traceback_is():
     r = subprocess.run([sys.executable, "-c", BUGGY_COMMAND], capture_output=True, text=True,
                        env={**env, "BIRDLIVE_DEBUG": "1"})
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--clips", "{tmp}/afile/clips"], "--clips"),
+    (["--thresholds", "{tmp}/unknown.csv"], "unknown species"),
+    (["--thresholds", "{tmp}/range.csv"], "0"),
+    (["--raven", "{tmp}/afile/x.txt"], "--raven"),
+    (["--mqtt", "host:0"], "--mqtt"),
+], ids=["unwritable-clips", "unknown-species", "threshold-out-of-range", "unwritable-raven", "bad-mqtt-port"])
+def test_bad_output_options_are_one_line(tmp_path, args, says):
+    """An output that cannot work is refused before any audio is read: one `error:` line, exit 1, no CSV rows."""
+    (tmp_path / "afile").write_text("a file where a folder should be")
+    (tmp_path / "unknown.csv").write_text("species,threshold\nnot_a_bird,0.5\n")
+    (tmp_path / "range.csv").write_text("species,threshold\ntrill,1.5\n")
+    csv = tmp_path / "out.csv"
+    r = birdlive("replay", RECORDING, "--model", TINY, "--no-live", "--csv", csv,
+                 *[a.format(tmp=tmp_path) for a in args])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], r.stderr
+    assert not csv.exists() or len(read_events_csv(csv)) == 0
+
+
+def test_mqtt_host_that_does_not_resolve_still_detects(tmp_path):
+    """Detection starts and the CSV is whole; the broker's absence is a warning, not a failure."""
+    csv = tmp_path / "out.csv"
+    r = birdlive("replay", RECORDING, "--model", TINY, "--no-live", "--csv", csv, "--mqtt", "no-such-host.invalid")
+    assert r.returncode == 0, r.stderr
+    assert len(read_events_csv(csv)) == len(read_truth())
+    assert any(line.startswith("warning:") and "no-such-host.invalid" in line for line in r.stderr.splitlines())
