@@ -37,11 +37,10 @@ def _load_model(model: Optional[Path], compute: str):
 def _outputs(model_name: str, several: bool, csv, rotate, live, clips, clips_max_gb, pre_roll, post_roll,
              clip_pictures, raven, audacity, jsonl, mqtt, plot=None, plot_recording=None, channel=None):
     from birdlive.streamer.outputs import OutputOptions, check_options
-    return check_options(OutputOptions(csv=csv, rotate=rotate, live=live, several=several, model_name=model_name, clips=clips,
-                         clips_max_gb=clips_max_gb, pictures=clip_pictures, pre_roll_s=pre_roll,
-                         post_roll_s=post_roll, plot=plot, plot_recording=plot_recording, plot_channel=channel,
-                         raven=raven,
-                         audacity=audacity, jsonl=jsonl, mqtt=mqtt))
+    return check_options(OutputOptions(
+        csv=csv, rotate=rotate, live=live, several=several, model_name=model_name, clips=clips,
+        clips_max_gb=clips_max_gb, pictures=clip_pictures, pre_roll_s=pre_roll, post_roll_s=post_roll, plot=plot,
+        plot_recording=plot_recording, plot_channel=channel, raven=raven, audacity=audacity, jsonl=jsonl, mqtt=mqtt))
 
 
 def _run(net, specs, options, stop, hop, threshold_on, threshold_off, thresholds, min_duration, merge_gap, include,
