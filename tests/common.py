@@ -45,3 +45,20 @@ def match_events(truth, events, tol=0.3):
         else:
             missed.append((sp, on, off))
     return pairs, missed, free
+
+
+class Collect:
+    """A sink that keeps what it is given."""
+
+    def __init__(self):
+        self.events, self.audio, self.statuses, self.closed = [], [], [], False
+
+    def on_event(self, e, audio):
+        self.events.append(e)
+        self.audio.append(audio)
+
+    def on_status(self, s):
+        self.statuses.append(s)
+
+    def close(self):
+        self.closed = True

@@ -23,7 +23,7 @@ from birdlive.streamer import CsvEventLog, file_specs, make_runner
 from birdlive.streamer.clips import ClipWriter, clip_stem, parse_clip
 from birdlive.streamer.events import Event, EventAudio
 
-from common import RECORDING, TINY, read_events_csv
+from common import RECORDING, TINY, Collect, read_events_csv
 
 RATE = 48000          # above the model's 32 kHz: clips keep the source's own rate
 PRE_ROLL = 1.5
@@ -52,20 +52,6 @@ def run48(wav48, tmp_path_factory):
     writer.close()
     assert status.state == "done" and len(seen.events) >= 10
     return folder, csv, seen.events, net.cfg.frame_s
-
-
-class Collect:
-    def __init__(self):
-        self.events = []
-
-    def on_event(self, e, audio):
-        self.events.append(e)
-
-    def on_status(self, s):
-        pass
-
-    def close(self):
-        pass
 
 
 def find_in(source: np.ndarray, clip: np.ndarray, near: int, search: int) -> int:

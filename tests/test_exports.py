@@ -16,7 +16,7 @@ from birdlive.model import load_checkpoint
 from birdlive.streamer import CsvEventLog, Event, file_specs, make_runner
 from birdlive.streamer.exports import AudacityLabels, JsonlEvents, RavenTable
 
-from common import RECORDING, TINY, read_events_csv, read_truth
+from common import RECORDING, TINY, Collect, read_events_csv, read_truth
 
 # crowsetta 5.1 still calls DataFrame.rename(inplace=True), which pandas 3.1 deprecates: its noise, not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword in DataFrame.rename")
@@ -199,19 +199,6 @@ def test_a_real_run_exports_what_the_csv_log_holds(tmp_path):
     x, rate = sf.read(RECORDING, dtype="float32")
     part = tmp_path / "part.flac"
     sf.write(part, x[10 * rate:35 * rate], rate)
-
-    class Collect:
-        def __init__(self):
-            self.events = []
-
-        def on_event(self, e, audio):
-            self.events.append(e)
-
-        def on_status(self, s):
-            pass
-
-        def close(self):
-            pass
 
     got = Collect()
     sinks = [CsvEventLog(tmp_path / "log.csv").open(), RavenTable(tmp_path / "sel.txt", net.cfg.fmin, net.cfg.fmax),

@@ -11,7 +11,7 @@ from birdlive.model import load_checkpoint
 from birdlive.streamer import CsvEventLog, Runner, SharedScorer, SourceSpec, StreamState, detect_offline
 from birdlive.streamer.sources import FileSource
 
-from common import RECORDING, TINY, match_events, read_events_csv, read_truth
+from common import RECORDING, TINY, Collect, match_events, read_events_csv, read_truth
 
 
 @pytest.fixture(scope="module")
@@ -32,23 +32,6 @@ def offline_events(model, wave):
 
 def as_tuples(events):
     return [(e.species, e.onset_s, e.offset_s) for e in events]
-
-
-class Collect:
-    """A sink that keeps what it is given."""
-
-    def __init__(self):
-        self.events, self.audio, self.statuses, self.closed = [], [], [], False
-
-    def on_event(self, e, audio):
-        self.events.append(e)
-        self.audio.append(audio)
-
-    def on_status(self, s):
-        self.statuses.append(s)
-
-    def close(self):
-        self.closed = True
 
 
 def run(model, specs, sinks, max_open=1, stop=None):

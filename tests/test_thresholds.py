@@ -18,7 +18,7 @@ from birdlive.streamer import EventSmoother, SmootherParams, default_params, det
 from birdlive.streamer.thresholds import load_thresholds, resolve_thresholds, write_thresholds
 from birdlive.train.calibrate import Item, calibrate, candidates, choose, write_calibrated
 
-from common import RECORDING, TINY
+from common import RECORDING, TINY, Collect
 
 FPS = 10
 
@@ -193,20 +193,6 @@ def test_bad_thresholds_in_a_checkpoint_are_one_line(tmp_path, table, message):
 def wave(model):
     x, sr = sf.read(RECORDING, dtype="float32")
     return soxr.resample(x, sr, model.cfg.sample_rate, quality="HQ").astype(np.float32)
-
-
-class Collect:
-    def __init__(self):
-        self.events = []
-
-    def on_event(self, e, audio):
-        self.events.append(e)
-
-    def on_status(self, s):
-        pass
-
-    def close(self):
-        pass
 
 
 def stream(model, params):

@@ -1,0 +1,109 @@
+"""`birdlive analyze --ray`: the same job on a real Ray cluster, started here on 127.0.0.1 with two CPUs (two
+worker processes): the same results as the local pool, and a worker killed mid-run costs nothing.
+
+Ray is a test extra (and `birdlive[ray]`); without it these tests skip."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from common import BIRDLIVE, RECORDING, TINY, birdlive
+
+from test_analyze import assert_each_file_once, long_recording, manifest_rows, wait_for
+
+pytest.importorskip("ray")
+
+RAY = Path(sys.executable).with_name("ray")
+# Ray otherwise takes this machine's outward address for its node, even when told 127.0.0.1; this switch
+# (meant for laptops) keeps the whole cluster, and every connection to it, on the loopback interface.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """`ray start --head` on 127.0.0.1 with 2 CPUs, for this module; stopped (its whole process group) after."""
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))    # short: Ray's socket paths must fit in 107 bytes
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = temp / "head.log"
+    env = {**os.environ, **LOOPBACK_ENV}
+    with open(log, "w") as out:
+        head = subprocess.Popen([str(RAY), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                                 "--include-dashboard=false", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+                                 f"--temp-dir={temp / 't'}"], stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    try:
+        wait_for(lambda: head.poll() is not None or "Ray runtime started" in log.read_text(), timeout=120,
+                 what="the Ray head")
+        assert head.poll() is None, log.read_text()[-3000:]
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in LOOPBACK_ENV.items():
+                mp.setenv(k, v)
+            yield f"127.0.0.1:{port}"
+    finally:
+        head.terminate()            # `ray start --block` stops every process it started
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_same_results_locally_and_on_ray(tmp_path, ray_address):
+    src = tmp_path / "season"
+    src.mkdir()
+    for name in ("20240501_053000.flac", "SITE_20240501_060000.flac", "a.flac", "b.flac"):
+        shutil.copy(RECORDING, src / name)
+    (src / "broken.wav").write_text("not audio\n")
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    common = ["analyze", src, "--model", TINY, "--workers", 2, "--no-progress", "--tz", "Europe/Berlin"]
+    r = birdlive(*common, "--out", local)
+    assert r.returncode == 1, r.stderr
+    r = birdlive(*common, "--out", on_ray, "--ray", ray_address)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("5 files, 1 failed")
+    for name in ("detections.csv", "errors.csv", *(f"results/{f.name}.csv" for f in src.glob("*.flac"))):
+        assert (on_ray / name).read_text() == (local / name).read_text(), name
+    assert len((local / "detections.csv").read_text().splitlines()) > 1
+    rows = manifest_rows(on_ray)
+    assert {k: r["status"] for k, r in rows.items()} == {k: r["status"] for k, r in manifest_rows(local).items()}
+    assert len({r["worker"] for r in rows.values()}) == 2          # both Ray workers took part
+
+
+def test_a_ray_worker_killed_mid_run_still_gives_every_file_once(tmp_path, ray_address):
+    src = tmp_path / "in"
+    src.mkdir()
+    files = [long_recording(src / f"rec{i}.flac", repeats=6) for i in range(6)]     # 4 min each
+    out = tmp_path / "out"
+    cmd = [*BIRDLIVE, "analyze", str(src), "--out", str(out), "--model", str(TINY), "--ray", ray_address,
+           "--workers", "2", "--no-progress"]
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        rows = wait_for(lambda: (m := manifest_rows(out)) and any(r["status"] == "done" for r in m.values()) and m,
+                        what="a first finished file")
+        first_workers = {r["worker"] for r in rows.values() if r["worker"]}
+        assert sum(r["status"] != "done" for r in rows.values()) >= 3
+        victim = next(r["worker"] for r in rows.values() if r["status"] == "running")
+        os.kill(int(victim.rsplit(":", 1)[1]), signal.SIGKILL)      # the actor's process, mid-batch
+        _, stderr = driver.communicate(timeout=300)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, stderr
+    after = manifest_rows(out)
+    assert all(r["status"] == "done" for r in after.values())
+    assert {r["worker"] for r in after.values()} - first_workers      # Ray restarted the worker and it went on
+    assert_each_file_once(out, files)
