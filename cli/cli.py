@@ -196,16 +196,11 @@ def devices():
 
 def _register_commands() -> None:
     """Commands that live in their own modules (each imports only typer at module level)."""
-    import importlib
-    for module, names in (("train_commands", ("train", "evaluate", "calibrate", "augment_demo")),
-                          ("analyze_command", ("analyze",)), ("summary_command", ("summary",))):
-        try:  # TODO(lead): drop this guard once every module exists
-            mod = importlib.import_module(f"birdlive.{module}")
-        except ImportError:
-            continue
-        for name in names:
-            if hasattr(mod, name):
-                app.command(name.replace("_", "-"))(getattr(mod, name))
+    from . import analyze_command, summary_command, train_commands
+    app.command("analyze")(analyze_command.analyze)
+    app.command("summary")(summary_command.summary)
+    for name in ("train", "evaluate", "calibrate", "augment_demo"):
+        app.command(name.replace("_", "-"))(getattr(train_commands, name))
 
 
 _register_commands()
