@@ -1,17 +1,17 @@
-"""Held-out evaluation of a trained birdlive model (the default model), side by side with BirdNET V2.4.
+"""Test-split evaluation of a trained birdlive model (the default model), side by side with BirdNET V2.4.
 
     python benchmarks/evaluate_default.py --model runs/default/best --run runs/default [--birdnet] \
-        [--minutes 10] --out benchmarks/results/default.json
+        [--split runs/default/split.json] [--minutes 10] --out benchmarks/results/default.json
 
-Everything runs on data the training never saw: the validation groups of the run's saved `split.json`
-(held-out essential-set recording runs, held-out xeno-canto recordings). The data, species filter and split are
-rebuilt exactly as `train/loop.py` does from the run's `train.json`, and the model's labels must match.
+Everything runs on the TEST groups of the run's saved `split.json` (test essential-set recording runs, test
+xeno-canto recordings): data never used for training, for checkpoint choice or for thresholds, which use the
+validation groups. A split without a test list (two-way, from before) is refused. The data, species filter and
+split are rebuilt exactly as `train/loop.py` does from the run's `train.json`, and the model's labels must match.
 
-1. Composed held-out windows: `Composer` over the held-out snippet runs only, the run's `ComposerConfig`, no
-   augmentation, coloured-noise bed (the validation recipe of `train/loop.py`), seeded with `--seed` (training
-   validation used seed 0, so these are fresh draws from the same held-out runs). `clip_metrics`: macro mAP,
-   per-species AP (scikit-learn), top-1 on single-species windows.
-2. Event F1 (onset tolerance 0.5 s, `event_metrics`) on `--minutes` composed 60 s soundscapes from the held-out
+1. Composed test windows: `Composer` over the test snippet runs only, the run's `ComposerConfig`, no
+   augmentation, coloured-noise bed (the validation recipe of `train/loop.py`), seeded with `--seed`.
+   `clip_metrics`: macro mAP, per-species AP (scikit-learn), top-1 on single-species windows.
+2. Event F1 (onset tolerance 0.5 s, `event_metrics`) on `--minutes` composed 60 s soundscapes from the test
    runs (2-4 species, 3-6 note sequences each), detected with `detect_offline` at the checkpoint's thresholds.
    Two references: every note, and "bouts" (a species' notes merged when the gap is <= the smoother's merge
    gap, which is what one detector event stands for).
@@ -21,12 +21,14 @@ rebuilt exactly as `train/loop.py` does from the run's `train.json`, and the mod
    (benchmarks/species_map.py); replay real-time factor of both on one FLAC (48 kHz, the soundscapes end to
    end): ours through the `birdlive replay` path (FileSource -> runner -> shared scorer), BirdNET as its
    `recordings` mode reports it.
-5. Held-out xc-puerto-rico recordings, whole: window-level AP (5 s windows, hop 5 s; every window carries its
+5. Test xc-puerto-rico recordings, whole: window-level AP (5 s windows, hop 5 s; every window carries its
    recording's labels), recording-level AP and top-1 (max over windows), and `detect_offline` events per
    recording (right species, secondary species, wrong species); BirdNET's detections (min confidence 0.25,
    consecutive 3 s detections of one species merged into one event) counted the same way.
    Secondary (`also`) species are masked: neither positive nor negative in AP, not wrong as events.
-6. Events on the real background files of the noise folder (blanket/ and audiomentations/background_noises/).
+6. Events on the real background files of the noise folder (blanket/ and audiomentations/background_noises/),
+   apart: those held out of training (`--holdout`, default the run's `holdout` file: never heard in training)
+   and those that were training backgrounds.
 
 Writes JSON (`--out`) and the same tables as markdown (`--md`, default: beside the JSON). Audio is only ever
 written to a temporary folder that is deleted at the end.
@@ -68,7 +70,7 @@ from birdlive.streamer import default_params, file_specs, make_runner
 from birdlive.train.augment import AugmentConfig, NoiseBank
 from birdlive.train.cache import AudioCache
 from birdlive.train.composer import Composer, SnippetPool
-from birdlive.train.datasets import AUDIO_EXTENSIONS, Split, load_dataset, merge, select_species
+from birdlive.train.datasets import AUDIO_EXTENSIONS, Holdout, Split, is_excluded, load_dataset, merge, select_species
 from birdlive.train.evaluate import RefEvent, clip_metrics, detect_events, event_metrics, noise_false_positives
 from birdlive.train.loop import TrainConfig
 from birdlive.train.threads import cpu_threads
@@ -135,19 +137,22 @@ def resolve(p: str) -> str:
     return str(q if q.exists() or q.is_absolute() else REPO / q)
 
 
-def rebuild_data(cfg: TrainConfig, split: Split):
-    """The recordings, labels and names exactly as `train/loop.py` builds them, plus the held-out parts."""
+def rebuild_data(cfg: TrainConfig, split: Split, holdout: Holdout):
+    """The recordings, labels and names exactly as `train/loop.py` builds them, plus the test parts."""
     rec_sets = [load_dataset(resolve(d)) for d in cfg.data]
     snip_sets = [load_dataset(resolve(d)) for d in cfg.snippets]
     recs, labels, names = merge(rec_sets + snip_sets)
     if cfg.species:
         recs, labels, names = select_species(recs, labels, names, cfg.species)
     snippet_paths = {r.path for d in snip_sets for r in d.recordings}
-    val = split.select(recs, "val")
-    train_groups = set(split.train)
-    assert not any(r.group in train_groups for r in val), "split: a validation group is also a training group"
-    va_long = [r for r in val if r.path not in snippet_paths]
-    va_snip = [r for r in val if r.path in snippet_paths]
+    if not split.test:
+        raise SystemExit("the split has no test list (a two-way split from before): the figures need one")
+    test = split.select(recs, "test")
+    seen = set(split.train) | set(split.val)
+    assert not any(r.group in seen for r in test), "split: a test group is also a training or validation group"
+    assert not any(is_excluded(r.path, holdout.exclude) for r in test), "split: an excluded file is in the test"
+    te_long = [r for r in test if r.path not in snippet_paths]
+    te_snip = [r for r in test if r.path in snippet_paths]
     # raw `also` names (scientific) of the recordings datasets, for secondaries outside our label set
     also: dict[str, list[str]] = {}
     for d in cfg.data:
@@ -157,14 +162,14 @@ def rebuild_data(cfg: TrainConfig, split: Split):
                 if "filepath" in row:
                     also[str((Path(resolve(d)).resolve() / row["filepath"]))] = [
                         a.strip() for a in (row.get("also") or "").split(";") if a.strip()]
-    return labels, names, va_long, va_snip, also
+    return labels, names, te_long, te_snip, also
 
 
 # ------------------------------------------------------------------------------------------------ stages
 
-def eval_composed(model, cfg: TrainConfig, va_snip, cache, per_species: int, seed: int, batch: int):
+def eval_composed(model, cfg: TrainConfig, te_snip, cache, per_species: int, seed: int, batch: int):
     mc = model.cfg
-    pool = SnippetPool(va_snip, cache, cfg.composer.min_note_s)
+    pool = SnippetPool(te_snip, cache, cfg.composer.min_note_s)
     comp = Composer(pool, mc.labels, NoiseBank([], None), mc.sample_rate, mc.out_fps, mc.window_s, cfg.composer,
                     AugmentConfig.none())
     items = composed_items(comp, per_species * len(comp.species), seed)
@@ -175,9 +180,9 @@ def eval_composed(model, cfg: TrainConfig, va_snip, cache, per_species: int, see
     return items, scores, targets, masks, runs, comp.species
 
 
-def make_soundscapes(model, cfg: TrainConfig, va_snip, cache, minutes: float, seed: int):
+def make_soundscapes(model, cfg: TrainConfig, te_snip, cache, minutes: float, seed: int):
     mc = model.cfg
-    pool = SnippetPool(va_snip, cache, cfg.composer.min_note_s)
+    pool = SnippetPool(te_snip, cache, cfg.composer.min_note_s)
     ccfg = dataclasses.replace(cfg.composer, species=SOUNDSCAPE_SPECIES, sequences=SOUNDSCAPE_SEQUENCES)
     comp = Composer(pool, mc.labels, NoiseBank([], None), mc.sample_rate, mc.out_fps, SOUNDSCAPE_S, ccfg,
                     AugmentConfig.none())
@@ -317,11 +322,14 @@ def main(argv=None) -> int:
     ap.add_argument("--run", required=True, help="training run folder (train.json, split.json)")
     ap.add_argument("--birdnet", action="store_true", help="also run BirdNET V2.4 (.venv-peers) side by side")
     ap.add_argument("--minutes", type=float, default=10.0, help="minutes of composed soundscapes for event F1")
-    ap.add_argument("--per-species", type=int, default=8, help="composed windows per held-out species")
+    ap.add_argument("--split", default=None, help="the run's split.json with a test list (default: RUN/split.json)")
+    ap.add_argument("--holdout", default=None, help="hold-out JSON naming the noise files never trained on "
+                                                    "(default: the run's train.json `holdout`)")
+    ap.add_argument("--per-species", type=int, default=8, help="composed windows per test species")
     ap.add_argument("--noise-minutes", type=float, default=2.0, help="minutes of each noise colour")
-    ap.add_argument("--max-species", type=int, default=None, help="development: only the first N held-out "
+    ap.add_argument("--max-species", type=int, default=None, help="development: only the first N test "
                                                                     "snippet species")
-    ap.add_argument("--max-xc", type=int, default=None, help="development: only the first N held-out recordings")
+    ap.add_argument("--max-xc", type=int, default=None, help="development: only the first N test recordings")
     ap.add_argument("--max-noise-files", type=int, default=None, help="development: only the first N noise files")
     ap.add_argument("--seed", type=int, default=1, help="seed of the composed windows and soundscapes "
                                                         "(training validation used the run's seed, 0)")
@@ -348,17 +356,20 @@ def main(argv=None) -> int:
     load_start = os.getloadavg()[0]
     mc = model.cfg
     run = Path(a.run)
-    cfg = TrainConfig.from_dict(json.loads((run / "train.json").read_text()))
-    split = Split.load(run / "split.json")
+    train_json = json.loads((run / "train.json").read_text())
+    cfg = TrainConfig.from_dict(train_json)
+    split = Split.load(a.split or run / "split.json")
+    holdout_file = a.holdout or train_json.get("holdout")
+    holdout = Holdout.load(resolve(holdout_file) if holdout_file else None)
     t0 = time.perf_counter()
-    labels, names, va_long, va_snip, also_raw = rebuild_data(cfg, split)
+    labels, names, te_long, te_snip, also_raw = rebuild_data(cfg, split, holdout)
     if labels != mc.labels:
         raise SystemExit(f"the model's {len(mc.labels)} labels are not the run's {len(labels)}: wrong --run?")
     if a.max_species:
-        keep = sorted({r.primary for r in va_snip})[: a.max_species]
-        va_snip = [r for r in va_snip if r.primary in keep]
+        keep = sorted({r.primary for r in te_snip})[: a.max_species]
+        te_snip = [r for r in te_snip if r.primary in keep]
     if a.max_xc:
-        va_long = va_long[: a.max_xc]
+        te_long = te_long[: a.max_xc]
     cache = AudioCache(cfg.cache_dir, mc.sample_rate)
     lap("data", t0)
     params = default_params(model.cfg)
@@ -373,8 +384,9 @@ def main(argv=None) -> int:
         "min_duration_s": params.min_duration_s, "merge_gap_s": params.merge_gap_s,
         "max_event_s": params.max_event_s, "hop_s": 1.0, "window_s": mc.window_s, "out_fps": mc.out_fps,
         "sample_rate": mc.sample_rate, "seed": a.seed, "split_seed": split.seed,
-        "per_species": a.per_species, "heldout_snippet_runs": len({r.group for r in va_snip}),
-        "heldout_snippet_species": len({r.primary for r in va_snip}), "heldout_recordings": len(va_long),
+        "per_species": a.per_species, "test_snippet_runs": len({r.group for r in te_snip}),
+        "test_snippet_species": len({r.primary for r in te_snip}), "test_recordings": len(te_long),
+        "split": str(a.split or run / "split.json"), "holdout": holdout_file,
         "torch_threads": a.threads or max(1, (os.cpu_count() or 1) - 1), "cpu_count": os.cpu_count(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]) if argv is None else " ".join(argv),
@@ -387,9 +399,9 @@ def main(argv=None) -> int:
 
     try:
         with cpu_threads(a.threads):
-            # 1 ---------------------------------------------------------------- composed held-out windows
+            # 1 ---------------------------------------------------------------- composed test windows
             t0 = time.perf_counter()
-            items, c_scores, c_tg, c_mk, c_runs, c_species = eval_composed(model, cfg, va_snip, cache,
+            items, c_scores, c_tg, c_mk, c_runs, c_species = eval_composed(model, cfg, te_snip, cache,
                                                                            a.per_species, a.seed, a.batch)
             comp = clip_metrics(c_scores, c_tg, c_mk, mc.labels, mc.threshold_on, mc.names)
             comp.pop("worst", None)
@@ -399,7 +411,7 @@ def main(argv=None) -> int:
 
             # 2 ---------------------------------------------------------------- soundscapes, event F1
             t0 = time.perf_counter()
-            waves, refs, ccfg = make_soundscapes(model, cfg, va_snip, cache, a.minutes, a.seed)
+            waves, refs, ccfg = make_soundscapes(model, cfg, te_snip, cache, a.minutes, a.seed)
             est = []
             t_det = time.perf_counter()
             for key, w in waves.items():
@@ -428,22 +440,31 @@ def main(argv=None) -> int:
             # 6 ---------------------------------------------------------------- real background noise files
             t0 = time.perf_counter()
             noise_root = Path(resolve(cfg.noise_dir or "../shared/data/noise"))
+            held = holdout.heldout_noise(noise_root)          # never training backgrounds
+            held_set = {p.resolve() for p in held}
+            trained = [p for p in background_files(noise_root) if p.resolve() not in held_set]
             bg = {}
-            for p in background_files(noise_root)[: a.max_noise_files]:
+            for p in held[: a.max_noise_files] + trained[: a.max_noise_files]:
                 x = cache.load(p)
                 evs = detect_events(model, x, source=str(p))
                 bg[p.relative_to(noise_root).as_posix()] = {
                     "seconds": round(len(x) / mc.sample_rate, 1), "events": len(evs),
-                    "species": dict(Counter(e.name for e in evs))}
+                    "species": dict(Counter(e.name for e in evs)), "heldout": p.resolve() in held_set}
+
+            def noise_total(heldout: bool) -> dict:
+                vs = [v for v in bg.values() if v["heldout"] == heldout]
+                return {"files": len(vs), "events": sum(v["events"] for v in vs),
+                        "seconds": round(sum(v["seconds"] for v in vs), 1)}
             result["background_noise"] = {"files": bg, "total": sum(v["events"] for v in bg.values()),
                                           "seconds": round(sum(v["seconds"] for v in bg.values()), 1),
+                                          "heldout": noise_total(True), "training": noise_total(False),
                                           "used_in_training_as_background": bool(cfg.noise_dir)}
             lap("background noise files", t0)
 
             # 5 ---------------------------------------------------------------- xc field recordings
             t0 = time.perf_counter()
             index = {lab: i for i, lab in enumerate(mc.labels)}
-            rec_items = recording_items(va_long, mc.labels, cache, mc.window_s, mc.window_s, None)
+            rec_items = recording_items(te_long, mc.labels, cache, mc.window_s, mc.window_s, None)
             win_items = [EvalItem(f"{it.name}#{j}", w[None], it.target, it.mask)
                          for it in rec_items for j, w in enumerate(it.windows)]
             owner = np.array([k for k, it in enumerate(rec_items) for _ in it.windows])
@@ -455,9 +476,9 @@ def main(argv=None) -> int:
             r_mk = np.stack([it.mask for it in rec_items])
             xc_win = clip_metrics(w_scores, w_tg, w_mk, mc.labels, mc.threshold_on, mc.names)
             xc_rec = clip_metrics(r_scores, r_tg, r_mk, mc.labels, mc.threshold_on, mc.names)
-            prim = np.array([index[r.primary] for r in va_long])
+            prim = np.array([index[r.primary] for r in te_long])
             recs_out = []
-            for k, r in enumerate(va_long):
+            for k, r in enumerate(te_long):
                 also_names = also_raw.get(str(Path(r.path).resolve()), [])
                 sec = set(r.secondary) | {lab for lab in mc.labels if norm(lab) in {norm(x) for x in also_names}}
                 wave = cache.load(r.path)
@@ -474,7 +495,7 @@ def main(argv=None) -> int:
                                                   and e.species not in sec)),
                 })
             xc = {
-                "n_recordings": len(va_long), "audio_s": round(sum(x["seconds"] for x in recs_out), 1),
+                "n_recordings": len(te_long), "audio_s": round(sum(x["seconds"] for x in recs_out), 1),
                 "n_windows": len(win_items),
                 "window_level": _slim(xc_win), "recording_level": _slim(xc_rec),
                 "recording_top1": float((r_scores.argmax(1) == prim).mean()) if len(prim) else None,
@@ -516,7 +537,7 @@ def main(argv=None) -> int:
             xi = [files.index(f"b_xc/{i:06d}.wav") for i in range(len(win_items))]
             lap("BirdNET windows", t0)
             t0 = time.perf_counter()
-            xc_paths = [Path(r.path) for r in va_long]
+            xc_paths = [Path(r.path) for r in te_long]
             det_rows, per_file = run_birdnet_recordings(bn_py, xc_paths + [replay_flac],
                                                         tmp / "bn" / "detections.csv", a.rtf_threads)
             lap("BirdNET recordings", t0)
@@ -538,20 +559,20 @@ def main(argv=None) -> int:
             bn["composed"] = {"birdnet": _slim(bc), "ours": _slim(oc)}
             # xc: windows, recordings (common species; recordings whose primary BirdNET knows)
             bw = bn_scores[xi]
-            xcr = [k for k, r in enumerate(va_long) if r.primary in set(common_l)]
+            xcr = [k for k, r in enumerate(te_long) if r.primary in set(common_l)]
             wr = [j for j in range(len(win_items)) if owner[j] in set(xcr)]
             br = np.stack([bw[owner == k].max(0) for k in range(len(rec_items))])
             bn_xw, our_xw = sub(bw, w_tg, w_mk, wr), sub(w_scores, w_tg, w_mk, wr)
             bn_xr, our_xr = sub(br, r_tg, r_mk, xcr), sub(r_scores, r_tg, r_mk, xcr)
             cpos = {lab: j for j, lab in enumerate(common_l)}
-            cprim = np.array([cpos[va_long[k].primary] for k in xcr])
+            cprim = np.array([cpos[te_long[k].primary] for k in xcr])
             top_bn = float((np.nan_to_num(br[np.ix_(xcr, common)], nan=-1).argmax(1) == cprim).mean()) if xcr else None
             top_ours_c = float((r_scores[np.ix_(xcr, common)].argmax(1) == cprim).mean()) if xcr else None
             # BirdNET detections at its default confidence, merged into events
             to_ours = {v: k for k, v in zip(mc.labels, bn_meta["birdnet_label"]) if v}
             evs_bn = merge_detections(det_rows)
             bn_recs = []
-            for k, r in enumerate(va_long):
+            for k, r in enumerate(te_long):
                 also_names = {norm(x) for x in also_raw.get(str(Path(r.path).resolve()), [])}
                 sec = set(recs_out[k]["secondary"])
                 mine = [e for e in evs_bn if Path(e["file"]).resolve() == Path(r.path).resolve()]
@@ -627,7 +648,7 @@ def main(argv=None) -> int:
     timing["total"] = round(time.perf_counter() - t_start, 1)
     settings["load_average_1min"] = {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)}
     result["timing_s"] = timing
-    tables = build_tables(result, mc, c_runs, va_long)
+    tables = build_tables(result, mc, c_runs, te_long)
     for t in tables:
         console.print(t.rich())
         console.print()
@@ -651,7 +672,7 @@ def _slim(m: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------------ tables
 
-def build_tables(res: dict, mc, c_runs: dict, va_long) -> list[Tab]:
+def build_tables(res: dict, mc, c_runs: dict, te_long) -> list[Tab]:
     s, comp, bn = res["settings"], res["composed_windows"], res.get("birdnet")
     name = {lab: (nm or lab) for lab, nm in zip(mc.labels, mc.names)}
     tabs = []
@@ -659,17 +680,18 @@ def build_tables(res: dict, mc, c_runs: dict, va_long) -> list[Tab]:
     t = Tab("Model and detector settings", ["setting", "value"])
     for k in ("model", "weights_sha1", "epoch", "step", "validation_map_at_save", "labels", "backbone", "threshold_on",
               "threshold_off", "median_s", "min_duration_s", "merge_gap_s", "max_event_s", "hop_s", "window_s",
-              "seed", "heldout_snippet_species", "heldout_snippet_runs", "heldout_recordings", "torch_threads"):
+              "seed", "split", "test_snippet_species", "test_snippet_runs", "test_recordings", "holdout",
+              "torch_threads"):
         t.add(k, s.get(k))
     tabs.append(t)
 
     # 1 + 4: composed windows
-    t = Tab("Composed held-out windows (essential-set runs never trained on)",
+    t = Tab("Composed test windows (essential-set runs of the test split)",
             ["model", "species set", "windows", "species", "macro mAP", "top-1 (single-species)", "F1@thr micro",
              "best F1 (at thr)"],
-            note=f"{comp['n_items']} composed 5 s windows ({s['per_species']} per held-out species, seed {s['seed']}), "
+            note=f"{comp['n_items']} composed 5 s windows ({s['per_species']} per test species, seed {s['seed']}), "
                  f"1-3 species each, coloured-noise bed; top-1 over {comp['n_single']} single-species windows. "
-                 "The checkpoint was picked by validation mAP on other draws (seed 0) from the same held-out runs.")
+                 "Test runs were used neither for training nor for checkpoint choice or thresholds.")
     t.add("birdlive", f"all {mc.num_classes}", comp["n_items"], comp["n_species_evaluated"], comp["macro_map"],
           comp["top1"], comp["f1_micro"], _best(comp))
     if bn:
@@ -681,8 +703,8 @@ def build_tables(res: dict, mc, c_runs: dict, va_long) -> list[Tab]:
     tabs.append(t)
 
     bn_ap = {sp["label"]: sp["ap"] for sp in bn["composed"]["birdnet"]["species"]} if bn else {}
-    t = Tab("Per-species AP, composed held-out windows (worst first)",
-            ["species", "held-out runs", "windows+", "AP", "top-1", "confused with"] + (["BirdNET AP"] if bn else []))
+    t = Tab("Per-species AP, composed test windows (worst first)",
+            ["species", "test runs", "windows+", "AP", "top-1", "confused with"] + (["BirdNET AP"] if bn else []))
     for sp in sorted(comp["species"], key=lambda sp: (sp["ap"] if sp["ap"] is not None else 2, sp["label"])):
         row = [sp["name"] or sp["label"], c_runs.get(sp["label"], "-"), sp["n_pos"], sp["ap"], sp["top1"], ", ".join(f"{name.get(lab, lab)} ×{c}" for lab, c in sp["confused_with"])]
         if bn:
@@ -692,7 +714,7 @@ def build_tables(res: dict, mc, c_runs: dict, va_long) -> list[Tab]:
 
     # 2: soundscapes
     sc = res["soundscapes"]
-    t = Tab(f"Event F1 on composed held-out soundscapes ({sc['n']} × {sc['seconds_each']:g} s, onset ±0.5 s)",
+    t = Tab(f"Event F1 on composed test soundscapes ({sc['n']} × {sc['seconds_each']:g} s, onset ±0.5 s)",
             ["reference", "ref events", "detected", "TP", "precision", "recall", "F1 (micro)", "F1 (macro)"],
             note=f"{sc['species_present']} species; notes = every snippet; bouts = a species' notes merged when "
                  f"the gap ≤ {s['merge_gap_s']:g} s (the smoother's merge gap: one detector event). Highest raw "
@@ -708,14 +730,19 @@ def build_tables(res: dict, mc, c_runs: dict, va_long) -> list[Tab]:
     # 3 + 6: noise
     cn, bg = res["coloured_noise"], res["background_noise"]
     t = Tab("Events on noise at the default thresholds (goal 0)", ["noise", "seconds", "events", "species"],
-            note=f"Coloured noise at {cn['dbfs']:g} dBFS; real files at their recorded level. The real files "
-                 f"{'were' if bg['used_in_training_as_background'] else 'were not'} used as training backgrounds.")
+            note=f"Coloured noise at {cn['dbfs']:g} dBFS; real files at their recorded level. 'never trained on': "
+                 "held out of training backgrounds (the run's hold-out list); the other real files "
+                 f"{'were' if bg['used_in_training_as_background'] else 'were not'} training backgrounds.")
     for c, n in cn["events"].items():
         t.add(f"{c} noise", round(cn["minutes_each"] * 60), n, _species(cn.get("species", {}).get(c, {})))
     for f, v in bg["files"].items():
-        t.add(f, f"{v['seconds']:.1f}", v["events"], _species(v["species"]))
+        t.add(f + (" (never trained on)" if v.get("heldout") else ""), f"{v['seconds']:.1f}", v["events"],
+              _species(v["species"]))
     t.add("total coloured", round(cn["minutes_each"] * 60 * len(cn["events"])), cn["total"], "")
-    t.add("total real files", f"{bg['seconds']:.1f}", bg["total"], "")
+    for key, label in (("heldout", "total real files never trained on"),
+                       ("training", "total real training backgrounds")):
+        if key in bg:
+            t.add(f"{label} ({bg[key]['files']})", f"{bg[key]['seconds']:.1f}", bg[key]["events"], "")
     tabs.append(t)
 
     # 5: xc
@@ -723,14 +750,14 @@ def build_tables(res: dict, mc, c_runs: dict, va_long) -> list[Tab]:
     cols = ["model", "species set", "recordings", "window mAP", "recording mAP", "recording top-1",
             "recs with right event", "right events", "secondary events", "wrong events"]
     unknown = ", ".join(name.get(x, x) for x in bn["windows_meta"]["unknown_labels"]) if bn else ""
-    t = Tab("Held-out xeno-canto Puerto Rico recordings (whole recordings)", cols,
+    t = Tab("Test xeno-canto Puerto Rico recordings (whole recordings)", cols,
             note="Secondary (`also`) species: masked in AP (neither positive nor negative), their events counted "
                  "apart, not as wrong. Top-1: the species with the highest max-over-windows score within the "
                  "species set is the primary. Events: ours from detect_offline at the default thresholds; "
                  f"BirdNET's 3 s detections ≥ {BIRDNET_MIN_CONF} (no location filter), consecutive ones of a species "
                  "merged into one event; for BirdNET 'wrong' = wrong species in our label set + species outside it."
                  + (f" 'common' = the {len(bn['common_labels'])} species both models know (BirdNET V2.4 lacks "
-                    f"{unknown}), and the held-out recordings of those species." if bn else ""))
+                    f"{unknown}), and the test recordings of those species." if bn else ""))
     t.add("birdlive", f"all {mc.num_classes}", xc["n_recordings"], xc["window_level"]["macro_map"],
           xc["recording_level"]["macro_map"], xc["recording_top1"],
           f"{xc['recordings_with_right_event']}/{xc['n_recordings']}", xc["events_right"], xc["events_secondary"],
@@ -759,7 +786,7 @@ def build_tables(res: dict, mc, c_runs: dict, va_long) -> list[Tab]:
     cols = ["recording", "species", "s", "windows", "window AP", "top-1", "right/sec/wrong events"]
     if bn:
         cols += ["BirdNET window AP", "BirdNET top-1 (all classes)", "BirdNET right/sec/wrong events"]
-    t = Tab("Held-out xc recordings, one row each", cols)
+    t = Tab("Test xc recordings, one row each", cols)
     for x in xc["recordings"]:
         row = [Path(x["file"]).stem, name.get(x["species"], x["species"]), f"{x['seconds']:.1f}", x["windows"],
                ap_w.get(x["species"]),
@@ -796,7 +823,7 @@ def build_tables(res: dict, mc, c_runs: dict, va_long) -> list[Tab]:
               sp["birdnet_windows"]["threads"], f"{b['rtf']:.1f}×")
     if sp.get("birdnet_recordings_xc", {}).get("rtf"):
         b = sp["birdnet_recordings_xc"]
-        t.add("BirdNET V2.4", "recordings mode on the held-out xc files (MP3)", f"{b['audio_s']:.0f}",
+        t.add("BirdNET V2.4", "recordings mode on the test xc files", f"{b['audio_s']:.0f}",
               sp["birdnet_windows"]["threads"], f"{b['rtf']:.1f}×")
     if sp.get("birdnet_windows"):
         b = sp["birdnet_windows"]
@@ -834,15 +861,21 @@ def caveats(res: dict) -> list[str]:
     s, xc, bn = res["settings"], res["xc"], res.get("birdnet")
     per = Counter(r["species"] for r in xc["recordings"])
     c = [
-        f"Held-out data is small: {xc['n_recordings']} xc recordings ({xc['audio_s'] / 60:.1f} min; "
+        f"Test data is small: {xc['n_recordings']} xc recordings ({xc['audio_s'] / 60:.1f} min; "
         f"{Counter(per.values())[1]} species with 1 recording, {Counter(per.values())[2]} with 2), so a species' "
-        f"xc AP rests on one or two recordings; {s['heldout_snippet_runs']} essential-set runs of "
-        f"{s['heldout_snippet_species']} species, many species with a single held-out run (all of its composed "
+        f"xc AP rests on one or two recordings; {s['test_snippet_runs']} essential-set runs of "
+        f"{s['test_snippet_species']} species, many species with a single test run (all of its composed "
         "windows then come from one source recording).",
-        "The checkpoint was chosen by validation mAP on these same held-out groups (other composed draws, and "
-        "the xc recordings themselves), so the figures lean optimistic.",
-        "The real noise files were training backgrounds (never labelled as birds), so they are not held-out audio.",
+        "The test groups were used neither for training nor for checkpoint choice or thresholds (validation "
+        "groups); species with fewer than three recordings or runs have none and are not in these figures.",
     ]
+    bg = res.get("background_noise", {})
+    if bg.get("heldout", {}).get("files"):
+        c.append(f"{bg['heldout']['files']} real noise files ({bg['heldout']['seconds']:.0f} s) were held out of "
+                 "training; the others were training backgrounds (never labelled as birds), not unseen audio.")
+    else:
+        c.append("The real noise files were training backgrounds (never labelled as birds), so they are not "
+                 "unseen audio.")
     if bn:
         c.append(f"BirdNET V2.4: bundled model, sensitivity 1.0, location/date filter off (all 6,522 classes "
                  f"scored); it lacks {len(bn['windows_meta']['unknown_labels'])} of our species "
@@ -857,7 +890,7 @@ def caveats(res: dict) -> list[str]:
 
 def render_md(res: dict, tables: list[Tab]) -> str:
     s = res["settings"]
-    head = [f"## Held-out evaluation of `{s['model']}`", "",
+    head = [f"## Test-split evaluation of `{s['model']}`", "",
             f"Generated {s['date']} by `{s['command']}` (run `{s['run']}`, epoch {s['epoch']}, weights sha1 "
             f"{s['weights_sha1']}; split seed {s['split_seed']}, evaluation seed {s['seed']}; {s['cpu_count']} CPU "
             "cores).", "", "Caveats:", ""] + [f"- {x}" for x in caveats(res)] + [""]

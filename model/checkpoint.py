@@ -1,4 +1,10 @@
-"""Checkpoints: `STEM.safetensors` (weights; loading runs no pickle code) + `STEM.json` (a `ModelConfig`)."""
+"""Checkpoints: `STEM.safetensors` (weights; loading runs no pickle code) + `STEM.json` (a `ModelConfig`).
+
+Weights may be stored in float16 (`save_checkpoint(..., dtype=torch.float16)`: half the size, for committed
+checkpoints) and are always loaded into the float32 network. Tensors under `KEEP_FULL_BELOW` elements stay float32:
+they weigh nothing (6 % of the default model's values) and carry most of the rounding error — on 27 windows of real
+recordings, rounding every tensor moved a framewise score by up to 2.8e-3, keeping these by at most 2.2e-4.
+"""
 from __future__ import annotations
 
 import json
@@ -15,6 +21,7 @@ from .frontend import FROZEN_PREFIXES
 from .sed import BirdSED
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "default"
+KEEP_FULL_BELOW = 4096     # elements: norms, biases, the stem and the small depthwise kernels keep their precision
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -40,17 +47,25 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
 
 
-def save_checkpoint(model: BirdSED, path: str | Path) -> Path:
+def save_checkpoint(model: BirdSED, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Writes STEM.safetensors + STEM.json. `dtype` (e.g. torch.float16) stores the floating-point tensors of at
+    least `KEEP_FULL_BELOW` elements in that type; the others, and integer tensors, stay as they are. Returns STEM."""
     weights, config = checkpoint_paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-             if not k.startswith(FROZEN_PREFIXES)}
+    state = {k: _stored(v, dtype) for k, v in model.state_dict().items() if not k.startswith(FROZEN_PREFIXES)}
     # Write to temporary names and rename, so an interrupted save never leaves a half checkpoint behind.
     tmp_w = weights.with_suffix(".safetensors.tmp")
     save_file(state, str(tmp_w))
     tmp_w.replace(weights)
     save_config(model.cfg, path)
     return weights.with_suffix("")
+
+
+def _stored(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    t = t.detach().cpu()
+    if dtype is not None and t.is_floating_point() and t.numel() >= KEEP_FULL_BELOW:
+        t = t.to(dtype)
+    return t.contiguous()
 
 
 def save_config(cfg: ModelConfig, path: str | Path) -> Path:
@@ -90,13 +105,17 @@ def load_checkpoint(path: str | Path = DEFAULT_CHECKPOINT, device: str | torch.d
         model = BirdSED(cfg)
     except Exception as e:  # timm raises RuntimeError/KeyError for unknown names
         raise CheckpointError(f"cannot build backbone {cfg.backbone!r}: {e}") from None
+    # fixed DSP tensors and backbone blocks the network no longer runs (`drop_unused_blocks`): older checkpoints
+    # stored them, and they change no output
+    ignored = FROZEN_PREFIXES + model.dropped_prefixes
+    state = {k: v for k, v in state.items() if not k.startswith(ignored)}
     expected = {k for k in model.state_dict() if not k.startswith(FROZEN_PREFIXES)}
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
         raise CheckpointError(
             f"{weights} does not match its config ({len(missing)} missing, {len(unexpected)} unexpected tensors)")
     try:
-        model.load_state_dict(state, strict=False)
+        model.load_state_dict(state, strict=False)       # copies into the float32 parameters (fp16 → fp32)
     except RuntimeError as e:
         raise CheckpointError(f"{weights}: tensor shapes do not match the config: {str(e).splitlines()[0]}") from None
     return model.to(device).eval()

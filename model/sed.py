@@ -9,17 +9,42 @@ Shape of the data through `BirdSED.forward` (B clips, K species):
           clipwise = Σ_t softmax_t(att) · sigmoid(framewise_logit)   (PANNs decision-level attention)
 
 The backbone is any timm model that supports `features_only`; it is always built with `pretrained=False` —
-weights come only from the project's own checkpoints.
+weights come only from the project's own checkpoints (and, when training starts, optionally from ImageNet weights
+converted by `birdlive.model.pretrained`). Blocks after the stage we read are removed (`drop_unused_blocks`).
 """
 from __future__ import annotations
+
+import re
 
 import timm
 import torch
 import torch.nn.functional as F
+from timm.models.efficientnet import EfficientNetFeatures
+from timm.models.mobilenetv3 import MobileNetV3Features
 from torch import nn
 
 from .config import ModelConfig
 from .frontend import LogMelFrontend
+
+BLOCK_NAME = re.compile(r"^blocks\.(\d+)$")
+
+
+def drop_unused_blocks(backbone: nn.Module) -> tuple[str, ...]:
+    """Remove the blocks after the feature stage that is read; returns the state-dict prefixes they had.
+
+    timm's EfficientNet and MobileNetV3 feature extractors run every block even when the last stage asked for is
+    an earlier one (timm 1.0 `EfficientNetFeatures.forward`): at `feature_index=3` (stride 16) the two stride-32
+    stages cost 10-20 % of the time and hold two thirds of the backbone's weights, and change no output. Other
+    backbones (timm's `FeatureListNet`: ResNets) already stop at the last stage asked for."""
+    if not isinstance(backbone, (EfficientNetFeatures, MobileNetV3Features)):
+        return ()
+    m = BLOCK_NAME.match(backbone.feature_info.module_name()[-1])
+    if m is None:                                    # the stem itself is read: nothing after it is needed either,
+        return ()                                    # but no preset does that; keep the network whole
+    keep = int(m.group(1)) + 1
+    dropped = tuple(f"backbone.blocks.{i}." for i in range(keep, len(backbone.blocks)))
+    backbone.blocks = backbone.blocks[:keep]
+    return dropped
 
 
 class AttentionHead(nn.Module):
@@ -43,6 +68,8 @@ class BirdSED(nn.Module):
         self.frontend = LogMelFrontend(cfg)
         self.backbone = timm.create_model(
             cfg.backbone, pretrained=False, in_chans=1, features_only=True, out_indices=(cfg.feature_index,))
+        # Older checkpoints stored the dropped blocks' weights; `load_checkpoint` ignores these prefixes.
+        self.dropped_prefixes = drop_unused_blocks(self.backbone)
         channels = self.backbone.feature_info.channels()[-1]
         self.proj = nn.Linear(channels, cfg.hidden)
         self.gru = nn.GRU(cfg.hidden, cfg.hidden // 2, batch_first=True, bidirectional=True)

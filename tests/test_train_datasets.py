@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import numpy as np
@@ -9,8 +10,8 @@ import pytest
 import soundfile as sf
 
 from birdlive.train.cache import AudioCache, AudioError
-from birdlive.train.datasets import (DatasetError, Split, load_dataset, merge, parse_label_list,
-                                     split_groups)
+from birdlive.train.datasets import (DatasetError, Holdout, Recording, Split, load_dataset, merge,
+                                     parse_label_list, split_counts, split_groups, subset_sizes)
 
 
 def wav(path, seconds=0.2, sr=22050, channels=1, freq=1000.0):
@@ -119,6 +120,88 @@ def test_split_by_group_is_stratified_seeded_and_never_leaks(tmp_path):
     assert loaded.val == sp.val and loaded.train == sp.train and loaded.seed == 3
 
 
+def fake_recs(spec: dict[str, dict[str, int]]) -> list[Recording]:
+    """{species: {source: n groups}} → recordings, two files per group (crops of one recording run)."""
+    return [Recording(f"/{src}/{sp}/g{i}_{j}.wav", [sp], [], f"{src}:{sp}/g{i}")
+            for sp, by in spec.items() for src, n in by.items() for i in range(n) for j in range(2)]
+
+
+def test_subset_sizes_give_every_species_what_it_can():
+    assert subset_sizes(1, 0.15, 0.15) == (0, 0)                       # a lone group trains
+    assert subset_sizes(2, 0.15, 0.15) == (1, 0)                       # two: one validates, none tests
+    assert subset_sizes(3, 0.15, 0.15) == (1, 1)                       # three: one of each
+    assert subset_sizes(14, 0.15, 0.15) == (2, 2)
+    assert subset_sizes(10, 0.2, 0.0) == (2, 0)                        # the two-way split of before
+    n_val, n_test = subset_sizes(4, 0.9, 0.9)
+    assert n_val >= 1 and n_test >= 1 and n_val + n_test == 3          # training keeps one
+
+
+def test_three_way_split_is_stratified_by_species_and_source_and_never_leaks():
+    recs = fake_recs({"aa": {"xc": 3, "ess": 24}, "bb": {"ess": 2}, "cc": {"xc": 1}, "dd": {"xc": 1, "ess": 1},
+                      "ee": {"xc": 14}})
+    sp = split_groups(recs, 0.15, seed=1, test_fraction=0.15)
+    subsets = [set(sp.train), set(sp.val), set(sp.test)]
+    assert all(not (a & b) for i, a in enumerate(subsets) for b in subsets[i + 1:])
+    assert set().union(*subsets) == {r.group for r in recs}
+    c = split_counts(recs, sp)
+    assert c["aa"]["test"] == {"xc": 1, "ess": 4} and c["aa"]["val"] == {"xc": 1, "ess": 4}   # both sources
+    assert c["aa"]["train"] == {"xc": 1, "ess": 16}
+    assert c["bb"]["val"] == {"ess": 1} and c["bb"]["test"] == {}
+    assert c["cc"]["train"] == {"xc": 1} and not c["cc"]["val"]
+    assert sum(c["dd"]["val"].values()) == 1 and sum(c["dd"]["train"].values()) == 1   # one source each: moved
+    assert c["ee"]["val"] == {"xc": 2} and c["ee"]["test"] == {"xc": 2}
+    assert split_groups(recs, 0.15, seed=1, test_fraction=0.15).test == sp.test
+    assert split_groups(recs, 0.15, seed=2, test_fraction=0.15).test != sp.test
+
+
+def test_excluded_recordings_are_in_no_subset(tmp_path):
+    recs = fake_recs({"bull": {"xc": 5}})
+    recs.append(Recording("/data/xc/bull/XC737279.mp3", ["bull"], [], "xc:bull/XC737279.mp3"))
+    for exclude in (["XC737279"], ["recordings/XC737279.mp3"], ["xc737279.MP3"]):
+        sp = split_groups(recs, 0.2, seed=0, test_fraction=0.2, exclude=exclude)
+        assert sp.excluded == ["xc:bull/XC737279.mp3"]
+        assert all("XC737279" not in r.path for s in ("train", "val", "test") for r in sp.select(recs, s))
+        assert len(sp.train) + len(sp.val) + len(sp.test) == 5
+    # a snippet excludes its whole recording run: crops of one source recording
+    run = fake_recs({"wren": {"ess": 3}})
+    sp = split_groups(run, 0.2, seed=0, test_fraction=0.2, exclude=["g0_1"])
+    assert sp.excluded == ["ess:wren/g0"]
+
+
+def test_split_files_round_trip_and_two_way_files_still_load(tmp_path):
+    recs = fake_recs({"aa": {"xc": 6}})
+    sp = split_groups(recs, 0.2, seed=5, test_fraction=0.2, exclude=["g5_0"])
+    sp.save(tmp_path / "split.json")
+    back = Split.load(tmp_path / "split.json")
+    assert (back.train, back.val, back.test, back.excluded, back.test_fraction) == \
+        (sp.train, sp.val, sp.test, sp.excluded, 0.2)
+    old = {"seed": 0, "val_fraction": 0.2, "train": ["xc:aa/g0", "xc:aa/g1"], "val": ["xc:aa/g2"], "sources": []}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    two_way = Split.load(tmp_path / "old.json")
+    assert two_way.test == [] and two_way.excluded == [] and len(two_way.select(recs, "val")) == 2
+    assert two_way.select(recs, "test") == []
+    with pytest.raises(ValueError, match="subset"):
+        two_way.select(recs, "validation")
+
+
+def test_holdout_keeps_noise_out_of_training(tmp_path):
+    noise = tmp_path / "noise"
+    for name in ("blanket/rain.ogg", "blanket/storm.ogg", "bg/sheep.ogg"):
+        wav(noise / name)
+    (tmp_path / "h.json").write_text(json.dumps({"exclude": ["XC1"], "noise": ["blanket/storm.ogg", "bg/sheep.ogg"]}))
+    h = Holdout.load(tmp_path / "h.json")
+    files = sorted(str(p) for p in noise.rglob("*.ogg"))
+    assert [os.path.basename(f) for f in h.training_noise(files, noise)] == ["rain.ogg"]
+    assert [p.name for p in h.heldout_noise(noise)] == ["storm.ogg", "sheep.ogg"]
+    assert Holdout.load(None).noise == [] and Holdout.load(None).training_noise(files, noise) == files
+    (tmp_path / "bad.json").write_text(json.dumps({"noise": ["gone.ogg"]}))
+    with pytest.raises(DatasetError, match="gone.ogg"):
+        Holdout.load(tmp_path / "bad.json").heldout_noise(noise)
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(DatasetError, match="hold-out"):
+        Holdout.load(tmp_path / "broken.json")
+
+
 def test_cache_decodes_once_resamples_and_downmixes(tmp_path):
     src = wav(tmp_path / "a.wav", seconds=1.0, sr=44100, channels=2, freq=3000.0)
     cache = AudioCache(tmp_path / "cache", 32000)
@@ -173,3 +256,110 @@ def test_select_species_by_label_or_common_name_keeps_only_those_labels():
     assert [r.path for r in kept] == ["a.wav", "c.wav"]
     assert kept[0].secondary == ["vireo"] and kept[1].secondary == ["coereba"]
     assert select_species(recs, labels, names, ["nothing"])[1] == []
+
+
+# ------------------------------------------------------------------------------------------- species v2
+
+def xc_set(root, counts: dict[str, tuple[str, int]]):
+    """A xeno-canto layout: {label: (common name, n recordings)}."""
+    rows = ["filepath,label,common_name,also"]
+    k = 0
+    for lab, (name, n) in counts.items():
+        for _ in range(n):
+            k += 1
+            wav(root / lab / f"XC{k}.wav", seconds=0.02)
+            rows.append(f"{lab}/XC{k}.wav,{lab},{name},")
+    (root / "metadata.csv").write_text("\n".join(rows) + "\n")
+
+
+def snippet_set(root, runs: dict[str, tuple[str, int]]):
+    rows = ["file,species_code,common_name,recording_run,duration_s"]
+    for code, (name, n) in runs.items():
+        for run in range(n):
+            f = f"{code}/{code}_run{run:04d}_00000.wav"
+            wav(root / f, seconds=0.02)
+            rows.append(f"{f},{code},{name},{run},0.02")
+    (root / "snippets.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_species_rule_takes_puerto_rico_by_count_and_north_america_by_list(tmp_path):
+    from birdlive.train.species import FIRST_RELEASE, FROGS, choose_species
+    counts = {lab: (lab.replace("_", " "), 3) for lab in FIRST_RELEASE}
+    counts |= {lab: (lab.replace("_", " "), 1) for lab in FROGS}
+    counts |= {"Rarus_avis": ("Rare Bird", 2), "Commonus_avis": ("Common Bird", 3),
+               "Zenaida_macroura": ("Mourning Dove", 1)}
+    xc_set(tmp_path / "xc", counts)
+    snippet_set(tmp_path / "ess", {"american_robin": ("American Robin", 2), "blue_jay": ("Blue Jay", 1),
+                                   "mourning_dove": ("Mourning Dove", 1),
+                                   "berylline_hummingbird": ("Berylline Hummingbird", 50)})
+    choice = choose_species(load_dataset(tmp_path / "xc"), load_dataset(tmp_path / "ess"))
+    assert set(FIRST_RELEASE) | set(FROGS) | {"Commonus_avis"} <= set(choice.labels)
+    assert "Rarus_avis" not in choice.labels                              # two recordings, not a frog
+    assert "american_robin" in choice.labels and "blue_jay" not in choice.labels      # 2 runs / 1 run
+    assert "Zenaida_macroura" in choice.labels                   # one run + one xeno-canto recording: two groups
+    assert "berylline_hummingbird" not in choice.labels                   # many runs, but not a common bird
+    assert ("Blue Jay", "only one recording run") in choice.left_out
+    del counts["Vireo_latimeri"]
+    xc_set(tmp_path / "xc2", counts)
+    with pytest.raises(ValueError, match="Vireo_latimeri"):
+        choose_species(load_dataset(tmp_path / "xc2"), load_dataset(tmp_path / "ess"))
+
+
+def test_committed_species_list_is_what_the_rule_gives():
+    from pathlib import Path
+    from birdlive.train.species import choose_species
+    root = Path(__file__).resolve().parents[1]
+    data = root.parent / "shared" / "data"
+    if not (data / "xc-puerto-rico").is_dir() or not (data / "essential-set").is_dir():
+        pytest.skip("../shared/data is not on this machine")
+    choice = choose_species(load_dataset(data / "xc-puerto-rico"), load_dataset(data / "essential-set"))
+    assert (root / "model" / "weights" / "default_species_v2.txt").read_text().split() == choice.labels
+
+
+def test_evaluate_default_scores_the_test_split_only(tmp_path):
+    """benchmarks/evaluate_default.py end to end on a made-up run (random tiny model, no BirdNET): it reads the
+    test groups and nothing else, refuses a split without them, and reports the never-trained-on noise apart."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+    from birdlive.model import BirdSED, create_config, save_checkpoint
+    from birdlive.train.datasets import select_species
+    from birdlive.train.loop import TrainConfig
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("evaluate_default", root / "benchmarks" / "evaluate_default.py")
+    ev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev)
+
+    xc_set(tmp_path / "xc", {"Aus_bus": ("A Bird", 4), "Cus_dus": ("C Bird", 3)})
+    for p in (tmp_path / "xc").rglob("*.wav"):
+        wav(p, seconds=6.0, sr=32000, freq=2000.0 + 500 * len(p.stem))
+    snippet_set(tmp_path / "ess", {"eee": ("E Bird", 3), "fff": ("F Bird", 4)})
+    for p in (tmp_path / "ess").rglob("*.wav"):
+        wav(p, seconds=0.15, sr=32000, freq=3000.0)
+    for name in ("blanket/rain.ogg", "blanket/storm.ogg"):
+        wav(tmp_path / "noise" / name, seconds=6.0, sr=32000)
+    (tmp_path / "holdout.json").write_text(json.dumps({"exclude": ["XC1"], "noise": ["blanket/storm.ogg"]}))
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), data=[str(tmp_path / "xc")], snippets=[str(tmp_path / "ess")],
+                      noise_dir=str(tmp_path / "noise"), preset="tiny", cache_dir=str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.json").write_text(json.dumps(cfg.to_dict() | {"holdout": str(tmp_path / "holdout.json")}))
+    recs, labels, names = merge([load_dataset(tmp_path / "xc"), load_dataset(tmp_path / "ess")])
+    split = split_groups(recs, 0.2, seed=0, test_fraction=0.2, exclude=["XC1"])
+    split.save(run / "split.json")
+    torch.manual_seed(0)
+    save_checkpoint(BirdSED(create_config("tiny", labels, names)), run / "best")
+
+    args = ["--model", str(run / "best"), "--run", str(run), "--minutes", "0.2", "--per-species", "1",
+            "--noise-minutes", "0.05", "--threads", "1", "--rtf-threads", "1", "--out", str(tmp_path / "r.json")]
+    assert ev.main(args) == 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    test_files = {Path(r.path).stem for r in split.select(recs, "test") if "/xc/" in r.path}
+    assert {Path(x["file"]).stem for x in res["xc"]["recordings"]} == test_files and "XC1" not in test_files
+    assert res["settings"]["test_snippet_runs"] == len([g for g in split.test if g.startswith("ess:")])
+    noise = res["background_noise"]["files"]
+    assert noise["blanket/storm.ogg"]["heldout"] and not noise["blanket/rain.ogg"]["heldout"]
+    Split(0, 0.2, split.train + split.test, split.val).save(run / "split.json")      # two-way: no test list
+    with pytest.raises(SystemExit, match="no test list"):
+        ev.main(args)

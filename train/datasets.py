@@ -1,4 +1,4 @@
-"""Dataset layouts → a flat list of `Recording`s, and the seeded, group-wise, stratified train/validation split.
+"""Dataset layouts → a flat list of `Recording`s, and the seeded, group-wise, stratified train/validation/test split.
 
 Three layouts are read (`load_dataset` tells them apart):
 
@@ -16,6 +16,10 @@ Three layouts are read (`load_dataset` tells them apart):
 
 A *group* is what the split never cuts across: one file, or one recording run of snippets. Group ids are
 prefixed with the dataset folder's name so that several datasets can be split together.
+
+The split (`split_groups`): training; validation, for checkpoint choice and per-species thresholds; test, for
+figures only — never read while training or calibrating. `Holdout` (a small JSON) names files kept out of all
+three (the project's demo recording) and noise files kept out of training backgrounds.
 """
 from __future__ import annotations
 
@@ -259,46 +263,143 @@ def select_species(recs: list[Recording], labels: list[str], names: list[str], s
 
 # ----------------------------------------------------------------------------------------------- the split
 
+SUBSETS = ("train", "val", "test")
+
+
 @dataclass
 class Split:
+    """Group ids in training, validation (checkpoint choice, thresholds) and test (figures only); `excluded` groups
+    (a demo recording, say) are in none. Two-way splits from before the test subset load with `test` empty."""
     seed: int
     val_fraction: float
     train: list[str]            # group ids
     val: list[str]
     sources: list[str] = field(default_factory=list)
+    test: list[str] = field(default_factory=list)
+    test_fraction: float = 0.0
+    excluded: list[str] = field(default_factory=list)
 
     def save(self, path: str | Path) -> None:
         d = asdict(self)
-        d["counts"] = {"train_groups": len(self.train), "val_groups": len(self.val)}
+        d["counts"] = {f"{s}_groups": len(getattr(self, s)) for s in SUBSETS} | {"excluded_groups": len(self.excluded)}
         Path(path).write_text(json.dumps(d, indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> "Split":
         d = json.loads(Path(path).read_text())
-        return cls(d["seed"], d["val_fraction"], d["train"], d["val"], d.get("sources", []))
+        return cls(d["seed"], d["val_fraction"], d["train"], d["val"], d.get("sources", []), d.get("test", []),
+                   d.get("test_fraction", 0.0), d.get("excluded", []))
 
     def select(self, recs: list[Recording], subset: str) -> list[Recording]:
-        keep = set(self.train if subset == "train" else self.val)
+        if subset not in SUBSETS:
+            raise ValueError(f"no subset {subset!r}; one of {', '.join(SUBSETS)}")
+        keep = set(getattr(self, subset))
         return [r for r in recs if r.group in keep]
 
 
-def split_groups(recs: list[Recording], val_fraction: float = 0.2, seed: int = 0) -> Split:
-    """Group-wise split stratified by species: for each species, a seeded shuffle of its groups, then
-    round(val_fraction * n) of them (at least one when n ≥ 2, never all) go to validation. A group whose files
-    carry several primary species is assigned through its most common one. No group is on both sides."""
+def is_excluded(path: str | Path, exclude: list[str] | tuple[str, ...]) -> bool:
+    """`exclude` holds xeno-canto ids ("XC737279") or file names or paths ("recordings/XC737279.mp3"): a file is
+    excluded when its name without extension is one of theirs, wherever it lies (a copy in the project's
+    recordings/ is the same recording as the one in the data set)."""
+    stems = {Path(e).stem.lower() for e in exclude}
+    return Path(path).stem.lower() in stems
+
+
+def subset_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """(validation, test) groups out of n: with n >= 3 at least one of each (when the fraction is > 0), with n = 2
+    one for validation and none for test, with n = 1 none; training always keeps at least one."""
+    n_val = 0 if n < 2 or val_fraction <= 0 else max(1, int(round(val_fraction * n)))
+    n_test = 0 if n < 3 or test_fraction <= 0 else max(1, int(round(test_fraction * n)))
+    while n_val + n_test > n - 1:                          # large fractions: training keeps one
+        if n_test > 1 or (n_test and not n_val):
+            n_test -= 1
+        else:
+            n_val -= 1
+    return n_val, n_test
+
+
+def split_groups(recs: list[Recording], val_fraction: float = 0.2, seed: int = 0, test_fraction: float = 0.0,
+                 exclude: list[str] | tuple[str, ...] = ()) -> Split:
+    """Group-wise split, stratified by species and source: for each species and each data set it comes from
+    (the group id's prefix), a seeded shuffle of its groups, then `subset_sizes` of them go to test and to
+    validation. Stratifying by source too keeps, say, the xeno-canto recordings of a species that the snippet
+    set also has in every subset, instead of leaving them all to chance. A species with two or more groups whose
+    sources are each too small for a validation group (one recording here, one run there) gets one moved from
+    training. A group whose files carry several primary species is assigned through its most common one. A group
+    with any file in `exclude` (see `is_excluded`) is in no subset. No group is in two subsets."""
     group_species: dict[str, Counter] = defaultdict(Counter)
+    excluded = set()
     for r in recs:
         group_species[r.group][r.primary] += 1
-    by_species: dict[str, list[str]] = defaultdict(list)
-    for g in sorted(group_species):
-        by_species[group_species[g].most_common(1)[0][0]].append(g)
+        if exclude and is_excluded(r.path, exclude):
+            excluded.add(r.group)
+    strata: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for g in sorted(set(group_species) - excluded):
+        strata[(group_species[g].most_common(1)[0][0], g.split(":", 1)[0])].append(g)
     rng = np.random.default_rng(seed)
-    train, val = [], []
-    for sp in sorted(by_species):
-        groups = list(by_species[sp])
+    out: dict[str, dict[str, list[str]]] = defaultdict(lambda: {s: [] for s in SUBSETS})   # species → subsets
+    for sp, source in sorted(strata):
+        groups = list(strata[(sp, source)])
         rng.shuffle(groups)
-        n = len(groups)
-        n_val = 0 if n < 2 or val_fraction <= 0 else min(n - 1, max(1, int(round(val_fraction * n))))
-        val += groups[:n_val]
-        train += groups[n_val:]
-    return Split(seed, val_fraction, sorted(train), sorted(val))
+        n_val, n_test = subset_sizes(len(groups), val_fraction, test_fraction)
+        out[sp]["test"] += groups[:n_test]
+        out[sp]["val"] += groups[n_test:n_test + n_val]
+        out[sp]["train"] += groups[n_test + n_val:]
+    for sp, sub in out.items():
+        if not sub["val"] and val_fraction > 0 and len(sub["train"]) >= 2:
+            sub["val"].append(sub["train"].pop())
+    pick = {s: sorted(g for sub in out.values() for g in sub[s]) for s in SUBSETS}
+    return Split(seed, val_fraction, pick["train"], pick["val"], test=pick["test"], test_fraction=test_fraction,
+                 excluded=sorted(excluded))
+
+
+def split_counts(recs: list[Recording], split: Split) -> dict[str, dict[str, dict[str, int]]]:
+    """Groups (recordings, or recording runs) per species, subset and source: {species: {subset: {source: n}}},
+    subsets `train`, `val`, `test`, `excluded` — the table the model card shows."""
+    where = {g: s for s in SUBSETS + ("excluded",) for g in getattr(split, s)}
+    seen: dict[str, str] = {}
+    for r in recs:
+        seen.setdefault(r.group, r.primary)
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for g, sp in seen.items():
+        subset = where.get(g)
+        if subset is None:
+            continue
+        source = g.split(":", 1)[0]
+        cell = out.setdefault(sp, {s: {} for s in SUBSETS + ("excluded",)})[subset]
+        cell[source] = cell.get(source, 0) + 1
+    return dict(sorted(out.items()))
+
+
+# ------------------------------------------------------------------------------------------- held-out files
+
+@dataclass
+class Holdout:
+    """Files kept out of training for good: `exclude` (xeno-canto ids or paths, `is_excluded`) in no split at all —
+    the demo recording of the project's recordings/; `noise` (paths relative to the noise folder) are never
+    training backgrounds, so that "no events on noise" can be checked on noise the model never heard."""
+    exclude: list[str] = field(default_factory=list)
+    noise: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> "Holdout":
+        if not path:
+            return cls()
+        try:
+            d = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{path}: not a hold-out list ({e})") from None
+        return cls(list(d.get("exclude", [])), list(d.get("noise", [])))
+
+    def training_noise(self, files: list[str], noise_dir: str | Path) -> list[str]:
+        """`files` (a noise folder's files) without the held-out ones."""
+        held = {(Path(noise_dir) / n).resolve() for n in self.noise}
+        return [f for f in files if Path(f).resolve() not in held]
+
+    def heldout_noise(self, noise_dir: str | Path) -> list[Path]:
+        """The held-out noise files that exist under `noise_dir` (DatasetError when one is missing)."""
+        paths = [Path(noise_dir) / n for n in self.noise]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise DatasetError(f"held-out noise file {missing[0]} does not exist")
+        return paths
