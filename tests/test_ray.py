@@ -1,5 +1,6 @@
 """`birdlive analyze --ray`: the same job on a real Ray cluster, started here on 127.0.0.1 with two CPUs (two
-worker processes): the same results as the local pool, and a worker killed mid-run costs nothing.
+worker processes): the same results as the local pool, a worker killed mid-run costs nothing, and a rerun after
+`kill -9` of the driver finishes the rest.
 
 Ray is a test extra (and `birdlive[ray]`); without it these tests skip."""
 from __future__ import annotations
@@ -106,4 +107,31 @@ def test_a_ray_worker_killed_mid_run_still_gives_every_file_once(tmp_path, ray_a
     after = manifest_rows(out)
     assert all(r["status"] == "done" for r in after.values())
     assert {r["worker"] for r in after.values()} - first_workers      # Ray restarted the worker and it went on
+    assert_each_file_once(out, files)
+
+
+def test_kill_9_of_the_ray_driver_then_a_rerun_finishes_the_rest(tmp_path, ray_address):
+    """The driver dies mid-run (SIGKILL: its actors go with its Ray job); the same command again skips what was
+    finished and gives every file exactly once."""
+    src = tmp_path / "in"
+    src.mkdir()
+    files = [long_recording(src / f"rec{i}.flac", repeats=6) for i in range(6)]     # 4 min each
+    out = tmp_path / "out"
+    args = ["analyze", src, "--out", out, "--model", TINY, "--ray", ray_address, "--workers", 2, "--no-progress"]
+    driver = subprocess.Popen([*BIRDLIVE, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        wait_for(lambda: any(r["status"] == "done" for r in manifest_rows(out).values()), what="a first finished file")
+        driver.kill()
+        driver.wait(10)
+    finally:
+        driver.kill()
+    done_before = {k: r["finished_at"] for k, r in manifest_rows(out).items() if r["status"] == "done"}
+    assert 1 <= len(done_before) < len(files)
+    r = birdlive(*args)
+    assert r.returncode == 0, r.stderr
+    assert f"{len(files)} files ({len(done_before)} finished before), 0 failed" in r.stderr
+    after = manifest_rows(out)
+    assert all(row["status"] == "done" for row in after.values())
+    assert all(after[k]["finished_at"] == t for k, t in done_before.items())     # not redone
     assert_each_file_once(out, files)
