@@ -35,20 +35,37 @@ def _range(text: str, name: str) -> tuple[float, float]:
 def train(
     data: List[Path] = typer.Argument(None, help="Recording datasets: species folders, a BirdCLEF train.csv, or a "
                                                "xeno-canto folder with metadata.csv (weak labels, energy crops)."),
-    run: Path = typer.Option(Path("runs/train"), "--run", "-o", help="Run folder: checkpoints, split, logs."),
+    run: Path = typer.Option(Path("runs/train"), "--run", "-o", help="Run folder: checkpoints, split, logs, state."),
     snippets: List[Path] = typer.Option([], "--snippets", help="Short-call sets (species folders) composed into "
                                                                "windows with strong labels; repeatable."),
     noise_dir: Optional[Path] = typer.Option(None, "--noise-dir", help="Real background noise files for augmentation."),
     species: Optional[str] = typer.Option(None, "--species", help="Only these species: comma-separated labels or "
                                                                   "common names, or a file with one per line."),
-    preset: str = typer.Option("cpu", "--preset", help="Model preset: tiny, cpu, full."),
+    holdout: Optional[Path] = typer.Option(None, "--holdout", help="JSON of files never trained on: 'exclude' (in "
+                                           "no split), 'noise' (never a training background)."),
+    preset: str = typer.Option("cpu", "--preset", help="Model preset: tiny, cpu, lite0, full."),
+    init: Optional[str] = typer.Option(None, "--init", help="Start from these weights when the run has no state: "
+                                       "a checkpoint (matching tensors; the head for the species it knows) or "
+                                       "'imagenet' (the backbone)."),
+    freeze: int = typer.Option(0, "--freeze", help="Train no weights of the first N stages (1: the input "
+                               "BatchNorm and the stem; each more: one backbone block); for an --init imagenet "
+                               "backbone: cheaper steps."),
     window: float = typer.Option(5.0, "--window", help="Training window, seconds."),
-    epochs: int = typer.Option(30, "--epochs"),
-    epoch_size: Optional[int] = typer.Option(None, "--epoch-size", help="Windows per epoch (default: one per "
-                                                                        "training file and snippet run)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps in the run (the learning-rate "
+                                            "schedule's length)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget. A new run turns it "
+                                                "into steps once, from a measured step time; with --resume it only "
+                                                "bounds this session (the schedule stays)."),
+    epochs: int = typer.Option(30, "--epochs", help="Validations in the run, when neither --max-steps nor "
+                                                   "--max-minutes is given."),
+    epoch_size: Optional[int] = typer.Option(None, "--epoch-size", help="Windows between validations (default: one "
+                                             "per training file and snippet run)."),
     batch_size: int = typer.Option(16, "--batch-size"),
-    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW, warm-up + cosine)."),
-    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of each species' recordings held out."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW, warm-up + cosine by step)."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of each species' groups for validation."),
+    test_fraction: float = typer.Option(0.0, "--test-fraction", help="Share of each species' groups kept for test "
+                                        "figures only (never trained on, never used to choose)."),
+    split: Optional[Path] = typer.Option(None, "--split", help="Use this split.json instead of making one."),
     seed: int = typer.Option(0, "--seed", help="Seeds the split, the windows and the weights."),
     augment: str = typer.Option("all", "--augment", help="Augmentation set: all, none, mix, noise."),
     no_mix: bool = typer.Option(False, "--no-mix"),
@@ -60,8 +77,9 @@ def train(
     pitch: float = typer.Option(0.5, "--pitch", help="Pitch shift range, ± semitones."),
     frame_weight: float = typer.Option(0.5, "--frame-weight", help="Weight of the framewise loss."),
     focal_gamma: float = typer.Option(0.0, "--focal-gamma", help="0 = BCE (default); > 0 = focal loss."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget."),
-    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+    checkpoint_minutes: float = typer.Option(2.0, "--checkpoint-minutes", help="Save the resumable state at least "
+                                             "this often (and at every validation)."),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes (and parallel decoding)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: cores - 1)."),
     val_max_windows: int = typer.Option(24, "--val-max-windows", help="Windows scored per validation file."),
     val_composed: Optional[int] = typer.Option(None, "--val-composed", help="Composed validation windows from "
@@ -70,10 +88,22 @@ def train(
     no_amp: bool = typer.Option(False, "--no-amp", help="No mixed precision on CUDA."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Decoded-audio cache (default "
                                                                        "~/.cache/birdlive)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --run after its last epoch."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --run from its saved state (or start "
+                                                        "it, from --init, when there is none)."),
 ):
     """Train a detector; keeps RUN/best (by validation macro mAP) for `birdlive replay --model RUN/best`."""
-    from birdlive.train import AugmentConfig, TrainConfig
+    if not resume and not data and not snippets:
+        _fail("give at least one dataset (DATA or --snippets), or --resume")
+    for p in list(data or []) + list(snippets) + [x for x in (noise_dir, holdout, split) if x]:
+        if not p.exists():
+            _fail(f"{p}: no such file or folder")
+    if init and init != "imagenet" and not (Path(init).is_dir() or Path(init + ".json").is_file()
+                                            or Path(init).is_file()):
+        _fail(f"--init {init}: no checkpoint there (give STEM of STEM.safetensors + STEM.json, or 'imagenet')")
+    for value, name in ((max_steps, "max-steps"), (max_minutes, "max-minutes")):
+        if value is not None and value <= 0:
+            _fail(f"--{name} must be positive, not {value:g}")
+    from birdlive.train import AugmentConfig, TrainConfig     # torch: only once the options are known good
     from birdlive.train import train as run_training
     aug = AugmentConfig.preset(augment)     # our errors (OptionError, TrainError, …) reach `main` as one line
     aug.snr_db = _range(snr, "snr")
@@ -85,31 +115,29 @@ def train(
                 setattr(aug, f, 0.0)
     if no_specaug:
         aug.specaugment = False
-    if not resume and not data and not snippets:
-        _fail("give at least one dataset (DATA or --snippets), or --resume")
-    for p in list(data or []) + list(snippets) + ([noise_dir] if noise_dir else []):
-        if not p.exists():
-            _fail(f"{p}: no such file or folder")
     wanted = None
     if species:
         sp = Path(species)
         wanted = ([x.strip() for x in sp.read_text().splitlines() if x.strip()] if sp.is_file()
                   else [x.strip() for x in species.split(",") if x.strip()])
     cfg = TrainConfig(run_dir=str(run), species=wanted, data=[str(p) for p in data or []],
-                      snippets=[str(p) for p in snippets],
-                      noise_dir=str(noise_dir) if noise_dir else None, preset=preset, window_s=window, epochs=epochs,
-                      epoch_size=epoch_size, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed,
-                      frame_weight=frame_weight, focal_gamma=focal_gamma, max_minutes=max_minutes, workers=workers,
-                      threads=threads,
-                      val_max_windows=val_max_windows, val_composed=val_composed, device=device, amp=not no_amp,
-                      cache_dir=str(cache_dir) if cache_dir else None, augment=aug,
+                      snippets=[str(p) for p in snippets], noise_dir=str(noise_dir) if noise_dir else None,
+                      holdout=str(holdout) if holdout else None, preset=preset, init=init, freeze=freeze,
+                      window_s=window,
+                      epochs=epochs, epoch_size=epoch_size, max_steps=max_steps, max_minutes=max_minutes,
+                      batch_size=batch_size, lr=lr, val_fraction=val_fraction, test_fraction=test_fraction,
+                      split_file=str(split) if split else None, seed=seed, frame_weight=frame_weight,
+                      focal_gamma=focal_gamma, checkpoint_minutes=checkpoint_minutes, workers=workers,
+                      threads=threads, val_max_windows=val_max_windows, val_composed=val_composed, device=device,
+                      amp=not no_amp, cache_dir=str(cache_dir) if cache_dir else None, augment=aug,
                       command="birdlive " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     s = run_training(cfg, resume=resume, console=console)
+    figs = f"val mAP {s['val_map']:.3f}" if s["val_map"] is not None else "no validation score"
+    console.print(f"[green]{'stopped' if s['interrupted'] else 'done'}[/]: step {s['steps']} of {s['total_steps']}, "
+                  f"{s['time_s']:.0f} s, {s['cpu_s'] / 3600:.2f} CPU-h; best at step {s['best_step']} ({figs}) "
+                  f"→ {s['best']}")
     if s["interrupted"]:
         raise typer.Exit(130)
-    figs = f"val mAP {s['val_map']:.3f}" if s["val_map"] is not None else "no validation set"
-    console.print(f"[green]done[/]: {s['epochs_done']} epochs, {s['time_s']:.0f} s; best epoch {s['best_epoch']} "
-                  f"({figs}) → {s['best']}")
 
 
 def evaluate(

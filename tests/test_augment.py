@@ -8,9 +8,10 @@ import soundfile as sf
 import torch
 
 from birdlive.model import LogMelFrontend, create_config
-from birdlive.train.augment import (AugmentConfig, NoiseBank, add_noise, crop, energy_profile, mix, pitch_shift,
-                                    power, time_stretch, weak_example)
-from birdlive.train.cache import AudioCache
+from birdlive.streamer.sources import FileSource
+from birdlive.train.augment import (AugmentConfig, NoiseBank, TempoPitchLogMel, add_noise, crop, energy_profile, mix,
+                                    pitch_shift, power, time_stretch, weak_example)
+from birdlive.train.cache import AudioCache, decode
 from birdlive.train.composer import Composer, ComposerConfig, SnippetPool, frame_activity
 from birdlive.train.datasets import load_dataset
 from birdlive.train.synthetic import colored_noise, make_call
@@ -192,7 +193,6 @@ def test_composer_strong_targets_match_where_the_notes_are(tmp_path):
     pool = SnippetPool(ds.recordings, AudioCache(tmp_path / "cache", SR))
     assert len(pool) == 6 and pool.species == ["down", "trill", "up"]   # runs grouped from the file names
     aug = AugmentConfig.none()
-    aug.stretch_prob, aug.stretch_range = 0.5, (0.9, 1.1)
     cfg = ComposerConfig(snr_db=(30.0, 30.0), background_dbfs=(-70.0, -70.0))
     comp = Composer(pool, ds.labels, NoiseBank(), SR, 10.0, 3.0, cfg, aug)
     rng = np.random.default_rng(6)
@@ -220,3 +220,114 @@ def test_composer_strong_targets_match_where_the_notes_are(tmp_path):
             assert ivals and np.array_equal(frame_activity(30, 10.0, ivals), ex.frame_target[:, k])
     assert set(n_species) <= {1, 2, 3} and max(n_species) >= 2
     assert n_clear > 30                                                # the silence check did run
+
+
+def test_composed_window_for_a_slower_tempo_has_its_targets_on_the_stretched_grid(tmp_path):
+    """A window that will be shown 1.25× slower is 0.8 of the samples, its frame targets at 12.5 frames/s of audio:
+    frame j covers [j, j+1)/12.5 s of the samples, which the network will see at [j, j+1)/10 s."""
+    write_snippets(tmp_path / "snip", species=("up",), runs=1, notes=6)
+    ds = load_dataset(tmp_path / "snip")
+    comp = Composer(SnippetPool(ds.recordings, AudioCache(tmp_path / "cache", SR)), ds.labels, NoiseBank(), SR, 10.0,
+                    3.0, ComposerConfig(background_dbfs=(-70.0, -70.0)), AugmentConfig.none())
+    ex, events = comp.compose(np.random.default_rng(1), n=int(0.8 * 3 * SR), fps=12.5)
+    assert ex.wave.shape == (int(0.8 * 3 * SR),) and ex.frame_target.shape == (30, 1)
+    assert events and np.array_equal(ex.frame_target[:, 0], frame_activity(30, 12.5, [(a, b) for _, a, b in events]))
+
+
+# ------------------------------------------------------------------------------ tempo and pitch in the log-mel
+
+@pytest.fixture(scope="module")
+def warp():
+    return TempoPitchLogMel(create_config("tiny", ["a"], window_s=2.0))
+
+
+def logmel(warp, x, hop, semitones):
+    n = warp.samples(hop)
+    wave = torch.zeros(1, max(n, len(x)))
+    wave[0, :len(x)] = torch.from_numpy(x)
+    with torch.no_grad():
+        return warp(wave, torch.tensor([hop]), torch.tensor([semitones]))[0, 0]      # (T, F)
+
+
+def test_unchanged_windows_are_the_models_own_log_mel(warp, frontend):
+    x = tone(2000, 2.0) + 0.01 * colored_noise(2 * SR, "pink", np.random.default_rng(0))
+    with torch.no_grad():
+        plain = frontend(torch.from_numpy(x)[None])[0, 0]
+    assert torch.equal(logmel(warp, x, 320, 0.0), plain)
+    assert warp.frames == 201 and warp.samples(320) == 2 * SR
+
+
+@pytest.mark.parametrize("semitones", [0.5, -0.5, 3.0])
+def test_pitch_moves_the_mel_peak_like_a_higher_tone_and_keeps_the_frames(warp, frontend, semitones):
+    f0 = 3000.0
+    shifted = logmel(warp, tone(f0, 2.0), 320, semitones)
+    assert shifted.shape == (201, 64)
+    expected = logmel(warp, tone(f0 * 2 ** (semitones / 12), 2.0), 320, 0.0)
+    peak = int(shifted[5:-5].mean(0).argmax())
+    assert peak == int(expected[5:-5].mean(0).argmax())
+    if abs(semitones) >= 3:
+        assert peak != int(logmel(warp, tone(f0, 2.0), 320, 0.0)[5:-5].mean(0).argmax())
+    # the bands that hold the tone have the energies of a tone really at that pitch (far bands are leakage)
+    a, b = shifted[5:-5].mean(0), expected[5:-5].mean(0)
+    near = b > b.max() - 30
+    assert torch.allclose(a[near], b[near], atol=0.5)
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1, 1.25])
+def test_tempo_shows_a_call_factor_times_longer_at_the_same_pitch(warp, factor):
+    hop = warp.hop_for(factor)
+    x = np.zeros(2 * SR, np.float32)
+    x[SR // 2: SR // 2 + SR // 2] = tone(2500, 0.5)                     # a 0.5 s call from 0.5 s
+    m = logmel(warp, x[:warp.samples(hop)], hop, 0.0)
+    loud = (m.max(dim=1).values > m.max() - 20).numpy()
+    assert loud.sum() / 100 == pytest.approx(0.5 * 320 / hop, abs=0.03)   # 10 ms frames as shown to the network
+    assert np.flatnonzero(loud)[0] / 100 == pytest.approx(0.5 * 320 / hop, abs=0.03)
+    plain = logmel(warp, x, 320, 0.0)
+    assert int(m[loud].mean(0).argmax()) == int(plain[(plain.max(dim=1).values > plain.max() - 20)].mean(0).argmax())
+
+
+def test_training_windows_carry_their_tempo_and_pitch_and_fit_the_batch(tmp_path, warp):
+    for sp, f in (("a", 1500.0), ("b", 4000.0)):
+        (tmp_path / "data" / sp).mkdir(parents=True)
+        sf.write(tmp_path / "data" / sp / f"{sp}.wav", tone(f, 4.0, amp=0.3), SR)
+    aug = AugmentConfig.none()
+    aug.stretch_prob, aug.pitch_prob = 1.0, 1.0
+    ws = WindowSet(load_dataset(tmp_path / "data").recordings, ["a", "b"], AudioCache(tmp_path / "cache", SR),
+                   NoiseBank(), aug, 2.0, 10, 40, seed=3, warp=warp)
+    items = [ws[i] for i in range(40)]
+    hops = {int(it["hop"]) for it in items}
+    semis = {float(it["semitones"]) for it in items}
+    assert hops <= {warp.hop_for(f) for f in (0.9, 0.95, 1.0, 1.05, 1.1)} and len(hops) >= 3
+    assert semis <= {-0.5, -0.25, 0.0, 0.25, 0.5} and len(semis) >= 3
+    assert {it["wave"].shape[0] for it in items} == {ws.max_samples} == {warp.samples(warp.hop_for(0.9))}
+    for it in items:
+        n = warp.samples(int(it["hop"]))
+        assert np.abs(it["wave"][n:].numpy()).max(initial=0) == 0           # padding after the window's samples
+    batch = torch.utils.data.default_collate(items[:8])
+    assert warp(batch["wave"], batch["hop"], batch["semitones"]).shape == (8, 1, 201, 64)
+    assert ws[5]["wave"].equal(items[5]["wave"])                            # window i is a function of i
+
+
+# ------------------------------------------------------------------------------------- decoding and packing
+
+def test_training_decodes_as_replay_hears_it(tmp_path):
+    """One decoder: a stereo 44.1 kHz file in the cache is FileSource's blocks, sample for sample."""
+    rng = np.random.default_rng(7)
+    stereo = np.stack([tone(1000, 3.0, sr=44100), 0.3 * rng.standard_normal(3 * 44100)], axis=1).astype(np.float32)
+    sf.write(tmp_path / "s.flac", stereo, 44100)
+    replay = np.concatenate([b.samples for b in FileSource(tmp_path / "s.flac", SR, block_s=0.7)])
+    np.testing.assert_array_equal(decode(tmp_path / "s.flac", SR), replay)
+    np.testing.assert_array_equal(AudioCache(tmp_path / "cache", SR).load(tmp_path / "s.flac"), replay)
+
+
+def test_snippets_are_one_shared_memory_map(tmp_path):
+    write_snippets(tmp_path / "snip", species=("up", "down"))
+    ds = load_dataset(tmp_path / "snip")
+    cache = AudioCache(tmp_path / "cache", SR)
+    pool = SnippetPool(ds.recordings, cache)
+    for r in ds.recordings:
+        np.testing.assert_array_equal(pool.audio(r.path), cache.load(r.path))
+    audio, offsets = cache.pack(sorted(r.path for r in ds.recordings))
+    assert isinstance(audio, np.memmap) and len(offsets) == len(ds.recordings) + 1 and offsets[-1] == len(audio)
+    again = SnippetPool(ds.recordings, AudioCache(tmp_path / "cache", SR))
+    assert again.audio(ds.recordings[0].path).base is not None             # a view of the packed map, no copy

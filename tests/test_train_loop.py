@@ -1,7 +1,12 @@
-"""Training end to end on synthetic call types (tiny preset, CPU), evaluation of the result, resume, CLI."""
+"""Training end to end on synthetic call types (tiny preset, CPU), evaluation of the result, the step schedule,
+stopping (SIGTERM, kill -9) and resuming bit for bit, starting from other weights, CLI."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -11,12 +16,13 @@ import typer
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from birdlive.model import load_checkpoint
-from birdlive.train import AugmentConfig, TrainConfig, train
+from birdlive.model import BirdSED, create_config, load_checkpoint, save_checkpoint
+from birdlive.train import TrainConfig, train
+from birdlive.train.loop import STATE, init_weights, lr_at, steps_for_budget
 from birdlive.train.evaluate import RefEvent, evaluate_events, evaluate_model
 from birdlive.train.synthetic import CALL_TYPES, make_scene
 
-from common import birdlive
+from common import BIRDLIVE, birdlive
 
 SR = 32000
 
@@ -49,7 +55,7 @@ def trained(tmp_path_factory):
 
 def test_synthetic_training_reaches_heldout_map(trained):
     base, cfg, s = trained
-    assert s["epochs_done"] == 20 and not s["interrupted"]
+    assert s["steps"] == s["total_steps"] == 20 * 128 // 16 and not s["interrupted"]
     assert s["n_val_groups"] == 16 and s["n_train_groups"] == 48       # 25 % of each species' files
     assert s["val_map"] >= 0.9, s                                      # held out by file, best epoch
     model = load_checkpoint(cfg.run_dir)                               # a run folder loads RUN/best
@@ -70,12 +76,12 @@ def test_run_folder_has_split_logs_and_curves(trained):
     split = json.loads((run / "split.json").read_text())
     assert split["seed"] == 0 and not set(split["train"]) & set(split["val"])
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == list(range(1, 21))
-    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert [r["step"] for r in rows] == list(range(0, 161, 8))          # step 0: the untrained model
+    assert rows[0]["train_loss"] is None and rows[-1]["train_loss"] < rows[1]["train_loss"]
+    assert all(a["cpu_s"] <= b["cpu_s"] and a["windows"] < b["windows"] for a, b in zip(rows, rows[1:]))
     assert max(r["val_map"] for r in rows) == pytest.approx(s["val_map"])
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for f in ("best.safetensors", "best.json", "last.safetensors", "last.json", "last.optim.safetensors",
-              "last.state.json", "train.json"):
+    for f in ("best.safetensors", "best.json", "last.safetensors", "last.json", STATE, "train.json"):
         assert (run / f).is_file(), f
 
 
@@ -97,46 +103,135 @@ def test_events_and_noise_check_on_the_trained_model(trained):
     assert set(fp["events"]) == {"white", "pink", "brown"} and fp["total"] <= 6
 
 
-def small_run(tmp_path):
+def small_run(tmp_path, **kw):
     data = write_calls(tmp_path / "data", 3, seed=2, seconds=1.5)
-    return dict(data=[str(data)], preset="tiny", window_s=1.0, epoch_size=16, batch_size=8, lr=2e-3,
-                val_fraction=0.34, seed=1, cache_dir=str(tmp_path / "cache"),
-                augment=AugmentConfig(stretch_prob=0.0, pitch_prob=0.0))
+    common = dict(data=[str(data)], preset="tiny", window_s=1.0, epoch_size=16, batch_size=8, lr=2e-3,
+                  val_fraction=0.34, seed=1, cache_dir=str(tmp_path / "cache"), threads=1)
+    return {**common, **kw}
 
 
-def test_resume_after_time_budget(tmp_path):
-    common = small_run(tmp_path)
-    first = train(TrainConfig(run_dir=str(tmp_path / "r"), epochs=3, max_minutes=1e-9, **common),
-                  show_progress=False)                                  # the budget runs out in epoch 1
-    assert first["epochs_done"] == 1 and first["steps"] == 1
-    resumed = train(TrainConfig(run_dir=str(tmp_path / "r"), epochs=3), resume=True, show_progress=False)
-    assert resumed["epochs_done"] == 3 and resumed["steps"] == 1 + 2 * 2
+def test_learning_rate_is_a_function_of_the_step():
+    lrs = [lr_at(s, 100, 10, 1.0, floor=0.1) for s in range(120)]
+    assert lrs[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])  # linear warm-up to the peak
+    assert lrs[10] == pytest.approx(1.0) and lrs[55] == pytest.approx(0.55)   # cosine: halfway at half
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[100:] == pytest.approx([0.1] * 20)                           # the floor, flat after the end
+    assert steps_for_budget(600, 0.5, 10.0, 100) == 1000                    # 0.5 s a step + 0.1 s validation
+
+
+def weights(run):
+    return load_file(str(run / "last.safetensors"))
+
+
+def test_time_budget_becomes_steps_once_and_resume_keeps_the_schedule(tmp_path):
+    first = train(TrainConfig(run_dir=str(tmp_path / "r"), max_minutes=0.1, **small_run(tmp_path)),
+                  show_progress=False)
+    saved = json.loads((tmp_path / "r" / "train.json").read_text())
+    timing = saved["timing"]
+    assert saved["total_steps"] == first["total_steps"] > 2 and timing["step_s"] > 0 and timing["val_s"] > 0
+    left = 0.1 * 60 - timing["setup_s"]                                     # what was left after measuring
+    assert abs(first["total_steps"] - steps_for_budget(left, timing["step_s"], timing["val_s"], 2)) <= 1
+    # resumed with another budget: the same schedule, continued (or already complete) — never re-stretched
+    again = train(TrainConfig(run_dir=str(tmp_path / "r"), max_minutes=30.0), resume=True, show_progress=False)
+    assert again["total_steps"] == first["total_steps"] and again["steps"] == first["total_steps"]
     rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
-    state = json.loads((tmp_path / "r" / "last.state.json").read_text())
-    assert state["epoch"] == 3 and state["step"] == 5
+    assert rows[-1]["step"] == first["total_steps"]
+    assert rows[-1]["lr"] == pytest.approx(lr_at(first["total_steps"] - 1, first["total_steps"],
+                                                 max(1, int(0.05 * first["total_steps"])), 2e-3))
 
 
-def test_interrupted_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, monkeypatch):
-    from birdlive.train.windows import WindowSet
-    common = small_run(tmp_path)
-    train(TrainConfig(run_dir=str(tmp_path / "a"), epochs=3, **common), show_progress=False)
-    train(TrainConfig(run_dir=str(tmp_path / "b"), epochs=3, **common), show_progress=False)
-    original = WindowSet.set_epoch
+def test_sigterm_stops_after_a_step_and_resume_is_bit_identical(tmp_path, monkeypatch):
+    from birdlive.train.loop import Stepper
+    common = small_run(tmp_path, max_steps=10, checkpoint_minutes=60.0)
+    train(TrainConfig(run_dir=str(tmp_path / "a"), **common), show_progress=False)
+    original, calls = Stepper.__call__, []
 
-    def interrupt_in_epoch_3(self, epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        original(self, epoch)
+    def terminated_at_step_4(self, batch, lr):
+        calls.append(lr)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)                            # as `kill PID` would
+        return original(self, batch, lr)
 
-    monkeypatch.setattr(WindowSet, "set_epoch", interrupt_in_epoch_3)
-    cut = train(TrainConfig(run_dir=str(tmp_path / "c"), epochs=3, **common), show_progress=False)
-    assert cut["interrupted"] and cut["epochs_done"] == 2
-    monkeypatch.setattr(WindowSet, "set_epoch", original)
-    train(TrainConfig(run_dir=str(tmp_path / "c"), epochs=3), resume=True, show_progress=False)
-    a, b, c = (load_file(str(tmp_path / x / "last.safetensors")) for x in "abc")
-    assert all(torch.equal(a[k], b[k]) for k in a)                     # the runs are deterministic at all
-    assert all(torch.equal(a[k], c[k]) for k in a)                     # and stopping + resuming changes nothing
+    monkeypatch.setattr(Stepper, "__call__", terminated_at_step_4)
+    cut = train(TrainConfig(run_dir=str(tmp_path / "c"), **common), show_progress=False)
+    assert cut["interrupted"] and cut["steps"] == 4                         # the step in flight finished
+    monkeypatch.setattr(Stepper, "__call__", original)
+    resumed = train(TrainConfig(run_dir=str(tmp_path / "c")), resume=True, show_progress=False)
+    assert resumed["steps"] == 10 and not resumed["interrupted"]
+    a, c = weights(tmp_path / "a"), weights(tmp_path / "c")
+    assert all(torch.equal(a[k], c[k]) for k in a)                          # stopping + resuming changes nothing
+    rows = [json.loads(x) for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 4, 6, 8, 10]
+
+
+def test_kill_9_loses_only_the_steps_since_the_last_save(tmp_path):
+    """A real `birdlive train` process killed with SIGKILL while it trains (state saved every step), resumed by the
+    command line: the weights at the end are those of a run never interrupted."""
+    from safetensors import safe_open
+    common = small_run(tmp_path, max_steps=24, epoch_size=64, checkpoint_minutes=0.0)
+    train(TrainConfig(run_dir=str(tmp_path / "whole"), **common), show_progress=False)
+    args = [common["data"][0], "--preset", "tiny", "--window", "1", "--epoch-size", "64", "--batch-size", "8",
+            "--lr", "2e-3", "--max-steps", "24", "--val-fraction", "0.34", "--seed", "1", "--cache-dir",
+            common["cache_dir"], "--threads", "1", "--checkpoint-minutes", "0", "--run", str(tmp_path / "cut")]
+    proc = subprocess.Popen([*BIRDLIVE, "train", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state, deadline = tmp_path / "cut" / STATE, time.monotonic() + 120
+    while not state.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with safe_open(str(state), "pt") as f:
+        killed_at = json.loads(f.metadata()["birdlive_state"])["step"]
+    assert 0 < killed_at < 24                                               # it was killed mid-run
+    resumed = birdlive("train", "--run", tmp_path / "cut", "--resume", "--threads", "1")
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr
+    assert json.loads((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 24
+    a, c = weights(tmp_path / "whole"), weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_init_copies_matching_tensors_and_the_head_rows_of_shared_species(tmp_path):
+    src = BirdSED(create_config("tiny", ["a", "b", "c"])).eval()
+    with torch.no_grad():
+        for p in src.parameters():
+            p.normal_()
+    save_checkpoint(src, tmp_path / "src")
+    model = BirdSED(create_config("tiny", ["b", "x", "c"]))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    said = init_weights(model, str(tmp_path / "src"))
+    assert "2 of 3 species" in said and "4 tensors" in said
+    mine, theirs = model.state_dict(), src.state_dict()
+    for k in mine:
+        if k.startswith("head."):
+            assert torch.equal(mine[k][[0, 2]], theirs[k][[1, 2]])          # b and c: their rows
+            assert torch.equal(mine[k][1], before[k][1])                    # x: new, as initialised
+        elif k in theirs and not k.endswith("num_batches_tracked"):
+            assert torch.equal(mine[k], theirs[k]), k
+
+
+def test_frozen_stages_keep_their_weights_and_the_rest_trains(tmp_path):
+    from birdlive.train.loop import freeze_early
+    run = train(TrainConfig(run_dir=str(tmp_path / "a"), **small_run(tmp_path, max_steps=3)), show_progress=False)
+    frozen = train(TrainConfig(run_dir=str(tmp_path / "f"), freeze=2, init=str(tmp_path / "a" / "last"),
+                               **small_run(tmp_path, max_steps=3, seed=2)), show_progress=False)
+    assert frozen["steps"] == run["steps"] == 3
+    start, end = load_file(str(tmp_path / "a" / "last.safetensors")), weights(tmp_path / "f")
+    stem = [k for k in end if k.startswith(("frontend.bn0.weight", "frontend.bn0.bias", "backbone.conv_stem.",
+                                            "backbone.bn1.weight", "backbone.bn1.bias", "backbone.blocks.0."))]
+    assert all(torch.equal(start[k], end[k]) for k in stem if "running" not in k and "num_batches" not in k)
+    assert not torch.equal(start["backbone.blocks.1.0.conv_pw.weight"], end["backbone.blocks.1.0.conv_pw.weight"])
+    with pytest.raises(Exception, match="EfficientNet or MobileNet"):
+        freeze_early(BirdSED(create_config("tiny", ["a"], backbone="resnet10t", feature_index=2)), 2)
+
+
+def test_resume_without_state_starts_from_init_weights(tmp_path):
+    common = small_run(tmp_path, max_steps=4)
+    first = train(TrainConfig(run_dir=str(tmp_path / "a"), **common), show_progress=False)
+    second = train(TrainConfig(run_dir=str(tmp_path / "b"), init=str(tmp_path / "a" / "best"), **common),
+                   resume=True, show_progress=False)                        # no state in b: starts from a's best
+    rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and rows[0]["val_map"] == pytest.approx(first["val_map"])
+    extra = load_checkpoint(tmp_path / "b" / "last").cfg.extra["training"]
+    assert extra["init"].startswith(str(tmp_path / "a" / "best")) and second["steps"] == 4
 
 
 # --------------------------------------------------------------------------------------------------- CLI
@@ -167,7 +262,10 @@ def test_cli_errors_are_one_red_line(tmp_path):
     for args, needle in ([["train", tmp_path / "missing", "--run", tmp_path / "run"], "missing: no such file"],
                          [["evaluate", tmp_path, "--model", tmp_path / "nothing"], "no checkpoint"],
                          [["train", tmp_path, "--augment", "lots", "--run", tmp_path / "run"],
-                          "unknown augmentation preset"]):
+                          "unknown augmentation preset"],
+                         [["train", tmp_path, "--init", tmp_path / "nothing", "--run", tmp_path / "run"],
+                          "no checkpoint there"],
+                         [["train", tmp_path, "--max-steps", "0", "--run", tmp_path / "run"], "must be positive"]):
         r = birdlive(*args)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr
@@ -204,3 +302,59 @@ def test_cli_evaluate_event_f1_from_strong_labels(trained, cli, tmp_path):
     ev = json.loads(out.read_text())["events"]
     assert ev["n_files"] == 4 and ev["n_reference"] == 8 and ev["n_estimated"] > 0
     assert ev["tp"] >= 2 and "events (onset ±1 s)" in r.output
+
+
+# ------------------------------------------------------------------------------------------ GPU recipe
+
+def gpu_recipe():
+    import importlib.util
+    from common import ROOT
+    spec = importlib.util.spec_from_file_location("gpu_recipe", ROOT / "benchmarks" / "gpu_recipe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_recipe_packs_and_trains_on_cpu(tmp_path, capsys):
+    """The recipe end to end with a tiny budget: pack (Opus, the split's train and validation groups only, the
+    split rewritten for the packed files), the device command, and training from the pack into --out."""
+    recipe = gpu_recipe()
+    rng = np.random.default_rng(4)
+    xc, rows = tmp_path / "xc", ["filepath,label,common_name,also"]
+    for kind in CALL_TYPES[:3]:
+        (xc / kind).mkdir(parents=True)
+        for i in range(4):
+            w, _ = make_scene(6.0, 44100, [(kind, 1.0), (kind, 4.0)], snr_db=12, rng=rng)
+            sf.write(xc / kind / f"XC{i}{kind}.wav", w, 44100)
+            rows.append(f"{kind}/XC{i}{kind}.wav,{kind},{kind.title()},")
+    (xc / "metadata.csv").write_text("\n".join(rows) + "\n")
+    snip = write_calls(tmp_path / "snip", 2, seed=5, seconds=1.0)
+    for kind in CALL_TYPES:                                   # runs from the file names: <species>_runRRRR_IIIII
+        for i, f in enumerate(sorted((snip / kind).iterdir())):
+            f.rename(f.with_name(f"{kind}_run{i:04d}_{i:05d}.wav"))
+    (tmp_path / "noise").mkdir()
+    sf.write(tmp_path / "noise" / "hiss.wav", 0.01 * rng.standard_normal(3 * SR).astype(np.float32), SR)
+    pack = tmp_path / "pack"
+    recipe.main(["pack", "--out", str(pack), "--data", str(xc), "--snippets", str(snip), "--noise-dir",
+                 str(tmp_path / "noise"), "--species", "", "--holdout", "", "--val-fraction", "0.25",
+                 "--test-fraction", "0.25", "--preset", "tiny", "--init", "", "--cap-max", "4",
+                 "--cache-dir", str(tmp_path / "cache"), "--no-wheels"])
+    split = json.loads((pack / "split.json").read_text())
+    packed = sorted(p.relative_to(pack / "xc").as_posix() for p in (pack / "xc").rglob("*.ogg"))
+    assert len(packed) == 3 * 3 and split["test"] == []                  # one test recording per species stays
+    assert sorted(g.split(":", 1)[1] for g in split["train"] + split["val"] if g.startswith("xc:")) == packed
+    assert all(sf.info(str(pack / "xc" / p)).duration <= 4.1 for p in packed)   # cut to the loudest 4 s
+    assert (pack / "noise" / "hiss.ogg").is_file() and (pack / "snip" / "snippets.csv").is_file()
+    capsys.readouterr()
+    recipe.main(["command"])
+    call = json.loads(capsys.readouterr().out)
+    assert call["carry"] == ["runs/gpu-pack"] and "--out $OUT" in call["command"] and len(call["command"]) < 2000
+    out = tmp_path / "out"
+    recipe.main(["train", "--pack", str(pack), "--out", str(out), "--run", str(tmp_path / "run"), "--cache",
+                 str(tmp_path / "cache2"), "--max-steps", "3", "--batch", "4", "--val-every", "2", "--workers", "0",
+                 "--threads", "1", "--device", "cpu"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(recipe.RESULTS)
+    model = load_checkpoint(out / "best")
+    assert model.cfg.labels == sorted(CALL_TYPES)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 3]

@@ -5,10 +5,14 @@
   wind and traffic rumble do not attract crops), the anchor in the window's central half: weakly labelled field
   recordings give windows that contain the bird, not cut at the edge.
 - call mixing: 1-3 windows of different species summed with random gains; labels are the union (`mix`).
-- noise at an SNR drawn from a range: white, pink, brown, or real background files from `--noise-dir`
-  (`NoiseBank`). SNR here is over the whole window: 10·log10(mean(x²) / mean(n²)).
-- time-stretch (phase vocoder; duration × factor, pitch kept) and pitch-shift (semitones, duration kept):
-  small ranges — birds are told apart by pitch, a shift of a few semitones can turn one species into another.
+- noise at an SNR drawn from a range: white, pink, brown (cut from a bank made once per process: shaping a
+  spectrum costs 9 ms a window), or real background files from `--noise-dir` (`NoiseBank`). SNR here is over the
+  whole window: 10·log10(mean(x²) / mean(n²)).
+- tempo (duration × factor, pitch kept) and pitch (semitones, duration kept): small ranges — birds are told apart
+  by pitch, a shift of a few semitones can turn one species into another. Both act on the whole window in the
+  log-mel domain, where they are exact and cost nothing (`TempoPitchLogMel`); the phase vocoder they used to be
+  (`time_stretch`, `pitch_shift`, kept for `augment-demo`'s listening) cost more per window than the network's
+  training step on two cores.
 - a random overall gain (the network's input normalisation runs on running statistics at inference, so levels
   matter).
 - SpecAugment (time and mel-band masks) is the model's own (`LogMelFrontend`, training mode only); here it is
@@ -17,6 +21,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,9 +44,9 @@ class AugmentConfig:
     snr_db: tuple[float, float] = (0.0, 20.0)      # whole-window SNR
     noise_colors: tuple[str, ...] = NOISE_COLORS
     noise_file_prob: float = 0.7                   # share of real background files, when --noise-dir has any
-    stretch_prob: float = 0.25
+    stretch_prob: float = 0.25                     # tempo change of the whole window (`TempoPitchLogMel`)
     stretch_range: tuple[float, float] = (0.9, 1.1)  # duration factor
-    pitch_prob: float = 0.25
+    pitch_prob: float = 0.25                       # pitch change of the whole window
     pitch_semitones: float = 0.5                   # ± range (gentle)
     gain_prob: float = 0.8
     gain_db: tuple[float, float] = (-12.0, 6.0)
@@ -82,7 +87,9 @@ def db_to_gain(db: float) -> float:
 
 
 def power(x: np.ndarray) -> float:
-    return float(np.mean(np.square(x, dtype=np.float64))) if len(x) else 0.0
+    """Mean square (a BLAS dot product: a float64 copy of a 5 s window cost more than the rest of `add_noise`)."""
+    x = np.ascontiguousarray(x, np.float32)
+    return float(np.dot(x, x)) / len(x) if len(x) else 0.0
 
 
 # --------------------------------------------------------------------------------------------- crops
@@ -132,7 +139,8 @@ def fix_length(x: np.ndarray, n: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------- stretch / pitch
 
 def time_stretch(x: np.ndarray, factor: float) -> np.ndarray:
-    """Duration × `factor` (1.1 = 10 % longer), pitch unchanged (librosa phase vocoder)."""
+    """Duration × `factor` (1.1 = 10 % longer), pitch unchanged (librosa phase vocoder). For listening
+    (`augment-demo`); training changes tempo in the log-mel domain (`TempoPitchLogMel`)."""
     import librosa
     if abs(factor - 1.0) < 1e-6 or len(x) < 4096:
         return np.asarray(x, np.float32)
@@ -140,7 +148,8 @@ def time_stretch(x: np.ndarray, factor: float) -> np.ndarray:
 
 
 def pitch_shift(x: np.ndarray, sample_rate: int, semitones: float) -> np.ndarray:
-    """Frequencies × 2^(semitones/12), duration unchanged (phase vocoder + soxr resampling)."""
+    """Frequencies × 2^(semitones/12), duration unchanged (phase vocoder + soxr resampling). For listening
+    (`augment-demo`); training shifts pitch in the log-mel domain (`TempoPitchLogMel`)."""
     import librosa
     if abs(semitones) < 1e-6 or len(x) < 4096:
         return np.asarray(x, np.float32)
@@ -185,7 +194,13 @@ class NoiseBank:
         return cls(files, cache)
 
     def colored(self, n: int, color: str, rng: np.random.Generator) -> np.ndarray:
-        return colored_noise(n, color, rng)
+        """`n` samples of unit-RMS coloured noise: a random stretch of this process's bank of that colour
+        (read backwards half the time), looped when longer than the bank."""
+        bank = _color_bank(color)
+        start = int(rng.integers(len(bank)))
+        out = np.resize(np.roll(bank, -start), n) if start + n > len(bank) else bank[start:start + n]
+        out = out[::-1] if rng.random() < 0.5 else out
+        return (out * (1.0 / np.sqrt(max(power(out), 1e-12)))).astype(np.float32)
 
     def from_file(self, n: int, rng: np.random.Generator) -> np.ndarray | None:
         path = self.files[int(rng.integers(len(self.files)))]
@@ -213,6 +228,66 @@ class NoiseBank:
                 return out
         colors = tuple(colors) or NOISE_COLORS
         return self.colored(n, colors[int(rng.integers(len(colors)))], rng)
+
+
+COLOR_BANK_SAMPLES = 1 << 20                     # 33 s at 32 kHz of each colour, made once per process
+
+
+@functools.lru_cache(maxsize=None)
+def _color_bank(color: str) -> np.ndarray:
+    seed = NOISE_COLORS.index(color) if color in NOISE_COLORS else 99
+    return colored_noise(COLOR_BANK_SAMPLES, color, np.random.default_rng([7349, seed]))
+
+
+# ------------------------------------------------------------------------------------- tempo and pitch
+
+class TempoPitchLogMel:
+    """The model's raw log-mel of training windows, each with its own tempo and pitch (training only).
+
+    Tempo: a window's T frames are taken `hop` samples apart instead of the model's `hop_length`. With
+    hop = hop_length / f the T frames cover (T-1)·hop samples and are shown to the network as the nominal window:
+    the audio f times slower (f > 1) or faster, each frame's spectrum unchanged, i.e. the pitch kept.
+    Pitch: the mel filterbank is built for a sample rate of sample_rate·2^(s/12), so energy at x Hz falls in the
+    band of x·2^(s/12) Hz; hop and duration are unchanged.
+    Both are exact in the log-mel domain and cost one STFT per distinct (hop, semitones) in the batch, where the
+    phase vocoder cost 28 ms per 5 s window and call. The frontends are the model's own class, so the log-mel
+    of an unchanged window (hop_length, 0 semitones) is the model's frontend's, number for number."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.frames = int(round(cfg.window_s * cfg.sample_rate)) // cfg.hop_length + 1   # T of a nominal window
+        self._frontends: dict[tuple[int, float], object] = {}
+
+    def samples(self, hop: int) -> int:
+        """Audio a window read with `hop` spans: (T - 1) · hop samples."""
+        return (self.frames - 1) * int(hop)
+
+    def hop_for(self, factor: float) -> int:
+        """The hop that shows the audio `factor` times longer (quantised to whole samples)."""
+        return max(1, int(round(self.cfg.hop_length / factor)))
+
+    def frontend(self, hop: int, semitones: float):
+        key = (int(hop), round(float(semitones), 3))
+        if key not in self._frontends:
+            import dataclasses
+            from birdlive.model import LogMelFrontend
+            cfg = dataclasses.replace(self.cfg, hop_length=key[0], sample_rate=self.cfg.sample_rate * 2 ** (key[1] / 12))
+            self._frontends[key] = LogMelFrontend(cfg).eval()
+        return self._frontends[key]
+
+    def __call__(self, wave, hops, semitones):
+        """wave (B, N ≥ samples(max hop)), hops (B,) int, semitones (B,) → (B, 1, T, n_mels) raw log-mel."""
+        import torch
+        pairs = list(zip(hops.tolist(), semitones.tolist()))
+        out = None
+        for key in sorted(set(pairs)):
+            idx = torch.tensor([i for i, p in enumerate(pairs) if p == key], device=wave.device)
+            front = self.frontend(*key).to(wave.device)
+            x = front(wave[idx, :self.samples(key[0])])
+            if out is None:
+                out = x.new_empty((len(pairs), *x.shape[1:]))
+            out[idx] = x
+        return out
 
 
 # ------------------------------------------------------------------------------------------ examples

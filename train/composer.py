@@ -9,9 +9,9 @@ files). Because the composer knows where every note is, it returns framewise tar
 frame j (covering [j, j+1)/out_fps) is 1 for a species when one of its notes covers at least half of the frame,
 or half of the note when the note is shorter than a frame. Every target of a composed window is known (masks 1).
 
-A run shorter than the number of notes drawn is repeated from its start (birds repeat their notes). Pitch shift
-and time stretch, when the `AugmentConfig` asks for them, act on a whole sequence (so a 0.1 s note is not put
-through a phase vocoder alone); time stretch moves the note times with it.
+A run shorter than the number of notes drawn is repeated from its start (birds repeat their notes). Tempo and
+pitch changes act later, on the whole training window, in the log-mel domain (`augment.TempoPitchLogMel`): the
+composer only makes a window of the length and the frame rate it is asked for (`compose(..., n, fps)`).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .augment import AugmentConfig, Example, NoiseBank, db_to_gain, pitch_shift, power, time_stretch
+from .augment import AugmentConfig, Example, NoiseBank, db_to_gain, power
 from .datasets import Recording
 
 
@@ -66,8 +66,8 @@ def frame_activity(n_out: int, out_fps: float, intervals: list[tuple[float, floa
 
 
 class SnippetPool:
-    """Snippets grouped into runs: {species: [[Recording, ...] in original order, ...]}. Decoded snippets are kept
-    in memory (the essential set is 48 min of audio: 350 MB as float32 at 32 kHz)."""
+    """Snippets grouped into runs: {species: [[Recording, ...] in original order, ...]}. Their audio is one memory
+    map of all of them (`AudioCache.pack`), shared by every DataLoader worker through the page cache."""
 
     def __init__(self, recordings: list[Recording], cache, min_note_s: float = 0.02):
         runs: dict[tuple[str, str], list[Recording]] = defaultdict(list)
@@ -78,7 +78,8 @@ class SnippetPool:
             self.runs[species].append(sorted(rs, key=lambda r: r.path))
         self.cache = cache
         self.min_note_s = min_note_s
-        self._audio: dict[str, np.ndarray] = {}
+        self._paths = sorted({r.path for r in recordings})
+        self._audio: tuple[np.ndarray, dict[str, tuple[int, int]]] | None = None   # packed on first use
 
     @property
     def species(self) -> list[str]:
@@ -87,16 +88,26 @@ class SnippetPool:
     def __len__(self) -> int:
         return sum(len(v) for v in self.runs.values())
 
+    def open(self) -> None:
+        """Pack (the first time) and map the snippets' audio; done before DataLoader workers fork."""
+        if self._audio is None:
+            audio, offsets = self.cache.pack(self._paths)
+            self._audio = audio, {p: (int(a), int(b)) for p, a, b in zip(self._paths, offsets[:-1], offsets[1:])}
+
+    def audio(self, path: str) -> np.ndarray:
+        self.open()
+        audio, where = self._audio
+        a, b = where[path]
+        return audio[a:b]
+
     def sequence(self, species: str, rng: np.random.Generator, n_notes: int) -> list[np.ndarray]:
         run = self.runs[species][int(rng.integers(len(self.runs[species])))]
         i0 = int(rng.integers(len(run)))
         notes = []
         for r in (run[(i0 + j) % len(run)] for j in range(n_notes)):   # a short run repeats, as birds do
-            x = self._audio.get(r.path)
-            if x is None:
-                x = self._audio[r.path] = np.asarray(self.cache.load(r.path, mmap=False), np.float32)
+            x = self.audio(r.path)
             if len(x) >= self.min_note_s * self.cache.sample_rate:
-                notes.append(np.asarray(x, np.float32))
+                notes.append(x)
         return notes
 
 
@@ -119,9 +130,8 @@ class Composer:
         return max(1, int(round(self.window_s * self.out_fps)))
 
     def sequence(self, species: str, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        """Notes of one run with gaps, as one array, and each note's (start, end) sample in it; time-stretched and
-        pitch-shifted (as a whole, so short notes are not put through a phase vocoder alone) when asked for."""
-        cfg, aug, sr = self.cfg, self.aug, self.sr
+        """Notes of one run with gaps, as one array, and each note's (start, end) sample in it."""
+        cfg, sr = self.cfg, self.sr
         notes = self.pool.sequence(species, rng, int(rng.integers(cfg.notes[0], cfg.notes[1] + 1)))
         if not notes:
             return np.zeros(0, np.float32), []
@@ -132,21 +142,12 @@ class Composer:
             seq[t:t + len(x)] = x
             spans.append((t, t + len(x)))
             t += len(x) + g
-        if aug.stretch_prob > 0 and rng.random() < aug.stretch_prob:
-            factor = float(rng.uniform(*aug.stretch_range))
-            stretched = time_stretch(seq, factor)
-            if len(stretched) != len(seq):
-                scale = len(stretched) / len(seq)
-                spans = [(int(a * scale), int(b * scale)) for a, b in spans]
-                seq = stretched
-        if aug.pitch_prob > 0 and rng.random() < aug.pitch_prob:
-            seq = pitch_shift(seq, sr, float(rng.uniform(-aug.pitch_semitones, aug.pitch_semitones)))
         return seq, spans
 
-    def track(self, species: str, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[float, float]]]:
-        """One species' sequences on a silent track of the window's length, and their notes' (onset, offset) s.
+    def track(self, species: str, rng: np.random.Generator, n: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
+        """One species' sequences on a silent track of `n` samples, and their notes' (onset, offset) s.
         A sequence may start before the window or run past its end, but touches it."""
-        n, sr = self.n, self.sr
+        sr = self.sr
         track = np.zeros(n, np.float32)
         intervals = []
         for _ in range(int(rng.integers(self.cfg.sequences[0], self.cfg.sequences[1] + 1))):
@@ -165,10 +166,14 @@ class Composer:
                     intervals.append((lo / sr, hi / sr))
         return track, intervals
 
-    def compose(self, rng: np.random.Generator, exclude: set[str] = frozenset(),
-                n_species: int | None = None) -> tuple[Example, list[tuple[str, float, float]]]:
-        """A composed window: (Example with strong targets, [(species, onset_s, offset_s)] of every note)."""
-        cfg, n, K = self.cfg, self.n, len(self.labels)
+    def compose(self, rng: np.random.Generator, exclude: set[str] = frozenset(), n_species: int | None = None,
+                n: int | None = None, fps: float | None = None) -> tuple[Example, list[tuple[str, float, float]]]:
+        """A composed window: (Example with strong targets, [(species, onset_s, offset_s)] of every note).
+        `n` samples (default: the window's) with framewise targets `fps` frames a second (default: the model's
+        output rate) — a window that will be shown slower or faster has other values of both; it always has
+        `n_out` frames."""
+        cfg, K = self.cfg, len(self.labels)
+        n, fps = n or self.n, fps or self.out_fps
         choices = [s for s in self.species if s not in exclude]
         if not choices:
             raise NoSpeciesLeft("every snippet species is excluded from this window")
@@ -180,14 +185,14 @@ class Composer:
         ft = np.zeros((self.n_out, K), np.float32)
         events = []
         for sp in chosen:
-            track, intervals = self.track(sp, rng)
-            active = np.abs(track) > 0
-            if not intervals or not active.any():
+            track, intervals = self.track(sp, rng, n)
+            n_active = np.count_nonzero(track)
+            if not intervals or not n_active:
                 continue
-            call_rms = np.sqrt(power(track[active]))
+            call_rms = np.sqrt(power(track) * len(track) / n_active)   # RMS over the samples its notes occupy
             target_rms = noise_rms * db_to_gain(float(rng.uniform(*cfg.snr_db)))
             wave += track * (target_rms / (call_rms + 1e-12))
-            act = frame_activity(self.n_out, self.out_fps, intervals)
+            act = frame_activity(self.n_out, fps, intervals)
             k = self.index[sp]
             ft[:, k] = np.maximum(ft[:, k], act)
             ct[k] = 1.0 if act.any() else ct[k]

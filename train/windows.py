@@ -1,17 +1,20 @@
-"""Training windows (a torch `Dataset` drawing fresh augmented windows each epoch) and the fixed validation set.
+"""Training windows (a torch `Dataset` of fresh augmented windows, indexed by a global window number) and the
+fixed validation set.
 
 Sources: weakly labelled *recordings* (field recordings, any length: energy crops) and, optionally, a snippet pool
 composed into windows with strong labels (`composer.py`). Each training window:
 
+  0. draw its tempo factor f and pitch shift s (`augment.TempoPitchLogMel`): the window is made of
+     (T-1)·hop samples, hop = hop_length / f, and its framewise targets at out_fps · f frames per second of audio,
+     so that shown as T frames it is the nominal window, f times slower (or faster), pitch moved by s;
   1. pick a source (recordings or snippets, `snippet_share`), then a species uniformly (`balance`) or a file
-     uniformly, and make one component: an energy crop of a recording (time-stretched / pitch-shifted by
-     chance) or a composed window;
+     uniformly, and make one component: an energy crop of a recording or a composed window;
   2. with probability `mix_prob`, add further components of species not yet in the window with random gains,
      until `mix_max` species (labels: the union, `augment.mix`);
   3. random overall gain, then noise at a random SNR (coloured or a real background file).
 
-Every window is drawn from a generator seeded by (seed, epoch, index), so a run is reproducible and a resumed
-run sees the same windows it would have seen.
+Window i is drawn from a generator seeded by (seed, i) alone: a run is reproducible, a resumed run sees exactly
+the windows it would have seen, whatever the DataLoader's workers, and windows are never repeated in order.
 """
 from __future__ import annotations
 
@@ -22,22 +25,40 @@ import torch
 
 from birdlive.errors import OptionError
 
-from .augment import (AugmentConfig, Example, NoiseBank, crop, db_to_gain, energy_profile, fix_length, mix,
-                      pitch_shift, time_stretch, weak_example)
+from .augment import (AugmentConfig, Example, NoiseBank, TempoPitchLogMel, add_noise, crop, db_to_gain,
+                      energy_profile, fix_length, mix, weak_example)
 from .composer import Composer, NoSpeciesLeft
 from .datasets import Recording
+
+# Tempo factors and pitch shifts are drawn on grids, so that a batch holds few distinct (hop, semitones) pairs:
+# one STFT each (`TempoPitchLogMel`); at most 5 × 5 with the default ranges.
+TEMPO_STEP = 0.05     # duration factor
+PITCH_STEP = 0.25     # semitones
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where one window's samples and frames lie: `n` samples shown as the nominal window, `hop` samples per
+    log-mel frame, framewise targets `fps` frames per second of the audio, pitch moved by `semitones`."""
+    n: int
+    hop: int
+    fps: float
+    semitones: float
 
 
 class WindowSet(torch.utils.data.Dataset):
     def __init__(self, recordings: list[Recording], labels: list[str], cache, noise: NoiseBank,
                  augment: AugmentConfig, window_s: float, out_fps: float, epoch_size: int, seed: int = 0,
-                 composer: Composer | None = None, snippet_share: float | None = None, balance: bool = True):
+                 composer: Composer | None = None, snippet_share: float | None = None, balance: bool = True,
+                 warp: TempoPitchLogMel | None = None):
         self.recs, self.labels, self.cache, self.noise, self.aug = recordings, list(labels), cache, noise, augment
         self.index = {lab: i for i, lab in enumerate(self.labels)}
         self.sr = cache.sample_rate
         self.n = int(round(window_s * self.sr))
         self.n_out = max(1, int(round(window_s * out_fps)))
-        self.epoch_size, self.seed, self.epoch = int(epoch_size), int(seed), 0
+        self.out_fps = out_fps
+        self.epoch_size, self.seed = int(epoch_size), int(seed)
+        self.warp = warp
         self.composer = composer if composer is not None and composer.species else None
         if not self.recs and self.composer is None:
             raise OptionError("no training recordings and no snippets")
@@ -52,14 +73,44 @@ class WindowSet(torch.utils.data.Dataset):
             self.by_species.setdefault(r.primary, []).append(i)
         self._profiles: dict[int, np.ndarray] = {}
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
     def __len__(self) -> int:
         return self.epoch_size
 
+    @property
+    def max_samples(self) -> int:
+        """Every window's wave is padded to this length (the slowest tempo's span)."""
+        if self.warp is None or self.aug.stretch_prob <= 0:
+            return self.n
+        return max(self.n, self.warp.samples(self.warp.hop_for(min(self.aug.stretch_range))))
+
+    def prepare(self) -> None:
+        """Energy profiles of every recording and the snippets' memory map, made once here (before DataLoader
+        workers fork and share them)."""
+        for i in range(len(self.recs)):
+            self._profile(i)
+        if self.composer is not None:
+            self.composer.pool.open()
+
+    def _profile(self, i: int) -> np.ndarray:
+        if i not in self._profiles:
+            self._profiles[i] = energy_profile(self.cache.load(self.recs[i].path), self.sr)
+        return self._profiles[i]
+
     # ------------------------------------------------------------------------------------------------
-    def _recording_example(self, rng: np.random.Generator, exclude: set[str]) -> Example | None:
+    def geometry(self, rng: np.random.Generator) -> Geometry:
+        aug, warp = self.aug, self.warp
+        if warp is None:
+            return Geometry(self.n, 0, self.out_fps, 0.0)
+        hop = warp.cfg.hop_length
+        if aug.stretch_prob > 0 and rng.random() < aug.stretch_prob:
+            hop = warp.hop_for(round(float(rng.uniform(*aug.stretch_range)) / TEMPO_STEP) * TEMPO_STEP)
+        semis = 0.0
+        if aug.pitch_prob > 0 and rng.random() < aug.pitch_prob:
+            semis = round(float(rng.uniform(-aug.pitch_semitones, aug.pitch_semitones)) / PITCH_STEP) * PITCH_STEP
+        n = warp.samples(hop)
+        return Geometry(n, hop, self.out_fps * self.n / n, semis)
+
+    def _recording_example(self, rng: np.random.Generator, exclude: set[str], g: Geometry) -> Example | None:
         if self.balance:
             species = [s for s in self.by_species if s not in exclude]
             if not species:
@@ -71,22 +122,13 @@ class WindowSet(torch.utils.data.Dataset):
             if not pool:
                 return None
             i = pool[int(rng.integers(len(pool)))]
-        rec, aug = self.recs[i], self.aug
-        x = self.cache.load(rec.path)
-        if i not in self._profiles:
-            self._profiles[i] = energy_profile(x, self.sr)
-        factor = float(rng.uniform(*aug.stretch_range)) if rng.random() < aug.stretch_prob else 1.0
-        w, _ = crop(x, int(np.ceil(self.n / factor)), rng, aug.energy_crop, self.sr, self._profiles[i])
-        if factor != 1.0:
-            w = time_stretch(w, factor)
-        if aug.pitch_prob > 0 and rng.random() < aug.pitch_prob:
-            w = pitch_shift(w, self.sr, float(rng.uniform(-aug.pitch_semitones, aug.pitch_semitones)))
-        w = fix_length(w, self.n)
+        rec = self.recs[i]
+        w, _ = crop(self.cache.load(rec.path), g.n, rng, self.aug.energy_crop, self.sr, self._profile(i))
         pos = [self.index[lab] for lab in rec.labels if lab in self.index]
         unk = [self.index[lab] for lab in rec.secondary if lab in self.index]
         return weak_example(w, pos, unk, len(self.labels), self.n_out)
 
-    def component(self, rng: np.random.Generator, exclude: set[str] = frozenset(),
+    def component(self, rng: np.random.Generator, g: Geometry, exclude: set[str] = frozenset(),
                   max_species: int | None = None) -> Example | None:
         if self.composer is not None and rng.random() < self.snippet_share:
             k = None
@@ -95,16 +137,17 @@ class WindowSet(torch.utils.data.Dataset):
             elif self.aug.mix_prob <= 0:
                 k = 1   # no mixing asked for: one species per composed window
             try:
-                return self.composer.compose(rng, exclude=exclude, n_species=k)[0]
+                return self.composer.compose(rng, exclude=exclude, n_species=k, n=g.n, fps=g.fps)[0]
             except NoSpeciesLeft:
                 return None
-        return self._recording_example(rng, exclude) if self.recs else None
+        return self._recording_example(rng, exclude, g) if self.recs else None
 
-    def example(self, rng: np.random.Generator) -> Example:
+    def example(self, rng: np.random.Generator, g: Geometry | None = None) -> Example:
         aug = self.aug
+        g = g or Geometry(self.n, 0, self.out_fps, 0.0)
         ex = None
         for _ in range(10):   # a composed window whose notes all fell outside it has no species: draw again
-            ex = self.component(rng, max_species=1 if aug.mix_prob <= 0 else None)
+            ex = self.component(rng, g, max_species=1 if aug.mix_prob <= 0 else None)
             if ex is not None and ex.species:
                 break
         if ex is None:
@@ -116,7 +159,7 @@ class WindowSet(torch.utils.data.Dataset):
                 have = set().union(*(p.species for p in parts))
                 if len(have) >= target:
                     break
-                other = self.component(rng, exclude={self.labels[i] for i in have},
+                other = self.component(rng, g, exclude={self.labels[i] for i in have},
                                        max_species=target - len(have))
                 if other is not None and other.species and not other.species & have:
                     parts.append(other)
@@ -127,18 +170,20 @@ class WindowSet(torch.utils.data.Dataset):
         if aug.gain_prob > 0 and rng.random() < aug.gain_prob:
             wave = wave * db_to_gain(float(rng.uniform(*aug.gain_db)))
         if aug.noise_prob > 0 and rng.random() < aug.noise_prob:
-            from .augment import add_noise
-            wave = add_noise(wave, self.noise.sample(self.n, rng, aug.noise_colors, aug.noise_file_prob),
+            wave = add_noise(wave, self.noise.sample(g.n, rng, aug.noise_colors, aug.noise_file_prob),
                              float(rng.uniform(*aug.snr_db)))
         ex.wave = np.clip(wave, -4.0, 4.0).astype(np.float32)
         return ex
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
-        ex = self.example(rng)
-        return {"wave": torch.from_numpy(ex.wave), "clip_target": torch.from_numpy(ex.clip_target),
-                "clip_mask": torch.from_numpy(ex.clip_mask), "frame_target": torch.from_numpy(ex.frame_target),
-                "frame_mask": torch.from_numpy(ex.frame_mask)}
+        rng = np.random.default_rng([self.seed, int(i)])
+        g = self.geometry(rng)
+        ex = self.example(rng, g)
+        wave = np.zeros(self.max_samples, np.float32)
+        wave[:len(ex.wave)] = ex.wave
+        return {"wave": torch.from_numpy(wave), "hop": torch.tensor(g.hop), "semitones": torch.tensor(g.semitones),
+                "clip_target": torch.from_numpy(ex.clip_target), "clip_mask": torch.from_numpy(ex.clip_mask),
+                "frame_target": torch.from_numpy(ex.frame_target), "frame_mask": torch.from_numpy(ex.frame_mask)}
 
 
 # --------------------------------------------------------------------------------------- validation
