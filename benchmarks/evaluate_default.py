@@ -137,8 +137,9 @@ def resolve(p: str) -> str:
     return str(q if q.exists() or q.is_absolute() else REPO / q)
 
 
-def rebuild_data(cfg: TrainConfig, split: Split, holdout: Holdout):
-    """The recordings, labels and names exactly as `train/loop.py` builds them, plus the test parts."""
+def rebuild_data(cfg: TrainConfig, split: Split, holdout: Holdout, subset: str = "test"):
+    """The recordings, labels and names exactly as `train/loop.py` builds them, plus the parts of one subset (the
+    test groups here; `compare_validation.py` asks for the validation ones)."""
     rec_sets = [load_dataset(resolve(d)) for d in cfg.data]
     snip_sets = [load_dataset(resolve(d)) for d in cfg.snippets]
     recs, labels, names = merge(rec_sets + snip_sets)
@@ -147,12 +148,12 @@ def rebuild_data(cfg: TrainConfig, split: Split, holdout: Holdout):
     snippet_paths = {r.path for d in snip_sets for r in d.recordings}
     if not split.test:
         raise SystemExit("the split has no test list (a two-way split from before): the figures need one")
-    test = split.select(recs, "test")
-    seen = set(split.train) | set(split.val)
-    assert not any(r.group in seen for r in test), "split: a test group is also a training or validation group"
-    assert not any(is_excluded(r.path, holdout.exclude) for r in test), "split: an excluded file is in the test"
-    te_long = [r for r in test if r.path not in snippet_paths]
-    te_snip = [r for r in test if r.path in snippet_paths]
+    part = split.select(recs, subset)
+    others = set().union(*(getattr(split, s) for s in ("train", "val", "test") if s != subset))
+    assert not any(r.group in others for r in part), f"split: a {subset} group is also in another subset"
+    assert not any(is_excluded(r.path, holdout.exclude) for r in part), f"split: an excluded file is in {subset}"
+    te_long = [r for r in part if r.path not in snippet_paths]
+    te_snip = [r for r in part if r.path in snippet_paths]
     # raw `also` names (scientific) of the recordings datasets, for secondaries outside our label set
     also: dict[str, list[str]] = {}
     for d in cfg.data:
@@ -377,7 +378,8 @@ def main(argv=None) -> int:
     tr = extra.get("training", {})
     settings = {
         "model": str(a.model), "weights_sha1": hashlib.sha1(weights.read_bytes()).hexdigest()[:12], "run": str(run), "labels": len(mc.labels), "backbone": mc.backbone,
-        "epoch": tr.get("epoch"), "step": tr.get("step"), "validation_map_at_save": extra.get("heldout", {}).get(
+        "step": tr.get("step"), "total_steps": tr.get("total_steps"),
+        "training_cpu_hours": tr.get("cpu_hours"), "validation_map_at_save": extra.get("heldout", {}).get(
             "macro_map"),
         "threshold_on": mc.threshold_on, "threshold_off": mc.threshold_off,
         "species_thresholds": dict(mc.thresholds or {}), "median_s": params.median_s,
@@ -678,7 +680,7 @@ def build_tables(res: dict, mc, c_runs: dict, te_long) -> list[Tab]:
     tabs = []
 
     t = Tab("Model and detector settings", ["setting", "value"])
-    for k in ("model", "weights_sha1", "epoch", "step", "validation_map_at_save", "labels", "backbone", "threshold_on",
+    for k in ("model", "weights_sha1", "step", "total_steps", "training_cpu_hours", "validation_map_at_save", "labels", "backbone", "threshold_on",
               "threshold_off", "median_s", "min_duration_s", "merge_gap_s", "max_event_s", "hop_s", "window_s",
               "seed", "split", "test_snippet_species", "test_snippet_runs", "test_recordings", "holdout",
               "torch_threads"):
@@ -891,7 +893,7 @@ def caveats(res: dict) -> list[str]:
 def render_md(res: dict, tables: list[Tab]) -> str:
     s = res["settings"]
     head = [f"## Test-split evaluation of `{s['model']}`", "",
-            f"Generated {s['date']} by `{s['command']}` (run `{s['run']}`, epoch {s['epoch']}, weights sha1 "
+            f"Generated {s['date']} by `{s['command']}` (run `{s['run']}`, step {s['step']} of {s['total_steps']}, weights sha1 "
             f"{s['weights_sha1']}; split seed {s['split_seed']}, evaluation seed {s['seed']}; {s['cpu_count']} CPU "
             "cores).", "", "Caveats:", ""] + [f"- {x}" for x in caveats(res)] + [""]
     return "\n".join(head) + "\n" + "\n".join(t.md() for t in tables)

@@ -1,0 +1,115 @@
+"""The gate for a new default model: does a candidate beat the committed default on the VALIDATION split?
+
+    python benchmarks/compare_validation.py --candidate runs/default-v2f/best --run runs/default-v2f \
+        [--incumbent model/weights/default] --out benchmarks/results/validation_gate.json
+
+Both models score the same data, the validation groups of the candidate run's split (never trained on by the
+candidate; the test groups are left to `evaluate_default.py`), on the species both know:
+
+1. composed validation windows (`--per-species` per species, the validation snippet runs, coloured-noise bed,
+   seeded): macro mAP and top-1 on single-species windows;
+2. the validation xeno-canto recordings, whole: window mAP (5 s windows, hop 5 s), recording-level mAP and top-1
+   (max over windows; top-1 among the common species).
+
+The candidate wins when its composed mAP, its recording top-1 and its recording mAP are all at least the
+incumbent's. The incumbent may have trained on some of these recordings (its own split was another one), so the
+gate leans towards keeping it.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from evaluate_default import eval_composed, rebuild_data, resolve
+
+from birdlive.model import load_checkpoint
+from birdlive.train.cache import AudioCache
+from birdlive.train.datasets import Holdout, Split
+from birdlive.train.evaluate import clip_metrics
+from birdlive.train.loop import TrainConfig
+from birdlive.train.threads import cpu_threads
+from birdlive.train.windows import EvalItem, predict_items, recording_items
+
+
+def columns(model, common: list[str]) -> list[int]:
+    index = {lab: k for k, lab in enumerate(model.cfg.labels)}
+    return [index[lab] for lab in common]
+
+
+def figures(model, common: list[str], labels: list[str], comp, xc, batch: int) -> dict:
+    """Composed-window and recording figures of `model` on the common species; targets are in `labels` order."""
+    ours, theirs = columns(model, common), [labels.index(lab) for lab in common]
+    items, tg, mk = comp
+    c = clip_metrics(predict_items(model, items, batch)[:, ours], tg[:, theirs], mk[:, theirs], common)
+    rec_items, win_items, owner, primaries = xc
+    w_scores = predict_items(model, win_items, batch)[:, ours]
+    r_scores = np.stack([w_scores[owner == k].max(0) for k in range(len(rec_items))])
+    w_tg = np.stack([it.target for it in win_items])[:, theirs]
+    w_mk = np.stack([it.mask for it in win_items])[:, theirs]
+    r_tg = np.stack([it.target for it in rec_items])[:, theirs]
+    r_mk = np.stack([it.mask for it in rec_items])[:, theirs]
+    w = clip_metrics(w_scores, w_tg, w_mk, common)
+    r = clip_metrics(r_scores, r_tg, r_mk, common)
+    prim = np.array([common.index(p) for p in primaries])
+    return {"composed_map": c["macro_map"], "composed_top1": c["top1"], "xc_window_map": w["macro_map"],
+            "xc_recording_map": r["macro_map"],
+            "xc_recording_top1": float((r_scores.argmax(1) == prim).mean()) if len(prim) else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--candidate", required=True, help="checkpoint that would become the default")
+    ap.add_argument("--run", required=True, help="the candidate's run folder (train.json, split.json)")
+    ap.add_argument("--incumbent", default="model/weights/default", help="the committed default")
+    ap.add_argument("--per-species", type=int, default=4, help="composed windows per validation species")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--out", default=None, help="JSON output")
+    a = ap.parse_args(argv)
+    run = Path(a.run)
+    cfg = TrainConfig.from_dict(json.loads((run / "train.json").read_text()))
+    split = Split.load(run / "split.json")
+    holdout = Holdout.load(resolve(cfg.holdout) if cfg.holdout else None)
+    labels, _, va_long, va_snip, _ = rebuild_data(cfg, split, holdout, subset="val")
+    cand, inc = load_checkpoint(a.candidate), load_checkpoint(a.incumbent)
+    for k in ("sample_rate", "window_s"):
+        if getattr(cand.cfg, k) != getattr(inc.cfg, k):
+            raise SystemExit(f"the two models differ in {k}: no common windows")
+    common = [lab for lab in labels if lab in set(cand.cfg.labels) & set(inc.cfg.labels)]
+    va_long = [r for r in va_long if r.primary in common]
+    cache = AudioCache(cfg.cache_dir, cand.cfg.sample_rate)
+    with cpu_threads(a.threads):
+        items, c_scores, tg, mk, _, _ = eval_composed(cand, cfg, va_snip, cache, a.per_species, a.seed, a.batch)
+        rec_items = recording_items(va_long, labels, cache, cand.cfg.window_s, cand.cfg.window_s, None)
+        win_items = [EvalItem(f"{it.name}#{j}", w[None], it.target, it.mask)
+                     for it in rec_items for j, w in enumerate(it.windows)]
+        owner = np.array([k for k, it in enumerate(rec_items) for _ in it.windows])
+        data = ((items, tg, mk), (rec_items, win_items, owner, [r.primary for r in va_long]))
+        res = {name: figures(m, common, labels, *data, a.batch) for name, m in (("candidate", cand),
+                                                                                 ("incumbent", inc))}
+    keys = ("composed_map", "xc_recording_top1", "xc_recording_map")
+    res["candidate_wins"] = all(res["candidate"][k] >= res["incumbent"][k] for k in keys)
+    res["settings"] = {"candidate": a.candidate, "incumbent": a.incumbent, "run": a.run,
+                       "common_species": len(common), "composed_windows": len(items),
+                       "xc_recordings": len(rec_items), "per_species": a.per_species, "seed": a.seed}
+    print(f"validation split of {a.run}: {len(common)} species both know, {len(items)} composed windows, "
+          f"{len(rec_items)} xeno-canto recordings")
+    print(f"{'':22s} {'candidate':>10s} {'incumbent':>10s}")
+    for k in ("composed_map", "composed_top1", "xc_window_map", "xc_recording_map", "xc_recording_top1"):
+        print(f"{k:22s} {res['candidate'][k]:10.3f} {res['incumbent'][k]:10.3f}")
+    print("candidate wins" if res["candidate_wins"] else "the incumbent stays")
+    if a.out:
+        Path(a.out).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
