@@ -206,6 +206,10 @@ def calibrate(
     floor: Optional[float] = typer.Option(None, "--floor", help="Lowest on threshold (default: the checkpoint's "
                                                                 "global on, checked noise-safe)."),
     min_positives: int = typer.Option(3, "--min-positives", help="Fewer validation positives: the global pair."),
+    noise_dir: Optional[Path] = typer.Option(None, "--noise-dir", help="Also choose the global pair: the best "
+                                             "F0.5 with no event on coloured noise and this folder's backgrounds."),
+    holdout: Optional[Path] = typer.Option(None, "--holdout", help="With --noise-dir: the hold-out JSON whose "
+                                           "noise files are kept for the test (not used here)."),
     composed: int = typer.Option(4, "--composed-per-species", help="Composed validation windows per snippet "
                                                                    "species (training validation used 4)."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also write the thresholds as a --thresholds CSV."),
@@ -219,15 +223,17 @@ def calibrate(
     from birdlive.model.checkpoint import checkpoint_paths, load_config
     from birdlive.streamer.thresholds import write_thresholds
     from birdlive.train.cache import AudioCache
-    from birdlive.train.calibrate import (calibrate as run_calibration, record_for, validation_items,
+    from birdlive.train.augment import NoiseBank
+    from birdlive.train.calibrate import (calibrate as run_calibration, noise_items, record_for, validation_items,
                                           validation_recordings, write_calibrated)
+    from birdlive.train.datasets import Holdout
     from birdlive.train.evaluate import write_json
     from birdlive.train.threads import cpu_threads
     if (out is None) == (not in_place):
         _fail("say where the thresholds go: --out STEM (a new checkpoint) or --in-place")
     if not data and not snippets:
         _fail("give the datasets the model was trained on (DATA and/or --snippets)")
-    for p in list(data or []) + list(snippets) + ([split] if split else []):
+    for p in list(data or []) + list(snippets) + [p for p in (split, noise_dir, holdout) if p]:
         if not p.exists():
             _fail(f"{p}: no such file or folder")
     path = model or DEFAULT_CHECKPOINT
@@ -237,12 +243,18 @@ def calibrate(
     recs, snippet_paths, info = validation_recordings(net.cfg, [str(d) for d in data or []],
                                                       [str(d) for d in snippets], str(split) if split else None)
     seed = info["split"]["seed"]
-    items = validation_items(net.cfg, recs, snippet_paths, AudioCache(cache_dir, net.cfg.sample_rate), composed, seed)
+    cache = AudioCache(cache_dir, net.cfg.sample_rate)
+    items = validation_items(net.cfg, recs, snippet_paths, cache, composed, seed)
     n_rec = sum(not it.composed for it in items)
     console.print(f"{len(items)} validation items ({n_rec} recordings, {len(items) - n_rec} composed windows) "
                   f"from {info['split']['n_val_groups_found']} validation groups")
+    noise = None
+    if noise_dir:
+        files = Holdout.load(holdout).training_noise(NoiseBank.from_dir(noise_dir).files, noise_dir)
+        noise = noise_items(net.cfg, files, cache, seed=seed)
+        console.print(f"global pair: chosen with {len(noise)} noise items (coloured noise, {len(files)} files)")
     with cpu_threads(threads):
-        table, summary = run_calibration(net, items, floor, min_positives)
+        table, summary = run_calibration(net, items, floor, min_positives, noise=noise)
     command = "birdlive " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     record = record_for(summary, info, command, n_rec, len(items) - n_rec, seed)
     written = write_calibrated(path, net.cfg, table, record, out)
@@ -251,6 +263,8 @@ def calibrate(
     if report:
         write_json(summary, report)
     rng = summary["on_range"]
+    if "global" in summary:
+        console.print(f"global pair: on {summary['global']['on']:g} / off {summary['global']['off']:g}")
     console.print(f"{summary['n_calibrated']} of {summary['n_species']} species calibrated "
                   f"({summary['n_raised']} raised above {summary['floor']:g}"
                   + (f", on {rng[0]:g}–{rng[1]:g}" if rng else "") + f"), the others keep the global pair "

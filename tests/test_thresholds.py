@@ -16,7 +16,8 @@ from birdlive.model.checkpoint import CheckpointError, load_config, save_config
 from birdlive.model.config import ModelConfig
 from birdlive.streamer import EventSmoother, SmootherParams, default_params, detect_offline, file_specs, make_runner
 from birdlive.streamer.thresholds import load_thresholds, resolve_thresholds, write_thresholds
-from birdlive.train.calibrate import Item, calibrate, candidates, choose, write_calibrated
+from birdlive.train.calibrate import (Item, calibrate, candidates, choose, choose_global, noise_items,
+                                      write_calibrated)
 
 from common import RECORDING, TINY, Collect
 
@@ -271,6 +272,52 @@ def test_choose_best_f05_then_fewer_false_alarms_then_lower_and_falls_back():
     assert choose(det, target, known, on)[2]["on"] == 0.5
     known[3, 2] = False                                           # … that item's a background species: no evidence
     assert choose(det, target, known, on)[2]["reason"] == "no events at any candidate"
+
+
+def test_global_pair_is_the_best_f05_of_the_thresholds_that_keep_noise_silent():
+    on = np.array([0.2, 0.3, 0.4, 0.5])
+    target = np.array([[1, 0], [0, 1], [1, 0]], bool)
+    known = np.ones_like(target)
+    det = np.zeros((4, 3, 2), bool)
+    det[0] = [[1, 1], [1, 1], [1, 0]]      # 0.2: all three right, two false alarms
+    det[1] = [[1, 0], [0, 1], [1, 0]]      # 0.3: perfect, but …
+    det[2] = [[1, 0], [0, 0], [1, 0]]      # 0.4: two right, none wrong
+    det[3] = [[1, 0], [0, 0], [0, 0]]
+    noise = np.zeros((4, 2, 2), bool)
+    noise[:2, 1, 0] = True                 # … a noise item has an event up to 0.3
+    g, rows = choose_global(det, target, known, noise, on)
+    assert on[g] == 0.4 and rows[g] == {"on": 0.4, "tp": 2, "fp": 0, "f": pytest.approx(2.5 / 2.75),
+                                        "noise_items_with_events": 0}
+    assert [r["noise_items_with_events"] for r in rows] == [1, 1, 0, 0]
+    noise[:] = False
+    assert on[choose_global(det, target, known, noise, on)[0]] == 0.3
+    noise[:, 0, 1] = True
+    with pytest.raises(OptionError, match="noise"):
+        choose_global(det, target, known, noise, on)
+
+
+def test_calibrate_with_noise_chooses_a_noise_safe_global_pair_and_writes_it(model, wave, tmp_path):
+    """From 0.05 up, the global on threshold is the best-F0.5 one with no event on coloured noise and
+    on a real background file; it is the per-species floor and lands in the checkpoint's global pair."""
+    cfg, sr = model.cfg, model.cfg.sample_rate
+    items = [Item(f"{a}", wave[a * sr:(a + 7) * sr], np.ones(len(cfg.labels), bool), np.ones(len(cfg.labels), bool))
+             for a in (0, 12, 26)]
+    bg = tmp_path / "rain.wav"
+    sf.write(bg, np.random.default_rng(3).normal(0, 0.05, 5 * sr).astype(np.float32), sr)
+
+    class Cache:
+        def load(self, path):
+            return sf.read(path, dtype="float32")[0]
+    noise = noise_items(cfg, [str(bg)], Cache(), minutes=0.1)
+    assert [n.name for n in noise[:3]] == ["white-noise", "pink-noise", "brown-noise"] and not noise[3].target.any()
+    table, summary = calibrate(model, items, min_positives=3, noise=noise)
+    g = summary["global"]
+    assert g["on"] == summary["floor"] and all(on >= g["on"] for on, _ in table.values())
+    row = next(r for r in g["sweep"] if r["on"] == g["on"])
+    assert row["noise_items_with_events"] == 0 and row["tp"] > 0
+    out = write_calibrated(TINY, cfg, table, {"global": g}, out=tmp_path / "cal")
+    got = load_checkpoint(out.with_suffix("")).cfg
+    assert (got.threshold_on, got.threshold_off) == (g["on"], g["off"])
 
 
 def test_calibrate_on_the_tiny_model_raises_a_species_that_false_alarms(model, wave, tmp_path):

@@ -30,6 +30,11 @@ sets on the command line still wins (`birdlive.streamer.thresholds`).
   noise check — a calibrated pair gives none either.
 - **Fallback to the global pair** (species left out of the table) with fewer than `min_positives` positive items,
   or when no candidate gives that species any event on validation (nothing to calibrate on).
+- **The global pair itself** (`--noise-dir`: a new model has none checked yet): among the candidates from 0.05
+  up that give not one event on the noise items — white, pink and brown noise, and the real background files
+  training mixed in (those a `--holdout` file keeps for the test are left out) — the one with the best F0.5 over
+  every (recording, species) of the validation items; ties as above. It becomes the checkpoint's global pair
+  and the floor of the per-species step, which then keeps the noise at zero (see Floor).
 """
 from __future__ import annotations
 
@@ -197,20 +202,64 @@ def choose(det: np.ndarray, target: np.ndarray, known: np.ndarray, on: np.ndarra
 
 # ------------------------------------------------------------------------------------------ the whole job
 
+def noise_items(cfg: ModelConfig, files: list[str], cache, minutes: float = 1.0, dbfs: float = -30.0,
+                seed: int = 0) -> list[Item]:
+    """Items with no species in them: `minutes` each of white, pink and brown noise at `dbfs` (the noise check's
+    recipe, `birdlive.train.evaluate.noise_false_positives`) and the real background `files`."""
+    from .synthetic import colored_noise
+    rng = np.random.default_rng(seed)
+    none = np.zeros(cfg.num_classes, bool)
+    waves = [(f"{c}-noise", colored_noise(int(minutes * 60 * cfg.sample_rate), c, rng) * 10 ** (dbfs / 20))
+             for c in ("white", "pink", "brown")] + [(f, cache.load(f)) for f in files]
+    return [Item(name, np.asarray(w, np.float32), none, ~none) for name, w in waves]
+
+
+def choose_global(det: np.ndarray, target: np.ndarray, known: np.ndarray, noise_det: np.ndarray, on: np.ndarray,
+                  beta: float = BETA) -> tuple[int, list[dict]]:
+    """The global on threshold: of the candidates with no event on any noise item (noise_det (C, M, K)), the best
+    F-beta over every (item, species) of det (C, N, K); ties: fewer false alarms, then lower. (index, rows)."""
+    pos, neg = target & known, ~target & known
+    tp, fp = (det & pos).sum(axis=(1, 2)), (det & neg).sum(axis=(1, 2))
+    fn = pos.sum() - tp
+    b2 = beta * beta
+    f = (1 + b2) * tp / np.maximum((1 + b2) * tp + b2 * fn + fp, 1)
+    noise = noise_det.any(axis=2).sum(axis=1)                     # noise items with an event, per candidate
+    rows = [{"on": float(t), "tp": int(a), "fp": int(b), "f": float(c), "noise_items_with_events": int(n)}
+            for t, a, b, c, n in zip(on, tp, fp, f, noise)]
+    safe = np.flatnonzero(noise == 0)
+    if not len(safe):
+        raise OptionError(f"no threshold up to {on[-1]:g} keeps the noise free of events")
+    best = safe[np.lexsort((safe, fp[safe], -f[safe]))[0]]
+    return int(best), rows
+
+
 def calibrate(model, items: list[Item], floor: float | None = None, min_positives: int = 3, hop_s: float = 1.0,
-              progress=None) -> tuple[dict[str, list[float]], dict]:
-    """({label: [on, off]} for the calibrated species, a summary with one row per species)."""
+              progress=None, noise: list[Item] | None = None) -> tuple[dict[str, list[float]], dict]:
+    """({label: [on, off]} for the calibrated species, a summary with one row per species). With `noise` items,
+    the global on threshold is chosen first (`choose_global`) and is the floor; the summary's `global` has it."""
     cfg = model.cfg
+    ratio = cfg.threshold_off / cfg.threshold_on if cfg.threshold_on > 0 else 1.0
+    target, known = np.stack([it.target for it in items]), np.stack([it.known for it in items])
+    chosen_global = None
+    if noise:
+        on = candidates(STEP)
+        det_all = detections(model, items + noise, on, ratio, hop_s, progress)
+        det, noise_det = det_all[:, :len(items)], det_all[:, len(items):]
+        g, sweep = choose_global(det, target, known, noise_det, on)
+        floor = float(on[g])
+        on, det = on[g:], det[g:]
+        chosen_global = {"on": floor, "off": round(floor * ratio, 4), "noise_items": len(noise), "sweep": sweep}
     floor = cfg.threshold_on if floor is None else floor
     if not 0 < floor < TOP:
         raise OptionError(f"--floor must be above 0 and below {TOP}, not {floor:g}")
-    ratio = cfg.threshold_off / cfg.threshold_on if cfg.threshold_on > 0 else 1.0
-    on = candidates(floor)
-    det = detections(model, items, on, ratio, hop_s, progress)
-    rows = choose(det, np.stack([it.target for it in items]), np.stack([it.known for it in items]), on,
-                  min_positives)
+    if not noise:
+        on = candidates(floor)
+        det = detections(model, items, on, ratio, hop_s, progress)
+    rows = choose(det, target, known, on, min_positives)
     table = {lab: [r["on"], round(r["on"] * ratio, 4)] for lab, r in zip(cfg.labels, rows) if r["on"] is not None}
     summary = _summary(cfg, rows, table, floor, ratio, on, min_positives, hop_s)
+    if chosen_global:
+        summary["global"] = chosen_global
     return table, summary
 
 
@@ -242,6 +291,8 @@ def write_calibrated(path: str | Path, cfg: ModelConfig, table: dict, record: di
     a new checkpoint `out` (the weights copied beside it)."""
     from birdlive.model.checkpoint import checkpoint_paths, save_config
     new = dataclasses.replace(cfg, thresholds=table, extra={**cfg.extra, "calibration": record})
+    if "global" in record:                                  # the global pair was chosen too
+        new = dataclasses.replace(new, threshold_on=record["global"]["on"], threshold_off=record["global"]["off"])
     if out is not None:
         src, _ = checkpoint_paths(path)
         dst, _ = checkpoint_paths(out)
