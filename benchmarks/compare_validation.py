@@ -12,8 +12,9 @@ candidate; the test groups are left to `evaluate_default.py`), on the species bo
    (max over windows; top-1 among the common species).
 
 The candidate wins when its composed mAP, its recording top-1 and its recording mAP are all at least the
-incumbent's. The incumbent may have trained on some of these recordings (its own split was another one), so the
-gate leans towards keeping it.
+incumbent's. The incumbent may have trained on some of these recordings (its own split was another one): with
+`--incumbent-split` (its run's split.json) the groups it trained on are left out, so neither model has heard any
+of the data it is compared on; without it the gate leans towards keeping the incumbent.
 """
 from __future__ import annotations
 
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidate", required=True, help="checkpoint that would become the default")
     ap.add_argument("--run", required=True, help="the candidate's run folder (train.json, split.json)")
     ap.add_argument("--incumbent", default="model/weights/default", help="the committed default")
+    ap.add_argument("--incumbent-split", default=None, help="the incumbent's split.json: leave out the groups "
+                    "it trained on")
     ap.add_argument("--per-species", type=int, default=4, help="composed windows per validation species")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
@@ -79,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     split = Split.load(run / "split.json")
     holdout = Holdout.load(resolve(cfg.holdout) if cfg.holdout else None)
     labels, _, va_long, va_snip, _ = rebuild_data(cfg, split, holdout, subset="val")
+    heard = set(Split.load(a.incumbent_split).train) if a.incumbent_split else set()
+    left_out = {r.group for r in va_long + va_snip if r.group in heard}
+    va_long = [r for r in va_long if r.group not in heard]
+    va_snip = [r for r in va_snip if r.group not in heard]
     cand, inc = load_checkpoint(a.candidate), load_checkpoint(a.incumbent)
     for k in ("sample_rate", "window_s"):
         if getattr(cand.cfg, k) != getattr(inc.cfg, k):
@@ -98,10 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     keys = ("composed_map", "xc_recording_top1", "xc_recording_map")
     res["candidate_wins"] = all(res["candidate"][k] >= res["incumbent"][k] for k in keys)
     res["settings"] = {"candidate": a.candidate, "incumbent": a.incumbent, "run": a.run,
+                       "incumbent_split": a.incumbent_split, "groups_left_out": len(left_out),
                        "common_species": len(common), "composed_windows": len(items),
                        "xc_recordings": len(rec_items), "per_species": a.per_species, "seed": a.seed}
     print(f"validation split of {a.run}: {len(common)} species both know, {len(items)} composed windows, "
-          f"{len(rec_items)} xeno-canto recordings")
+          f"{len(rec_items)} xeno-canto recordings" + (f"; {len(left_out)} groups the incumbent trained on left out"
+                                                      if heard else ""))
     print(f"{'':22s} {'candidate':>10s} {'incumbent':>10s}")
     for k in ("composed_map", "composed_top1", "xc_window_map", "xc_recording_map", "xc_recording_top1"):
         print(f"{k:22s} {res['candidate'][k]:10.3f} {res['incumbent'][k]:10.3f}")
