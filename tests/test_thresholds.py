@@ -274,23 +274,27 @@ def test_choose_best_f05_then_fewer_false_alarms_then_lower_and_falls_back():
     assert choose(det, target, known, on)[2]["reason"] == "no events at any candidate"
 
 
-def test_global_pair_is_the_best_f05_of_the_thresholds_that_keep_noise_silent():
-    on = np.array([0.2, 0.3, 0.4, 0.5])
+def test_global_pair_is_the_best_f05_of_the_thresholds_that_keep_noise_silent_with_a_margin():
+    on = np.array([0.1, 0.2, 0.3, 0.4])
     target = np.array([[1, 0], [0, 1], [1, 0]], bool)
     known = np.ones_like(target)
     det = np.zeros((4, 3, 2), bool)
-    det[0] = [[1, 1], [1, 1], [1, 0]]      # 0.2: all three right, two false alarms
-    det[1] = [[1, 0], [0, 1], [1, 0]]      # 0.3: perfect, but …
-    det[2] = [[1, 0], [0, 0], [1, 0]]      # 0.4: two right, none wrong
-    det[3] = [[1, 0], [0, 0], [0, 0]]
+    det[0] = [[1, 1], [1, 1], [1, 0]]      # 0.1: all three right, two false alarms
+    det[1] = [[1, 0], [0, 1], [1, 0]]      # 0.2: perfect
+    det[2] = [[1, 0], [0, 0], [1, 0]]      # 0.3: two right, none wrong
+    det[3] = [[1, 0], [0, 0], [0, 0]]      # 0.4: one right
     noise = np.zeros((4, 2, 2), bool)
-    noise[:2, 1, 0] = True                 # … a noise item has an event up to 0.3
+    noise[0, 1, 0] = True                  # a noise item has an event at 0.1
+    g, rows = choose_global(det, target, known, noise, on, margin=1.0)
+    assert on[g] == 0.2 and rows[g] == {"on": 0.2, "tp": 3, "fp": 0, "f": 1.0, "noise_items_with_events": 0,
+                                        "noise_items_with_events_at_margin": 0}
+    assert [r["noise_items_with_events"] for r in rows] == [1, 0, 0, 0]
+    # margin 0.5: 0.2 and 0.3 are judged at 0.1 (noisy), 0.4 at 0.2 (silent) → 0.4, though its F0.5 is lower
     g, rows = choose_global(det, target, known, noise, on)
-    assert on[g] == 0.4 and rows[g] == {"on": 0.4, "tp": 2, "fp": 0, "f": pytest.approx(2.5 / 2.75),
-                                        "noise_items_with_events": 0}
-    assert [r["noise_items_with_events"] for r in rows] == [1, 1, 0, 0]
+    assert on[g] == 0.4 and [r["noise_items_with_events_at_margin"] for r in rows] == [1, 1, 1, 0]
+    assert rows[g]["f"] == pytest.approx(1.25 / (1.25 + 0.25 * 2))
     noise[:] = False
-    assert on[choose_global(det, target, known, noise, on)[0]] == 0.3
+    assert on[choose_global(det, target, known, noise, on)[0]] == 0.2
     noise[:, 0, 1] = True
     with pytest.raises(OptionError, match="noise"):
         choose_global(det, target, known, noise, on)

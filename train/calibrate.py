@@ -32,9 +32,11 @@ sets on the command line still wins (`birdlive.streamer.thresholds`).
   or when no candidate gives that species any event on validation (nothing to calibrate on).
 - **The global pair itself** (`--noise-dir`: a new model has none checked yet): among the candidates from 0.05
   up that give not one event on the noise items — white, pink and brown noise, and the real background files
-  training mixed in (those a `--holdout` file keeps for the test are left out) — the one with the best F0.5 over
-  every (recording, species) of the validation items; ties as above. It becomes the checkpoint's global pair
-  and the floor of the per-species step, which then keeps the noise at zero (see Floor).
+  training mixed in (those a `--holdout` file keeps for the test are left out) — even at half their value (a
+  margin for noise the model has never heard), the one with the best F0.5 over every (recording, species) of
+  the validation recordings (composed windows only where there are no recordings: the global pair is what a
+  whole field recording gets); ties as above. It becomes the checkpoint's global pair and the floor of the
+  per-species step, which then keeps the noise at zero (see Floor).
 """
 from __future__ import annotations
 
@@ -215,20 +217,23 @@ def noise_items(cfg: ModelConfig, files: list[str], cache, minutes: float = 1.0,
 
 
 def choose_global(det: np.ndarray, target: np.ndarray, known: np.ndarray, noise_det: np.ndarray, on: np.ndarray,
-                  beta: float = BETA) -> tuple[int, list[dict]]:
-    """The global on threshold: of the candidates with no event on any noise item (noise_det (C, M, K)), the best
-    F-beta over every (item, species) of det (C, N, K); ties: fewer false alarms, then lower. (index, rows)."""
+                  beta: float = BETA, margin: float = 0.5) -> tuple[int, list[dict]]:
+    """The global on threshold: of the candidates t with no event on any noise item (noise_det (C, M, K)) at the
+    highest candidate <= t × margin either (the lowest candidate when there is none), the best F-beta over every
+    (item, species) of det (C, N, K); ties: fewer false alarms, then lower. (index, rows)."""
     pos, neg = target & known, ~target & known
     tp, fp = (det & pos).sum(axis=(1, 2)), (det & neg).sum(axis=(1, 2))
     fn = pos.sum() - tp
     b2 = beta * beta
     f = (1 + b2) * tp / np.maximum((1 + b2) * tp + b2 * fn + fp, 1)
     noise = noise_det.any(axis=2).sum(axis=1)                     # noise items with an event, per candidate
-    rows = [{"on": float(t), "tp": int(a), "fp": int(b), "f": float(c), "noise_items_with_events": int(n)}
-            for t, a, b, c, n in zip(on, tp, fp, f, noise)]
-    safe = np.flatnonzero(noise == 0)
+    below = np.maximum(np.searchsorted(on, on * margin + 1e-9, side="right") - 1, 0)   # candidate at t × margin
+    rows = [{"on": float(t), "tp": int(a), "fp": int(b), "f": float(c), "noise_items_with_events": int(n),
+             "noise_items_with_events_at_margin": int(noise[j])}
+            for t, a, b, c, n, j in zip(on, tp, fp, f, noise, below)]
+    safe = np.flatnonzero((noise == 0) & (noise[below] == 0))
     if not len(safe):
-        raise OptionError(f"no threshold up to {on[-1]:g} keeps the noise free of events")
+        raise OptionError(f"no threshold up to {on[-1]:g} keeps the noise free of events with a margin")
     best = safe[np.lexsort((safe, fp[safe], -f[safe]))[0]]
     return int(best), rows
 
@@ -245,7 +250,9 @@ def calibrate(model, items: list[Item], floor: float | None = None, min_positive
         on = candidates(STEP)
         det_all = detections(model, items + noise, on, ratio, hop_s, progress)
         det, noise_det = det_all[:, :len(items)], det_all[:, len(items):]
-        g, sweep = choose_global(det, target, known, noise_det, on)
+        whole = np.array([not it.composed for it in items])
+        whole = whole if whole.any() else ~whole                 # snippet-only data: the composed windows
+        g, sweep = choose_global(det[:, whole], target[whole], known[whole], noise_det, on)
         floor = float(on[g])
         on, det = on[g:], det[g:]
         chosen_global = {"on": floor, "off": round(floor * ratio, 4), "noise_items": len(noise), "sweep": sweep}
