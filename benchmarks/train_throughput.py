@@ -54,7 +54,6 @@ LEGACY_COMMIT = "410fd02"     # the loop before issue 9: phase-vocoder stretch/p
 def species_subset(pr: int, na: int) -> list[str]:
     """The first `pr` Puerto Rican (Genus_species) and `na` North American labels of the default species list."""
     listed = ROOT / "model" / "weights" / "default_species_v2.txt"
-    listed = listed if listed.is_file() else ROOT / "model" / "weights" / "default_species.txt"
     labels = [x.strip() for x in listed.read_text().splitlines() if x.strip()]
     return [x for x in labels if x[:1].isupper()][:pr] + [x for x in labels if x[:1].islower()][:na]
 
