@@ -233,6 +233,8 @@ def calibrate(
         _fail("say where the thresholds go: --out STEM (a new checkpoint) or --in-place")
     if not data and not snippets:
         _fail("give the datasets the model was trained on (DATA and/or --snippets)")
+    if floor is not None and noise_dir:
+        _fail("--floor or --noise-dir, not both: with --noise-dir the chosen global on threshold is the floor")
     for p in list(data or []) + list(snippets) + [p for p in (split, noise_dir, holdout) if p]:
         if not p.exists():
             _fail(f"{p}: no such file or folder")

@@ -252,7 +252,8 @@ def calibrate(model, items: list[Item], floor: float | None = None, min_positive
         det, noise_det = det_all[:, :len(items)], det_all[:, len(items):]
         whole = np.array([not it.composed for it in items])
         whole = whole if whole.any() else ~whole                 # snippet-only data: the composed windows
-        g, sweep = choose_global(det[:, whole], target[whole], known[whole], noise_det, on)
+        # the top candidate is left to the per-species step (a floor must lie below it)
+        g, sweep = choose_global(det[:-1, whole], target[whole], known[whole], noise_det[:-1], on[:-1])
         floor = float(on[g])
         on, det = on[g:], det[g:]
         chosen_global = {"on": floor, "off": round(floor * ratio, 4), "noise_items": len(noise), "sweep": sweep}
