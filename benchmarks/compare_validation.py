@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from evaluate_default import eval_composed, rebuild_data, resolve
+from evaluate_default import composed_set, per_recording, rebuild_data, recording_windows, resolve
 
 from birdlive.model import load_checkpoint
 from birdlive.train.cache import AudioCache
@@ -36,7 +36,7 @@ from birdlive.train.datasets import Holdout, Split
 from birdlive.train.evaluate import clip_metrics
 from birdlive.train.loop import TrainConfig
 from birdlive.train.threads import cpu_threads
-from birdlive.train.windows import EvalItem, predict_items, recording_items
+from birdlive.train.windows import predict_items
 
 
 def columns(model, common: list[str]) -> list[int]:
@@ -51,7 +51,7 @@ def figures(model, common: list[str], labels: list[str], comp, xc, batch: int) -
     c = clip_metrics(predict_items(model, items, batch)[:, ours], tg[:, theirs], mk[:, theirs], common)
     rec_items, win_items, owner, primaries = xc
     w_scores = predict_items(model, win_items, batch)[:, ours]
-    r_scores = np.stack([w_scores[owner == k].max(0) for k in range(len(rec_items))])
+    r_scores = per_recording(w_scores, owner, len(rec_items))
     w_tg = np.stack([it.target for it in win_items])[:, theirs]
     w_mk = np.stack([it.mask for it in win_items])[:, theirs]
     r_tg = np.stack([it.target for it in rec_items])[:, theirs]
@@ -94,11 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     va_long = [r for r in va_long if r.primary in common]
     cache = AudioCache(cfg.cache_dir, cand.cfg.sample_rate)
     with cpu_threads(a.threads):
-        items, c_scores, tg, mk, _, _ = eval_composed(cand, cfg, va_snip, cache, a.per_species, a.seed, a.batch)
-        rec_items = recording_items(va_long, labels, cache, cand.cfg.window_s, cand.cfg.window_s, None)
-        win_items = [EvalItem(f"{it.name}#{j}", w[None], it.target, it.mask)
-                     for it in rec_items for j, w in enumerate(it.windows)]
-        owner = np.array([k for k, it in enumerate(rec_items) for _ in it.windows])
+        items, tg, mk, _, _ = composed_set(cand.cfg, cfg, va_snip, cache, a.per_species, a.seed)
+        rec_items, win_items, owner = recording_windows(va_long, labels, cache, cand.cfg.window_s)
         data = ((items, tg, mk), (rec_items, win_items, owner, [r.primary for r in va_long]))
         res = {name: figures(m, common, labels, *data, a.batch) for name, m in (("candidate", cand),
                                                                                  ("incumbent", inc))}

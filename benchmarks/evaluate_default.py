@@ -168,17 +168,36 @@ def rebuild_data(cfg: TrainConfig, split: Split, holdout: Holdout, subset: str =
 
 # ------------------------------------------------------------------------------------------------ stages
 
-def eval_composed(model, cfg: TrainConfig, te_snip, cache, per_species: int, seed: int, batch: int):
-    mc = model.cfg
-    pool = SnippetPool(te_snip, cache, cfg.composer.min_note_s)
+def composed_set(mc, cfg: TrainConfig, snips, cache, per_species: int, seed: int):
+    """`per_species` composed windows per species of `snips` (no augmentation, seeded), labelled in `mc.labels`:
+    items, targets, masks, runs per species, species."""
+    pool = SnippetPool(snips, cache, cfg.composer.min_note_s)
     comp = Composer(pool, mc.labels, NoiseBank([], None), mc.sample_rate, mc.out_fps, mc.window_s, cfg.composer,
                     AugmentConfig.none())
     items = composed_items(comp, per_species * len(comp.species), seed)
-    scores = predict_items(model, items, batch)
     targets = np.stack([it.target for it in items])
     masks = np.stack([it.mask for it in items])
-    runs = {sp: len(rs) for sp, rs in pool.runs.items()}
-    return items, scores, targets, masks, runs, comp.species
+    return items, targets, masks, {sp: len(rs) for sp, rs in pool.runs.items()}, comp.species
+
+
+def eval_composed(model, cfg: TrainConfig, te_snip, cache, per_species: int, seed: int, batch: int):
+    items, targets, masks, runs, species = composed_set(model.cfg, cfg, te_snip, cache, per_species, seed)
+    return items, predict_items(model, items, batch), targets, masks, runs, species
+
+
+def recording_windows(recs, labels: list[str], cache, window_s: float):
+    """Whole recordings cut into back-to-back windows: the recording items, one item per window (its
+    recording's labels), and which recording owns each window."""
+    rec_items = recording_items(recs, labels, cache, window_s, window_s, None)
+    win_items = [EvalItem(f"{it.name}#{j}", w[None], it.target, it.mask)
+                 for it in rec_items for j, w in enumerate(it.windows)]
+    owner = np.array([k for k, it in enumerate(rec_items) for _ in it.windows])
+    return rec_items, win_items, owner
+
+
+def per_recording(w_scores: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """(n, K) recording scores: the max over each recording's windows."""
+    return np.stack([w_scores[owner == k].max(0) for k in range(n)])
 
 
 def make_soundscapes(model, cfg: TrainConfig, te_snip, cache, minutes: float, seed: int):
@@ -466,14 +485,11 @@ def main(argv=None) -> int:
             # 5 ---------------------------------------------------------------- xc field recordings
             t0 = time.perf_counter()
             index = {lab: i for i, lab in enumerate(mc.labels)}
-            rec_items = recording_items(te_long, mc.labels, cache, mc.window_s, mc.window_s, None)
-            win_items = [EvalItem(f"{it.name}#{j}", w[None], it.target, it.mask)
-                         for it in rec_items for j, w in enumerate(it.windows)]
-            owner = np.array([k for k, it in enumerate(rec_items) for _ in it.windows])
+            rec_items, win_items, owner = recording_windows(te_long, mc.labels, cache, mc.window_s)
             w_scores = predict_items(model, win_items, a.batch)
             w_tg = np.stack([it.target for it in win_items])
             w_mk = np.stack([it.mask for it in win_items])
-            r_scores = np.stack([w_scores[owner == k].max(0) for k in range(len(rec_items))])
+            r_scores = per_recording(w_scores, owner, len(rec_items))
             r_tg = np.stack([it.target for it in rec_items])
             r_mk = np.stack([it.mask for it in rec_items])
             xc_win = clip_metrics(w_scores, w_tg, w_mk, mc.labels, mc.threshold_on, mc.names)
@@ -680,8 +696,8 @@ def build_tables(res: dict, mc, c_runs: dict, te_long) -> list[Tab]:
     tabs = []
 
     t = Tab("Model and detector settings", ["setting", "value"])
-    for k in ("model", "weights_sha1", "step", "total_steps", "training_cpu_hours", "validation_map_at_save", "labels", "backbone", "threshold_on",
-              "threshold_off", "median_s", "min_duration_s", "merge_gap_s", "max_event_s", "hop_s", "window_s",
+    for k in ("model", "weights_sha1", "step", "total_steps", "training_cpu_hours", "validation_map_at_save",
+              "labels", "backbone", "threshold_on", "threshold_off", "median_s", "min_duration_s", "merge_gap_s", "max_event_s", "hop_s", "window_s",
               "seed", "split", "test_snippet_species", "test_snippet_runs", "test_recordings", "holdout",
               "torch_threads"):
         t.add(k, s.get(k))
@@ -893,8 +909,8 @@ def caveats(res: dict) -> list[str]:
 def render_md(res: dict, tables: list[Tab]) -> str:
     s = res["settings"]
     head = [f"## Test-split evaluation of `{s['model']}`", "",
-            f"Generated {s['date']} by `{s['command']}` (run `{s['run']}`, step {s['step']} of {s['total_steps']}, weights sha1 "
-            f"{s['weights_sha1']}; split seed {s['split_seed']}, evaluation seed {s['seed']}; {s['cpu_count']} CPU "
+            f"Generated {s['date']} by `{s['command']}` (run `{s['run']}`, step {s['step']} of {s['total_steps']}, "
+            f"weights sha1 {s['weights_sha1']}; split seed {s['split_seed']}, evaluation seed {s['seed']}; {s['cpu_count']} CPU "
             "cores).", "", "Caveats:", ""] + [f"- {x}" for x in caveats(res)] + [""]
     return "\n".join(head) + "\n" + "\n".join(t.md() for t in tables)
 

@@ -176,6 +176,13 @@ def detections(model, items: list[Item], on: np.ndarray, ratio: float, hop_s: fl
     return det
 
 
+def fbeta(tp: np.ndarray, fn: np.ndarray, fp: np.ndarray, beta: float = BETA) -> np.ndarray:
+    """F-beta from counts (scikit-learn's `fbeta_score`, vectorised); 0 where there is nothing to score."""
+    b2 = beta * beta
+    denom = (1 + b2) * tp + b2 * fn + fp
+    return np.where(denom > 0, (1 + b2) * tp / np.maximum(denom, 1), 0.0)
+
+
 def choose(det: np.ndarray, target: np.ndarray, known: np.ndarray, on: np.ndarray, min_positives: int = 3,
            beta: float = BETA) -> list[dict]:
     """Per species: the candidate with the best F-beta (ties: fewer false alarms, then lower), or a fallback.
@@ -184,9 +191,7 @@ def choose(det: np.ndarray, target: np.ndarray, known: np.ndarray, on: np.ndarra
     tp = (det & pos).sum(axis=1)                       # (C, K)
     fp = (det & neg).sum(axis=1)
     n_pos = pos.sum(axis=0)
-    b2 = beta * beta
-    denom = (1 + b2) * tp + b2 * (n_pos - tp) + fp
-    f = np.where(denom > 0, (1 + b2) * tp / np.maximum(denom, 1), 0.0)
+    f = fbeta(tp, n_pos - tp, fp, beta)
     out = []
     for k in range(det.shape[2]):
         row = {"n_pos": int(n_pos[k]), "n_neg": int(neg[:, k].sum()),
@@ -208,11 +213,10 @@ def noise_items(cfg: ModelConfig, files: list[str], cache, minutes: float = 1.0,
                 seed: int = 0) -> list[Item]:
     """Items with no species in them: `minutes` each of white, pink and brown noise at `dbfs` (the noise check's
     recipe, `birdlive.train.evaluate.noise_false_positives`) and the real background `files`."""
-    from .synthetic import colored_noise
-    rng = np.random.default_rng(seed)
+    from .synthetic import noise_check_waves
     none = np.zeros(cfg.num_classes, bool)
-    waves = [(f"{c}-noise", colored_noise(int(minutes * 60 * cfg.sample_rate), c, rng) * 10 ** (dbfs / 20))
-             for c in ("white", "pink", "brown")] + [(f, cache.load(f)) for f in files]
+    waves = [(f"{c}-noise", w) for c, w in noise_check_waves(minutes, cfg.sample_rate, dbfs, seed)]
+    waves += [(f, cache.load(f)) for f in files]
     return [Item(name, np.asarray(w, np.float32), none, ~none) for name, w in waves]
 
 
@@ -223,9 +227,7 @@ def choose_global(det: np.ndarray, target: np.ndarray, known: np.ndarray, noise_
     (item, species) of det (C, N, K); ties: fewer false alarms, then lower. (index, rows)."""
     pos, neg = target & known, ~target & known
     tp, fp = (det & pos).sum(axis=(1, 2)), (det & neg).sum(axis=(1, 2))
-    fn = pos.sum() - tp
-    b2 = beta * beta
-    f = (1 + b2) * tp / np.maximum((1 + b2) * tp + b2 * fn + fp, 1)
+    f = fbeta(tp, pos.sum() - tp, fp, beta)
     noise = noise_det.any(axis=2).sum(axis=1)                     # noise items with an event, per candidate
     below = np.maximum(np.searchsorted(on, on * margin + 1e-9, side="right") - 1, 0)   # candidate at t × margin
     rows = [{"on": float(t), "tp": int(a), "fp": int(b), "f": float(c), "noise_items_with_events": int(n),
@@ -246,7 +248,7 @@ def calibrate(model, items: list[Item], floor: float | None = None, min_positive
     ratio = cfg.threshold_off / cfg.threshold_on if cfg.threshold_on > 0 else 1.0
     target, known = np.stack([it.target for it in items]), np.stack([it.known for it in items])
     chosen_global = None
-    if noise:
+    if noise:                            # the global pair first: it is the floor
         on = candidates(STEP)
         det_all = detections(model, items + noise, on, ratio, hop_s, progress)
         det, noise_det = det_all[:, :len(items)], det_all[:, len(items):]
@@ -257,10 +259,10 @@ def calibrate(model, items: list[Item], floor: float | None = None, min_positive
         floor = float(on[g])
         on, det = on[g:], det[g:]
         chosen_global = {"on": floor, "off": round(floor * ratio, 4), "noise_items": len(noise), "sweep": sweep}
-    floor = cfg.threshold_on if floor is None else floor
-    if not 0 < floor < TOP:
-        raise OptionError(f"--floor must be above 0 and below {TOP}, not {floor:g}")
-    if not noise:
+    else:
+        floor = cfg.threshold_on if floor is None else floor
+        if not 0 < floor < TOP:
+            raise OptionError(f"--floor must be above 0 and below {TOP}, not {floor:g}")
         on = candidates(floor)
         det = detections(model, items, on, ratio, hop_s, progress)
     rows = choose(det, target, known, on, min_positives)

@@ -190,12 +190,9 @@ def evaluate_events(model, reference: list[RefEvent], waves: dict[str, np.ndarra
 def noise_false_positives(model, minutes: float = 1.0, colors=("white", "pink", "brown"), dbfs: float = -30.0,
                           seed: int = 0) -> dict:
     """Events the detector reports, at the model's default thresholds, on `minutes` of pure coloured noise each."""
-    from .synthetic import colored_noise
-    sr = model.cfg.sample_rate
-    rng = np.random.default_rng(seed)
+    from .synthetic import noise_check_waves
     out = {"minutes_each": minutes, "dbfs": dbfs, "events": {}}
-    for c in colors:
-        x = colored_noise(int(minutes * 60 * sr), c, rng) * 10 ** (dbfs / 20)
+    for c, x in noise_check_waves(minutes, model.cfg.sample_rate, dbfs, seed, colors):
         events = detect_events(model, x, source=f"{c}-noise")
         out["events"][c] = len(events)
         out.setdefault("species", {})[c] = dict(Counter(e.species for e in events))

@@ -64,6 +64,14 @@ def colored_noise(n: int, color: str = "pink", rng: np.random.Generator | None =
     return (x / (np.sqrt(np.mean(x ** 2)) + 1e-12)).astype(np.float32)
 
 
+def noise_check_waves(minutes: float, sr: int, dbfs: float = -30.0, seed: int = 0,
+                      colors=("white", "pink", "brown")) -> list[tuple[str, np.ndarray]]:
+    """The noise check's audio: `minutes` of each colour at `dbfs` RMS, seeded — the same waves for the
+    false-positive figure (`evaluate.noise_false_positives`) and for choosing a global threshold (`calibrate`)."""
+    rng = np.random.default_rng(seed)
+    return [(c, colored_noise(int(minutes * 60 * sr), c, rng) * 10 ** (dbfs / 20)) for c in colors]
+
+
 def background(n: int, sr: int, rng: np.random.Generator | None = None) -> np.ndarray:
     """A field-like noise bed: pink hiss, brown rumble with slow wind gusts. Unit RMS."""
     rng = rng or np.random.default_rng()
