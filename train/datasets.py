@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from birdlive.errors import BirdliveError
+from birdlive.files import AUDIO_EXTENSIONS, is_audio
 
 RUN_IN_NAME = re.compile(r"_run(\d+)_\d+$")      # essential-set file names: <species>_runRRRR_IIIII
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aif", ".aiff")
 
 
 class DatasetError(BirdliveError):
@@ -69,7 +69,7 @@ class Dataset:
 
 
 def _is_audio(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".")
+    return p.is_file() and is_audio(p)
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
