@@ -8,10 +8,14 @@ from collections import deque
 class WallClock:
     """Maps a stream's sample index to unix time through the newest anchor at or before it.
 
-    Live sources anchor every block (PortAudio's ADC time of its first sample), so drift between the sound
-    card's clock and the system clock never accumulates, and a system clock step shows from the next block on
-    instead of bending the times before it. Anchors older than `keep` are forgotten; a time before the oldest
-    one is extrapolated back from it.
+    An anchor is a block's `wall_time`: the unix time its source gives the block's first sample. A microphone
+    (sources' `_Timeline`) re-estimates it on every block from the system clock at its callbacks — the earliest
+    stream start those callbacks allow, each callback's time less the block's age (PortAudio's ADC latency only
+    once its timestamps have proved steady, else one block), plus the samples counted since — so drift between
+    the sound card's clock and the system clock never accumulates, and a system clock step shows from the next
+    block on instead of bending the times before it. `--realtime` replay stamps the wall time at which its pacing
+    started plus the samples counted; fast replay stamps none (no wall times). Anchors older than `keep` are
+    forgotten; a time before the oldest one is extrapolated back from it.
     """
 
     def __init__(self, sample_rate: int, keep: int = 4096):
