@@ -8,18 +8,18 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 import typer
 from rich.console import Console
 
 console = Console()
-err = Console(stderr=True)
 
 
-def _fail(msg: str) -> None:
-    err.print(f"[red]error:[/] {msg}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
+def _fail(msg: str) -> NoReturn:
+    """A bad option: `birdlive.cli.main` prints the one `error:` line and exits 1, as for every command."""
+    from birdlive.errors import OptionError
+    raise OptionError(msg)
 
 
 def _range(text: str, name: str) -> tuple[float, float]:
@@ -56,10 +56,11 @@ def train(
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget. A new run turns it "
                                                 "into steps once, from a measured step time; with --resume it only "
                                                 "bounds this session (the schedule stays)."),
-    epochs: int = typer.Option(30, "--epochs", help="Validations in the run, when neither --max-steps nor "
-                                                   "--max-minutes is given."),
-    epoch_size: Optional[int] = typer.Option(None, "--epoch-size", help="Windows between validations (default: one "
-                                             "per training file and snippet run)."),
+    validations: int = typer.Option(30, "--validations", "--epochs", help="Validations in the run, when neither "
+                                    "--max-steps nor --max-minutes is given (--epochs: the old name)."),
+    val_every: Optional[int] = typer.Option(None, "--val-every", "--epoch-size", help="Training windows between "
+                                            "validations (default: one per training file and snippet run; "
+                                            "--epoch-size: the old name)."),
     batch_size: int = typer.Option(16, "--batch-size"),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW, warm-up + cosine by step)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of each species' groups for validation."),
@@ -76,7 +77,6 @@ def train(
     snr: str = typer.Option("0,20", "--snr", help="Noise SNR range in dB (whole window)."),
     pitch: float = typer.Option(0.5, "--pitch", help="Pitch shift range, ± semitones."),
     frame_weight: float = typer.Option(0.5, "--frame-weight", help="Weight of the framewise loss."),
-    focal_gamma: float = typer.Option(0.0, "--focal-gamma", help="0 = BCE (default); > 0 = focal loss."),
     checkpoint_minutes: float = typer.Option(2.0, "--checkpoint-minutes", help="Save the resumable state at least "
                                              "this often (and at every validation)."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes (and parallel decoding)."),
@@ -124,10 +124,10 @@ def train(
                       snippets=[str(p) for p in snippets], noise_dir=str(noise_dir) if noise_dir else None,
                       holdout=str(holdout) if holdout else None, preset=preset, init=init, freeze=freeze,
                       window_s=window,
-                      epochs=epochs, epoch_size=epoch_size, max_steps=max_steps, max_minutes=max_minutes,
+                      epochs=validations, epoch_size=val_every, max_steps=max_steps, max_minutes=max_minutes,
                       batch_size=batch_size, lr=lr, val_fraction=val_fraction, test_fraction=test_fraction,
                       split_file=str(split) if split else None, seed=seed, frame_weight=frame_weight,
-                      focal_gamma=focal_gamma, checkpoint_minutes=checkpoint_minutes, workers=workers,
+                      checkpoint_minutes=checkpoint_minutes, workers=workers,
                       threads=threads, val_max_windows=val_max_windows, val_composed=val_composed, device=device,
                       amp=not no_amp, cache_dir=str(cache_dir) if cache_dir else None, augment=aug,
                       command="birdlive " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
