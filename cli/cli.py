@@ -208,7 +208,10 @@ _register_commands()
 
 def main() -> None:
     """Entry point: expected errors become one line and exit 1; a bug becomes one line and exit 2, with its
-    traceback in a file (or raised, under BIRDLIVE_DEBUG=1). Usage errors and --help are typer's own."""
+    traceback in a file (or raised, under BIRDLIVE_DEBUG=1). Usage errors and --help are typer's own. The
+    library's warnings (logging) become one `warning: …` line each on stderr."""
+    from birdlive.log import to_stderr
+    to_stderr(tracebacks=bool(os.environ.get("BIRDLIVE_DEBUG")))
     try:
         app()
     except SystemExit as e:
@@ -216,12 +219,12 @@ def main() -> None:
     except Exception as e:
         from birdlive.errors import BirdliveError
         if isinstance(e, BirdliveError):
-            _one_line(str(e), 1)
+            _error_exit(str(e), 1)
         if isinstance(e, OSError) and e.filename is not None:   # a path the user gave: unwritable, missing, …
-            _one_line(f"{e.filename}: {e.strerror or e}", 1)
+            _error_exit(f"{e.filename}: {e.strerror or e}", 1)
         if os.environ.get("BIRDLIVE_DEBUG"):
             raise
-        _one_line(f"unexpected {type(e).__name__}: {e} (a bug; traceback in {_save_traceback()}, or set "
+        _error_exit(f"unexpected {type(e).__name__}: {e} (a bug; traceback in {_save_traceback()}, or set "
                   f"BIRDLIVE_DEBUG=1)", 2)
 
 
@@ -243,7 +246,7 @@ def _save_traceback() -> str:
     return path
 
 
-def _one_line(message: str, code: int) -> None:
-    lines = message.strip().splitlines()
-    print(f"error: {lines[0] if lines else 'failed'}", file=sys.stderr, flush=True)
+def _error_exit(message: str, code: int) -> None:
+    from birdlive.errors import one_line
+    print(f"error: {one_line(message) or 'failed'}", file=sys.stderr, flush=True)
     sys.exit(code)

@@ -11,6 +11,7 @@ without clips.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -20,10 +21,13 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from birdlive.errors import OptionError
+from birdlive.errors import OptionError, one_line
+from birdlive.files import TEMP_NAME, atomic_path, writable_folder
 
 from .events import Event, EventAudio
-from .pictures import STALE_TEMP, atomic_file, event_picture, warn, writable_folder
+from .pictures import event_picture
+
+log = logging.getLogger(__name__)
 
 SUBTYPE = "PCM_16"          # a clip is for listening and for training data: 16 bits is what recorders give
 
@@ -83,7 +87,7 @@ def parse_clip(path: Path) -> Clip | None:
 
 def write_flac(path: Path, samples: np.ndarray, sample_rate: int) -> None:
     """16-bit FLAC, whole or not at all. Clipped to ±1 first: libsndfile would wrap a louder float around."""
-    with atomic_file(path) as tmp:
+    with atomic_path(path, durable_name=True) as tmp:
         sf.write(tmp, np.clip(samples, -1.0, 1.0), sample_rate, format="FLAC", subtype=SUBTYPE)
 
 
@@ -111,7 +115,7 @@ class ClipWriter:
         self.failures = 0                     # clips that could not be written
         self.index: dict[Path, Clip] = {}
         for p in self.folder.iterdir():
-            if STALE_TEMP.fullmatch(p.name):        # a crash mid-write: the half file never got its name
+            if _stale_temp(p.name):        # a crash mid-write: the half file never got its name
                 p.unlink(missing_ok=True)
             elif (clip := parse_clip(p)) is not None:
                 self.index[p] = clip
@@ -195,11 +199,20 @@ class ClipWriter:
     def _warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:
             self._warned.add(kind)
-            warn(message)
+            log.warning(message)
 
     def close(self) -> None:
-        pass
+        pass        # every clip is whole on disk as soon as it is written
 
 
 def _reason(e: Exception) -> str:
-    return " ".join(str(getattr(e, "strerror", None) or e).split())
+    return one_line(getattr(e, "strerror", None) or e)
+
+
+def _stale_temp(name: str) -> bool:
+    """A clip's or a picture's temporary name (`atomic_path`), left by a crash; nothing else birdlive writes."""
+    m = TEMP_NAME.fullmatch(name)
+    return (m is not None and m["target"].endswith((".flac", ".png"))) or _OLD_TEMP.fullmatch(name) is not None
+
+
+_OLD_TEMP = re.compile(r"\..+\.(flac|png)\.tmp")     # birdlive before 0.1's one temporary-name scheme

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import TextIO
 
 from birdlive.errors import OptionError
 
-from .events import Event, EventAudio, StreamStatus
-from .sinks import CSV_COLUMNS, iso_time
+from .events import Event, EventAudio
+from .sinks import CSV_COLUMNS, SinkBase, iso_time
+
+log = logging.getLogger(__name__)
 
 
 class LineFile:
@@ -29,7 +31,7 @@ class LineFile:
 
     A file that cannot be opened, or take its `header`, is the user's to fix: `OptionError`, naming the option,
     before any audio is read. A write that fails later (the disk filled up in the night) must neither stop
-    detection nor keep the event from the other sinks: it is reported once on stderr and the file is given up."""
+    detection nor keep the event from the other sinks: it is logged once as a warning and the file is given up."""
 
     def __init__(self, path: str | Path, option: str, mode: str, header: str | None = None):
         self.path, self.option = Path(path), option
@@ -54,8 +56,8 @@ class LineFile:
             self._file.write(line + "\n")
             self._file.flush()
         except OSError as e:
-            print(f"warning: {self.option} {self.path}: cannot write ({e.strerror or e}); later events are not "
-                  f"written there", file=sys.stderr, flush=True)
+            log.warning(f"{self.option} {self.path}: cannot write ({e.strerror or e}); later events are not "
+                        f"written there")
             self.close()
 
     def close(self) -> None:
@@ -83,7 +85,7 @@ RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)
                  "File Offset (s)"]
 
 
-class RavenTable:
+class RavenTable(SinkBase):
     """A Raven Pro selection table (File > Open Selection Table): a box per event from onset to offset and from
     `fmin` to `fmax` (the band the model hears), with species code, common name, peak and mean confidence.
 
@@ -106,9 +108,6 @@ class RavenTable:
             f"{self.fmin:.1f}", f"{self.fmax:.1f}", cell(e.species), cell(e.name), f"{e.peak:.4f}",
             f"{e.mean:.4f}", cell(begin_path(e.source)), seconds(e.onset_s)]))
 
-    def on_status(self, status: StreamStatus) -> None:
-        pass
-
     def close(self) -> None:
         self.out.close()
 
@@ -119,7 +118,7 @@ def begin_path(source: str) -> str:
     return os.path.abspath(source) if os.path.isfile(source) else source
 
 
-class AudacityLabels:
+class AudacityLabels(SinkBase):
     """An Audacity label track (File > Import > Labels): `start<TAB>end<TAB>label` per event, the label being
     the common name and the peak confidence. With `show_source` (a run over several recordings, all on one
     track) each label starts with its recording's file name."""
@@ -135,9 +134,6 @@ class AudacityLabels:
         if self.show_source:
             label = f"{Path(e.source).name}: {label}"
         self.out.write(f"{seconds(e.onset_s)}\t{seconds(e.offset_s)}\t{cell(label)}")
-
-    def on_status(self, status: StreamStatus) -> None:
-        pass
 
     def close(self) -> None:
         self.out.close()
@@ -160,7 +156,7 @@ def event_record(e: Event) -> dict:
     return {k: record[k] for k in first + [k for k in record if k not in first]}
 
 
-class JsonlEvents:
+class JsonlEvents(SinkBase):
     """One JSON object per line per event (`event_record`), appended: restarting continues the same log."""
 
     option = "--jsonl"
@@ -171,9 +167,6 @@ class JsonlEvents:
 
     def on_event(self, e: Event, audio: EventAudio | None = None) -> None:
         self.out.write(json.dumps(event_record(e), ensure_ascii=False))
-
-    def on_status(self, status: StreamStatus) -> None:
-        pass
 
     def close(self) -> None:
         self.out.close()

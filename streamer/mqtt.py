@@ -19,24 +19,25 @@ import json
 import os
 import re
 import socket
+import logging
 import sys
 import threading
 import time
 from pathlib import PurePath
-from typing import TextIO
 
 from birdlive.errors import OptionError
+from birdlive.files import AUDIO_EXTENSIONS
 
 from .events import Event, EventAudio, StreamStatus
 from .sinks import iso_time
+
+log = logging.getLogger(__name__)
 
 TOPIC_ROOT = "birdlive"
 ONLINE_TOPIC = f"{TOPIC_ROOT}/status"
 DEFAULT_PORT = 1883
 MAX_QUEUE = 65000           # MQTT packet ids are 16 bits: paho cannot hold more messages than 65535
 STATUS_ROOM = 500           # paho's queue holds this many more than the events' limit: statuses after an outage
-AUDIO_SUFFIXES = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
-                            ".au", ".caf", ".w64", ".rf64", ".m4a"})
 
 
 def parse_target(target: str) -> tuple[str, int]:
@@ -67,7 +68,7 @@ def parse_target(target: str) -> tuple[str, int]:
 def stream_topic_name(source: str) -> str:
     """The topic level of a stream: its file's stem, or its device name, made safe for MQTT (see the module)."""
     path = PurePath(source)
-    looks_like_file = path.suffix.lower() in AUDIO_SUFFIXES or "/" in source or "\\" in source
+    looks_like_file = path.suffix.lower() in AUDIO_EXTENSIONS or "/" in source or "\\" in source
     name = path.stem if looks_like_file else source
     return re.sub(r"[^\w.:-]+", "_", name).strip("_") or "stream"
 
@@ -106,12 +107,11 @@ class MqttPublisher:
     """
 
     def __init__(self, target: str, queue_limit: int = 10000, client_id: str | None = None,
-                 status_every_s: float = 30.0, close_timeout_s: float = 5.0, stream: TextIO | None = None):
+                 status_every_s: float = 30.0, close_timeout_s: float = 5.0):
         self.host, self.port = parse_target(target)
         if not 1 <= queue_limit <= MAX_QUEUE:
             raise OptionError(f"MQTT queue limit must be from 1 to {MAX_QUEUE} messages, not {queue_limit}")
         self.queue_limit, self.status_every_s, self.close_timeout_s = queue_limit, status_every_s, close_timeout_s
-        self.stream = stream                        # None: sys.stderr at the time of writing (the live view swaps it)
         self.dropped = 0                            # refused: the queue was full
         self.undelivered = 0                        # still queued when close() gave up
         self.connect_failures = 0
@@ -183,7 +183,7 @@ class MqttPublisher:
         stopper.start()
         stopper.join(self.close_timeout_s)
         if self.dropped or self.undelivered:
-            self._say(f"warning: MQTT: {self.dropped} messages dropped (queue full) and {self.undelivered} not "
+            log.warning(f"MQTT: {self.dropped} messages dropped (queue full) and {self.undelivered} not "
                       f"delivered (broker {self.host}:{self.port} unreachable); the other outputs have every event")
 
     # ---- publishing (any thread)
@@ -201,11 +201,8 @@ class MqttPublisher:
             self.dropped += 1
             first = self.dropped == 1
         if first:
-            self._say(f"warning: MQTT: {self.queue_limit} messages wait for broker {self.host}:{self.port}; "
+            log.warning(f"MQTT: {self.queue_limit} messages wait for broker {self.host}:{self.port}; "
                       f"further events are not published until it is back (counted; the other outputs still get them)")
-
-    def _say(self, line: str) -> None:
-        print(line, file=self.stream or sys.stderr, flush=True)
 
     # ---- paho callbacks (paho's network thread)
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -221,7 +218,7 @@ class MqttPublisher:
             self._publish(topic, to_json(payload), retain=True)
         if self._outage_reported:
             self._outage_reported = False
-            self._say(f"MQTT: connected to {self.host}:{self.port} again; sending {self.queued} queued messages")
+            log.info(f"MQTT: connected to {self.host}:{self.port} again; sending {self.queued} queued messages")
 
     def _on_connect_fail(self, client, userdata) -> None:
         self.connect_failures += 1
@@ -244,5 +241,5 @@ class MqttPublisher:
         if self._outage_reported or self._closing:
             return
         self._outage_reported = True
-        self._say(f"warning: MQTT broker {self.host}:{self.port}: {reason}; detection goes on, events wait in a "
+        log.warning(f"MQTT broker {self.host}:{self.port}: {reason}; detection goes on, events wait in a "
                   f"queue (up to {self.queue_limit}) and birdlive keeps reconnecting")

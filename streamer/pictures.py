@@ -8,69 +8,28 @@ few lines of numpy (Hann-windowed frames → rfft): scipy.signal would do the sa
 than drawing a clip, and matplotlib's `mlab.specgram` wants the whole signal at once, where a night-long
 recording has to be read block by block.
 
-Files here are written whole or not at all (`atomic_file`); clips.py writes its FLAC clips the same way.
+Files here are written whole or not at all (`birdlive.files.atomic_path`), as clips.py writes its FLAC clips.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import re
-import sys
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from birdlive.errors import BirdliveError, OptionError
+from birdlive.files import atomic_path, writable_folder
 
-from .events import Event, EventAudio, StreamStatus
+from .events import Event, EventAudio
+from .sinks import SinkBase
 
 CMAP = "magma"
 DYNAMIC_RANGE_DB = 70.0     # darkest colour this far below the loudest part of the picture
 
-
-# ---- files written whole
-def temp_name(path: Path) -> Path:
-    """Where `path` is written before it is renamed into place: hidden, in the same folder (so the rename is
-    atomic), and recognisable (STALE_TEMP), so that what a crash left behind can be removed."""
-    return path.with_name(f".{path.name}.tmp")
-
-
-STALE_TEMP = re.compile(r"\..+\.(flac|png)\.tmp")     # temp_name of a clip or a picture
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
-    """Yields a temporary path to write; on success it is fsync'ed and renamed to `path`, on any error removed.
-    A reader never sees half a file: a crash mid-write leaves only the hidden temporary name. (The fsync makes
-    the data durable before the name points at it: after a power cut, a clip is whole or absent.)"""
-    tmp = temp_name(path)
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def writable_folder(folder: Path, option: str) -> None:
-    """Create `folder` and prove it takes a file (write and remove a probe), or say why not in one line."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".birdlive-probe-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as e:
-        raise OptionError(f"{option} {folder}: cannot write to {folder} ({e.strerror or e})") from None
+log = logging.getLogger(__name__)
 
 
 def save_png(fig, path: Path) -> None:
@@ -83,12 +42,8 @@ def save_png(fig, path: Path) -> None:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     image = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB")
-    with atomic_file(path) as tmp:
+    with atomic_path(path, durable_name=True) as tmp:
         image.quantize(256, method=Image.Quantize.FASTOCTREE).save(tmp, format="PNG")
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 # ---- spectrograms
@@ -250,7 +205,7 @@ def event_picture(audio: EventAudio, event: Event, path: Path, fmin: float = 50.
 
 
 # ---- the whole recording
-class RecordingPlot:
+class RecordingPlot(SinkBase):
     """`--plot`: a Sink and ScoreSink for one recording. It keeps the events and the stitched score frames as
     they come (the scores max-pooled to the picture's width, so a night-long file needs little memory), and on
     `close()` reads the recording again, through FileSource like the detector, and draws its spectrogram with
@@ -287,9 +242,6 @@ class RecordingPlot:
         if self._mine(event.source):
             self.events.append((event, self._index.get(event.name, self._index.get(event.species))))
 
-    def on_status(self, status: StreamStatus) -> None:
-        pass
-
     def on_scores(self, source: str, first_frame: int, frames: np.ndarray, frame_s: float) -> None:
         if not self._mine(source) or not len(frames):
             return
@@ -306,14 +258,14 @@ class RecordingPlot:
         try:
             spec = self._spectrogram()
         except BirdliveError as e:
-            warn(f"--plot: no picture of {self.recording}: {e}")
+            log.warning(f"--plot: no picture of {self.recording}: {e}")
             return
         fig = draw_recording(spec, self.events, self._tracks(), self.names,
                              title=f"{self.recording.name}: {len(self.events)} events")
         try:
             save_png(fig, self.out)
         except OSError as e:
-            warn(f"--plot: cannot write {self.out} ({e.strerror or e})")
+            log.warning(f"--plot: cannot write {self.out} ({e.strerror or e})")
 
     def _spectrogram(self) -> Spectrogram:
         """The recording decoded once more by the detector's own reader: what is drawn is what was heard. A

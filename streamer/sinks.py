@@ -29,6 +29,20 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+class SinkBase:
+    """A sink that does nothing until told to: subclasses override only the calls they use (most sinks want
+    events and a close; the stream reports want only statuses)."""
+
+    def on_event(self, event: Event, audio: EventAudio | None = None) -> None:
+        pass
+
+    def on_status(self, status: StreamStatus) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class EventAnnotator(Protocol):
     """Runs before every sink, in order: the event it returns is the one the sinks get (ClipWriter saves the
     audio and returns the event with its clip's path, so the CSV row can name the clip)."""
@@ -61,7 +75,7 @@ def event_row(e: Event) -> list[str]:
             f"{e.peak:.3f}", f"{e.mean:.3f}", iso_time(e.wall_onset), iso_time(e.wall_offset), e.clip or ""]
 
 
-class CsvEventLog:
+class CsvEventLog(SinkBase):
     """Appends one row per event and makes it durable before returning (flush + fsync).
 
     A `kill -9` or a power cut loses no event that was written. A new (or empty) file gets the header; an
@@ -114,16 +128,13 @@ class CsvEventLog:
         self._write(self._ensure_open(self.path_for(e)), event_row(e))
         self.rows += 1
 
-    def on_status(self, status: StreamStatus) -> None:
-        pass
-
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
 
 
-class EventPrinter:
+class EventPrinter(SinkBase):
     """One plain line per event (for pipes, logs, and terminals without the live view)."""
 
     def __init__(self, stream: TextIO | None = None, show_source: bool = False):
@@ -136,14 +147,8 @@ class EventPrinter:
         print(f"{source}{e.onset_s:9.2f}–{e.offset_s:<9.2f}{wall} {e.species:<28} {e.name:<28} peak {e.peak:.2f} "
               f"mean {e.mean:.2f}", file=self.stream, flush=True)
 
-    def on_status(self, status: StreamStatus) -> None:
-        pass
 
-    def close(self) -> None:
-        pass
-
-
-class StreamReport:
+class StreamReport(SinkBase):
     """On stderr, once each: a stream's warnings as they come, its failure as one `error:` line, and a summary
     line when it ends. `failed` lists the streams that failed, for the exit status."""
 
@@ -152,9 +157,6 @@ class StreamReport:
         self.summaries = summaries
         self.failed: list[str] = []
         self._warned: dict[str, int] = {}
-
-    def on_event(self, e: Event, audio: EventAudio | None = None) -> None:
-        pass
 
     def on_status(self, s: StreamStatus) -> None:
         seen = self._warned.get(s.source, 0)
@@ -170,6 +172,3 @@ class StreamReport:
                                                                           "clock_steps") if st.get(k))
             print(f"{s.source}: {s.audio_s:.1f} s audio in {s.wall_s:.1f} s ({s.realtime_factor:.1f}× real time), "
                   f"{s.events} events{losses}", file=self.stream, flush=True)
-
-    def close(self) -> None:
-        pass

@@ -164,27 +164,24 @@ def hour_grid(rows: list[Detection], max_species: int = 40) -> HourGrid:
 
 def activity_chart(rows: list[Detection], png: str | Path, max_species: int = 40) -> Path:
     """Species × hour heatmap with the count in each cell, and each species' total as a bar beside it."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure     # the object API: no pyplot, no global backend, no figure registry
 
     png = Path(png)
     _check_picture_type(png)
     grid = hour_grid(rows, max_species)
     n = max(len(grid.names), 1)
     heat_w = max(0.42 * grid.counts.shape[1], 2.5)     # inches: a cell about square, a stream-time grid not a sliver
-    fig, (bars, heat) = plt.subplots(1, 2, figsize=(1.6 + heat_w, 1.3 + 0.32 * n),
-                                     gridspec_kw={"width_ratios": [1.6, heat_w]}, layout="constrained")
+    fig = Figure(figsize=(1.6 + heat_w, 1.3 + 0.32 * n), layout="constrained")
+    bars, heat = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.6, heat_w]})
     if not grid.names:
         heat.text(0.5, 0.5, "no detections", ha="center", va="center", transform=heat.transAxes, fontsize=14)
         heat.set_axis_off()
         bars.set_axis_off()
     else:
         _draw_totals(bars, grid)
-        _draw_heatmap(heat, grid, plt)
+        _draw_heatmap(heat, grid)
     fig.suptitle(_title(rows, grid), fontsize=12, x=0.01, ha="left")
     fig.savefig(png, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return png
 
 
@@ -204,10 +201,11 @@ def _draw_totals(ax, grid: HourGrid) -> None:
         spine.set_visible(False)
 
 
-def _draw_heatmap(ax, grid: HourGrid, plt) -> None:
+def _draw_heatmap(ax, grid: HourGrid) -> None:
+    from matplotlib import colormaps
     from matplotlib.colors import PowerNorm
     counts = grid.counts
-    cmap = plt.get_cmap("YlGn").with_extremes(bad="#f4f4f4")    # an hour without the species: grey, no colour
+    cmap = colormaps["YlGn"].with_extremes(bad="#f4f4f4")    # an hour without the species: grey, no colour
     norm = PowerNorm(0.5, vmin=0, vmax=max(int(counts.max()), 1))   # one call stays visible beside a chorus
     ax.imshow(np.ma.masked_equal(counts, 0), cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
     for (r, c), v in np.ndenumerate(counts):

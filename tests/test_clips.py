@@ -145,7 +145,7 @@ def fill(writer: ClipWriter, plan) -> dict[str, Path]:
     return out
 
 
-def test_cap_deletes_the_oldest_and_keeps_the_best_of_each_species(tmp_path, capsys):
+def test_cap_deletes_the_oldest_and_keeps_the_best_of_each_species(tmp_path, capsys, cli_logging):
     """Over the cap, the oldest clip goes first; the best `keep_best` of each species stay whatever their
     age. Files the writer did not name are neither counted nor touched. A restart rebuilds the index from
     the names: a lower cap trims at start, and says once that the best clips alone are over it."""
@@ -176,7 +176,7 @@ def test_cap_deletes_the_oldest_and_keeps_the_best_of_each_species(tmp_path, cap
     assert len(err) == 1 and err[0].startswith("warning: --clips:") and "over its cap" in err[0]
 
 
-def test_a_cap_below_one_clip_keeps_the_newest(tmp_path, capsys):
+def test_a_cap_below_one_clip_keeps_the_newest(tmp_path, capsys, cli_logging):
     """With nothing protected and a cap smaller than a clip, each new clip replaces the last: the event just
     written always has its clip, and the cap is reported once."""
     writer = ClipWriter(tmp_path, max_gb=1e-9, keep_best=0, pictures=False)
@@ -233,6 +233,8 @@ import json, resource, signal, sys, numpy as np
 from pathlib import Path
 from birdlive.streamer.clips import ClipWriter
 from birdlive.streamer.events import Event, EventAudio
+from birdlive.log import to_stderr
+to_stderr()                                             # warnings as the command prints them
 writer = ClipWriter(Path(sys.argv[1]), pictures=False)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)          # a write past the limit fails with EFBIG, like ENOSPC
 resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))

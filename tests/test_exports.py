@@ -181,14 +181,14 @@ def test_a_table_whose_header_cannot_be_written_is_refused_before_the_run():
         RavenTable("/dev/full", FMIN, FMAX)
 
 
-def test_a_full_disk_is_one_warning_and_never_stops_the_run(capsys):
+def test_a_full_disk_is_one_warning_and_never_stops_the_run(log_lines):
     """/dev/full fails every write with ENOSPC: the sink says so once and keeps taking events without raising, so
     the runner goes on and the sinks after it still get each event."""
     sink = AudacityLabels("/dev/full")
     for e in some_events():
         sink.on_event(e, None)
     sink.close()
-    warnings = capsys.readouterr().err.splitlines()
+    warnings = log_lines().splitlines()
     assert len(warnings) == 1 and warnings[0].startswith("warning: --audacity /dev/full: cannot write (")
 
 

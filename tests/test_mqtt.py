@@ -1,7 +1,6 @@
 """MQTT output against a real mosquitto (tests/broker.py) and the real pipeline (tiny model, demo recording)."""
 from __future__ import annotations
 
-import io
 import shutil
 import threading
 from datetime import datetime
@@ -56,7 +55,7 @@ def test_topic_level_is_the_file_stem_or_the_device_name_without_mqtt_wildcards(
 
 def test_replay_publishes_each_csv_row_and_a_retained_status(net, broker, tmp_path):
     sub = Subscriber(broker.target, ["birdlive/#"])
-    publisher = MqttPublisher(broker.target, stream=io.StringIO())
+    publisher = MqttPublisher(broker.target)
     wait_until(lambda: publisher.connected, what="the publisher's connection")
     csv_log = CsvEventLog(tmp_path / "night.csv").open()
     make_runner(net, [csv_log, publisher]).run(file_specs([RECORDING], net.cfg.sample_rate))
@@ -85,7 +84,7 @@ def test_replay_publishes_each_csv_row_and_a_retained_status(net, broker, tmp_pa
 
 def test_event_payload_has_every_field_with_wall_times_both_ways(broker):
     sub = Subscriber(broker.target, ["birdlive/+/detection"])
-    publisher = MqttPublisher(broker.target, stream=io.StringIO())
+    publisher = MqttPublisher(broker.target)
     t0 = datetime(2024, 5, 1, 4, 12, 33, 250000).astimezone().timestamp()
     event = Event("eurrob1", "European Robin", 12.5, 14.0, np.float32(0.875), np.float32(0.5), "hw:1,0 (USB)",
                   t0, t0 + 1.5, clip="clips/eurrob1/x.flac")
@@ -103,7 +102,7 @@ def test_event_payload_has_every_field_with_wall_times_both_ways(broker):
 
 def test_status_goes_out_on_state_changes_not_every_call(broker):
     sub = Subscriber(broker.target, ["birdlive/+/status"])
-    publisher = MqttPublisher(broker.target, stream=io.StringIO())
+    publisher = MqttPublisher(broker.target)
     wait_until(lambda: publisher.connected, what="the publisher's connection")
     status = StreamStatus(source="/x/mic.wav")
     for i in range(50):
@@ -140,12 +139,11 @@ class StopBrokerAt:
         pass
 
 
-def test_broker_gone_mid_run_keeps_the_csv_whole_and_sends_the_queue_when_back(net, tmp_path):
+def test_broker_gone_mid_run_keeps_the_csv_whole_and_sends_the_queue_when_back(net, tmp_path, log_lines):
     broker = Broker(tmp_path / "mosquitto", persistent=True).start()
     # A persistent session: what is published after the restart waits for this subscriber until it reconnects.
     sub = Subscriber(broker.target, ["birdlive/#"], client_id="test-outage", clean_session=False)
-    err = io.StringIO()
-    publisher = MqttPublisher(broker.target, queue_limit=4, stream=err)
+    publisher = MqttPublisher(broker.target, queue_limit=4)
     try:
         wait_until(lambda: publisher.connected, what="the publisher's connection")
         csv_log = CsvEventLog(tmp_path / "night.csv").open()
@@ -157,8 +155,8 @@ def test_broker_gone_mid_run_keeps_the_csv_whole_and_sends_the_queue_when_back(n
         assert len(rows) >= k + 4 + 1                               # some events found no room in the queue
         assert publisher.queued == 4                                 # events k … k+3 wait
         assert publisher.dropped == len(rows) - (k - 1) - 4
-        assert err.getvalue().count("connection lost") == 1
-        assert err.getvalue().count("warning: MQTT: 4 messages wait") == 1     # once, not per dropped event
+        assert log_lines().count("connection lost") == 1
+        assert log_lines().count("warning: MQTT: 4 messages wait") == 1     # once, not per dropped event
 
         broker.start()                                               # same port
         wait_until(lambda: publisher.queued == 0, 60, "the queue to drain into the restarted broker")
@@ -169,18 +167,17 @@ def test_broker_gone_mid_run_keeps_the_csv_whole_and_sends_the_queue_when_back(n
         assert received() == want
         wait_until(lambda: any(s["state"] == "done" for s in sub.json_on("synthetic_calls/status")), 30,
                    "the stream's final status, sent on reconnecting")
-        assert "connected to 127.0.0.1" in err.getvalue()
+        assert "connected to 127.0.0.1" in log_lines()
     finally:
         publisher.close()
         sub.close()
         broker.stop()
-    closing = err.getvalue().splitlines()[-1]
+    closing = log_lines().splitlines()[-1]
     assert closing.startswith(f"warning: MQTT: {publisher.dropped} messages dropped") and "0 not delivered" in closing
 
 
-def test_unresolvable_host_neither_raises_nor_blocks_and_says_so_once():
-    err = io.StringIO()
-    publisher = MqttPublisher("no-such-host.invalid", queue_limit=100, stream=err)
+def test_unresolvable_host_neither_raises_nor_blocks_and_says_so_once(log_lines):
+    publisher = MqttPublisher("no-such-host.invalid", queue_limit=100)
     events = [Event("trill", "trill", i, i + 0.5, 0.9, 0.8, "a.wav") for i in range(20)]
     sender = threading.Thread(target=lambda: [publisher.on_event(e, SILENCE) for e in events])
     sender.start()
@@ -188,11 +185,11 @@ def test_unresolvable_host_neither_raises_nor_blocks_and_says_so_once():
     assert not sender.is_alive()
     assert publisher.queued == 20 and publisher.dropped == 0
     wait_until(lambda: publisher.connect_failures >= 2, 30, "a second connection attempt")
-    lines = err.getvalue().splitlines()
+    lines = log_lines().splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: MQTT broker no-such-host.invalid:1883: cannot connect")
     publisher.close()
     assert publisher.undelivered == 20
-    assert err.getvalue().splitlines()[-1].startswith("warning: MQTT: 0 messages dropped (queue full) and 20 not "
+    assert log_lines().splitlines()[-1].startswith("warning: MQTT: 0 messages dropped (queue full) and 20 not "
                                                       "delivered")
 
 

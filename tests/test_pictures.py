@@ -158,7 +158,7 @@ def test_plot_options_are_checked_before_the_run(tmp_path):
         RecordingPlot(tmp_path / "file" / "x.png", RECORDING, ["a"], 32000)
 
 
-def test_a_stream_that_never_opened_draws_nothing(tmp_path, capsys):
+def test_a_stream_that_never_opened_draws_nothing(tmp_path, capsys, cli_logging):
     """The recording could not be read: the stream's own error line says so; the plot adds nothing."""
     plot = RecordingPlot(tmp_path / "x.png", tmp_path / "missing.wav", ["a"], 32000)
     plot.close()

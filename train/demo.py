@@ -71,10 +71,9 @@ def augment_demo(file_a: str | Path, file_b: str | Path, out_dir: str | Path, wi
     with torch.no_grad():
         mels = [frontend.normalize(frontend(torch.from_numpy(np.asarray(z, np.float32))[None]))[0, 0].T.numpy()
                 for z in (parts[0], parts[1], y)]
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(3, 1, figsize=(9, 7.5), sharex=True)
+    from matplotlib.figure import Figure     # the object API: no pyplot, no global backend switch
+    fig = Figure(figsize=(9, 7.5))
+    axes = fig.subplots(3, 1, sharex=True)
     titles = [f"A: {applied['a']['label']}", f"B: {applied['b']['label']} ({gain_b:+.1f} dB)",
               "mixture + augmentation: " + ", ".join(applied["labels"])
               + (f", SNR {applied['snr_db']:.1f} dB" if "snr_db" in applied else "")]
@@ -85,5 +84,4 @@ def augment_demo(file_a: str | Path, file_b: str | Path, out_dir: str | Path, wi
     axes[-1].set_xlabel("seconds")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
-    plt.close(fig)
     return {"wav": str(wav), "png": str(png), "applied": applied}

@@ -60,6 +60,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from birdlive.errors import BirdliveError
+from birdlive.files import atomic_path
 from birdlive.model import BirdSED, create_config, load_checkpoint, pick_device, save_checkpoint
 
 from .augment import AugmentConfig, NoiseBank, TempoPitchLogMel
@@ -218,9 +219,8 @@ def save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, i
     if torch.cuda.is_available():
         tensors["rng.torch_cuda"] = torch.cuda.get_rng_state()
     info = {**info, "param_groups": sd["param_groups"], "optim_meta": meta}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={"birdlive_state": json.dumps(info)})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"birdlive_state": json.dumps(info)})
 
 
 def load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, device) -> dict:
@@ -683,10 +683,9 @@ def _log_row(run: Path, rows: list[dict], row: dict, console) -> None:
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    from matplotlib.figure import Figure     # the object API: no pyplot, no global backend switch
+    fig = Figure(figsize=(10, 3.6))
+    a, b = fig.subplots(1, 2)
     trained = [r for r in rows if r.get("train_loss") is not None]
     a.plot([r["step"] for r in trained], [r["train_loss"] for r in trained], label="train loss")
     a.set_xlabel("step"), a.set_ylabel("loss"), a.grid(alpha=0.3)
@@ -701,7 +700,6 @@ def plot_curves(rows: list[dict], path: Path) -> None:
             ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _provenance(cfg: TrainConfig, data: RunData, prog: Progress, row: dict) -> dict:
