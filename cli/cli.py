@@ -13,9 +13,16 @@ import tempfile
 import threading
 import traceback
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
+
+from .options import ClipPicturesOpt, ComputeOpt, detector_options
+from .options import (ExcludeOpt, GapOpt, HopOpt, IncludeOpt, MinConfOpt, MinDurOpt,  # noqa: F401 - analyze_command's
+                      ModelOpt, OffOpt, OnOpt, PostRollOpt, PreRollOpt, ThresholdsOpt)  # until it takes the group
+
+if TYPE_CHECKING:
+    from birdlive.streamer.settings import DetectorSettings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Real-time bird-call detection from microphones or recordings.")
@@ -29,95 +36,68 @@ def _install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _load_model(model: Optional[Path], compute: str):
+def _load_model(detector, compute: str):
     from birdlive.model import DEFAULT_CHECKPOINT, load_checkpoint, pick_device
-    return load_checkpoint(model or DEFAULT_CHECKPOINT, device=pick_device(compute))
+    return load_checkpoint(detector.model or DEFAULT_CHECKPOINT, device=pick_device(compute))
 
 
-def _outputs(model_name: str, several: bool, csv, rotate, live, clips, clips_max_gb, pre_roll, post_roll,
-             clip_pictures, raven, audacity, jsonl, mqtt, plot=None, plot_recording=None, channel=None):
+def _outputs(detector, several: bool, csv, rotate, live, clips, clips_max_gb, clip_pictures, raven, audacity, jsonl,
+             mqtt, plot=None, plot_recording=None, channel=None):
     from birdlive.streamer.outputs import OutputOptions, check_options
     return check_options(OutputOptions(
-        csv=csv, rotate=rotate, live=live, several=several, model_name=model_name, clips=clips,
-        clips_max_gb=clips_max_gb, pictures=clip_pictures, pre_roll_s=pre_roll, post_roll_s=post_roll, plot=plot,
-        plot_recording=plot_recording, plot_channel=channel, raven=raven, audacity=audacity, jsonl=jsonl, mqtt=mqtt))
+        csv=csv, rotate=rotate, live=live, several=several, model_name=detector.model or "default", clips=clips,
+        clips_max_gb=clips_max_gb, pictures=clip_pictures, pre_roll_s=detector.pre_roll_s,
+        post_roll_s=detector.post_roll_s, plot=plot, plot_recording=plot_recording, plot_channel=channel,
+        raven=raven, audacity=audacity, jsonl=jsonl, mqtt=mqtt))
 
 
-def _run(net, specs, options, stop, hop, threshold_on, threshold_off, thresholds, min_duration, merge_gap, include,
-         exclude, min_conf, max_open: int) -> None:
+def _run(net, specs, options, stop, detector, max_open: int) -> None:
     """Every source through one runner and one scorer; exit status 1 if any stream failed."""
-    from birdlive.streamer import EventFilter, default_params, make_runner
+    from birdlive.streamer import make_runner
     from birdlive.streamer.outputs import build_outputs
-    species = None
-    if thresholds is not None:
-        from birdlive.streamer.thresholds import load_thresholds
-        species = load_thresholds(thresholds, net.cfg.labels, net.cfg.names)
-    params = default_params(net.cfg, threshold_on=threshold_on, threshold_off=threshold_off,
-                            species_thresholds=species, min_duration_s=min_duration, merge_gap_s=merge_gap)
     outputs = build_outputs(options, net.cfg)
     try:
-        runner = make_runner(net, outputs.sinks, hop, params, EventFilter(include, exclude, min_conf), stop, max_open,
-                             annotators=outputs.annotators, score_sinks=outputs.score_sinks,
-                             pre_roll_s=options.pre_roll_s, post_roll_s=options.post_roll_s)
+        runner = make_runner(net, outputs.sinks, detector, stop=stop, max_open=max_open,
+                             annotators=outputs.annotators, score_sinks=outputs.score_sinks)
         runner.run(specs)
     finally:
         outputs.close()
-    if outputs.report.failed:
+    if outputs.report is not None and outputs.report.failed:
         raise typer.Exit(1)
 
 
-# Options shared by replay and listen.
-ModelOpt = typer.Option(None, "--model", "-m", help="Checkpoint (STEM, STEM.safetensors or a training run folder). "
-                                                    "Default: the embedded model.")
-HopOpt = typer.Option(1.0, help="Seconds between window starts (windows are the model's length, 5 s).")
+# Options replay and listen share beside the detector's (cli/options.py).
 CsvOpt = typer.Option(None, "--csv", help="Append events to this CSV (flushed and fsync'ed per event).")
 RotateOpt = typer.Option("none", help="'daily': one CSV per day, NAME-YYYY-MM-DD.csv.")
 LiveOpt = typer.Option(None, "--live/--no-live", help="Rich live view (default when stdout is a terminal) or "
                                                       "one plain line per event.")
-OnOpt = typer.Option(None, help="Score at which an event starts, for every species not in --thresholds "
-                                "(default: the checkpoint's per-species values).")
-OffOpt = typer.Option(None, help="Score below which an event ends (default: the checkpoint's).")
-ThresholdsOpt = typer.Option(None, "--thresholds", help="CSV `species,threshold[,threshold_off]`: per-species "
-                                                        "values; they win over --threshold-on/off.")
 ClipsOpt = typer.Option(None, "--clips", help="Save each event's audio (FLAC, with pre- and post-roll) and a "
                                               "spectrogram PNG in this folder; the CSV row names the clip.")
 ClipsMaxOpt = typer.Option(None, "--clips-max-gb", help="Cap the clips folder: oldest clips go first, the best "
                                                         "3 of each species stay.")
-PreRollOpt = typer.Option(1.5, "--pre-roll", help="Seconds of audio kept before an event (clips, event audio).")
-PostRollOpt = typer.Option(1.5, "--post-roll", help="Seconds of audio kept after an event.")
-ClipPicturesOpt = typer.Option(True, "--clip-pictures/--no-clip-pictures", help="A spectrogram PNG beside each clip.")
 RavenOpt = typer.Option(None, "--raven", help="Write a Raven Pro selection table (tab-separated).")
 AudacityOpt = typer.Option(None, "--audacity", help="Write an Audacity label track.")
 JsonlOpt = typer.Option(None, "--jsonl", help="Append one JSON object per event (flushed per line).")
 MqttOpt = typer.Option(None, "--mqtt", help="Publish events to an MQTT broker, HOST[:PORT], on "
                                             "birdlive/<source>/detection (retained status on birdlive/<source>/status).")
-MinDurOpt = typer.Option(None, help="Drop events shorter than this (seconds).")
-GapOpt = typer.Option(None, help="Merge events of one species closer than this (seconds).")
-IncludeOpt = typer.Option(None, "--include", help="Only these species (code or common name; repeatable).")
-ExcludeOpt = typer.Option(None, "--exclude", help="Never these species (repeatable).")
-MinConfOpt = typer.Option(0.0, help="Drop events whose peak score is below this.")
-ComputeOpt = typer.Option("auto", help="Where the network runs: auto (CUDA if present), cpu, cuda.")
 
 
 @app.command()
+@detector_options
 def replay(
     files: list[Path] = typer.Argument(..., help="Recordings: WAV, FLAC, OGG, MP3."),
-    model: Optional[Path] = ModelOpt,
+    detector: DetectorSettings = None,
     realtime: bool = typer.Option(False, "--realtime", help="Replay at real-time pace instead of as fast as possible."),
     channel: Optional[int] = typer.Option(None, help="Use this channel of a multichannel file instead of a mix."),
     jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="Files read at once (their windows share the "
                                                             "network's batches). --realtime reads one at a time."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the recording's spectrogram with every event "
                                         "boxed and the species' score tracks under it (PNG; one recording)."),
-    hop: float = HopOpt, csv: Optional[Path] = CsvOpt, rotate: str = RotateOpt, live: Optional[bool] = LiveOpt,
-    clips: Optional[Path] = ClipsOpt, clips_max_gb: Optional[float] = ClipsMaxOpt, pre_roll: float = PreRollOpt,
-    post_roll: float = PostRollOpt, clip_pictures: bool = ClipPicturesOpt, raven: Optional[Path] = RavenOpt,
+    csv: Optional[Path] = CsvOpt, rotate: str = RotateOpt, live: Optional[bool] = LiveOpt,
+    clips: Optional[Path] = ClipsOpt, clips_max_gb: Optional[float] = ClipsMaxOpt,
+    clip_pictures: bool = ClipPicturesOpt, raven: Optional[Path] = RavenOpt,
     audacity: Optional[Path] = AudacityOpt, jsonl: Optional[Path] = JsonlOpt, mqtt: Optional[str] = MqttOpt,
-    threshold_on: Optional[float] = OnOpt, threshold_off: Optional[float] = OffOpt,
-    thresholds: Optional[Path] = ThresholdsOpt,
-    min_duration: Optional[float] = MinDurOpt, merge_gap: Optional[float] = GapOpt,
-    include: Optional[list[str]] = IncludeOpt, exclude: Optional[list[str]] = ExcludeOpt,
-    min_conf: float = MinConfOpt, compute: str = ComputeOpt,
+    compute: str = ComputeOpt,
 ):
     """Detect bird calls in recordings, as fast as the machine allows (or at real-time pace).
 
@@ -127,33 +107,28 @@ def replay(
 
     if plot is not None and len(files) != 1:
         raise OptionError(f"--plot draws one recording; {len(files)} were given")
-    options = _outputs(str(model or "default"), len(files) > 1, csv, rotate, live, clips, clips_max_gb, pre_roll,
-                       post_roll, clip_pictures, raven, audacity, jsonl, mqtt, plot=plot, plot_recording=files[0],
-                       channel=channel)
+    options = _outputs(detector, len(files) > 1, csv, rotate, live, clips, clips_max_gb, clip_pictures, raven,
+                       audacity, jsonl, mqtt, plot=plot, plot_recording=files[0], channel=channel)
     from birdlive.streamer import file_specs
-    net = _load_model(model, compute)
+    net = _load_model(detector, compute)
     stop = threading.Event()
     _install_stop_handlers(stop)
     specs = file_specs(files, net.cfg.sample_rate, realtime=realtime, channel=channel)
-    _run(net, specs, options, stop, hop, threshold_on, threshold_off, thresholds, min_duration, merge_gap, include,
-         exclude, min_conf, max_open=1 if realtime else jobs)
+    _run(net, specs, options, stop, detector, max_open=1 if realtime else jobs)
 
 
 @app.command()
+@detector_options
 def listen(
     device: Optional[list[str]] = typer.Option(None, "--device", "-d", help="Input device index or name substring "
                                                "(see `birdlive devices`); repeat for several microphones at once. "
                                                "Default: the system's default input."),
-    model: Optional[Path] = ModelOpt,
-    hop: float = HopOpt, csv: Optional[Path] = CsvOpt, rotate: str = RotateOpt, live: Optional[bool] = LiveOpt,
-    clips: Optional[Path] = ClipsOpt, clips_max_gb: Optional[float] = ClipsMaxOpt, pre_roll: float = PreRollOpt,
-    post_roll: float = PostRollOpt, clip_pictures: bool = ClipPicturesOpt, raven: Optional[Path] = RavenOpt,
+    detector: DetectorSettings = None,
+    csv: Optional[Path] = CsvOpt, rotate: str = RotateOpt, live: Optional[bool] = LiveOpt,
+    clips: Optional[Path] = ClipsOpt, clips_max_gb: Optional[float] = ClipsMaxOpt,
+    clip_pictures: bool = ClipPicturesOpt, raven: Optional[Path] = RavenOpt,
     audacity: Optional[Path] = AudacityOpt, jsonl: Optional[Path] = JsonlOpt, mqtt: Optional[str] = MqttOpt,
-    threshold_on: Optional[float] = OnOpt, threshold_off: Optional[float] = OffOpt,
-    thresholds: Optional[Path] = ThresholdsOpt,
-    min_duration: Optional[float] = MinDurOpt, merge_gap: Optional[float] = GapOpt,
-    include: Optional[list[str]] = IncludeOpt, exclude: Optional[list[str]] = ExcludeOpt,
-    min_conf: float = MinConfOpt, compute: str = ComputeOpt,
+    compute: str = ComputeOpt,
     duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
 ):
     """Detect bird calls live from microphones or field recorders until Ctrl-C (or SIGTERM)."""
@@ -161,9 +136,9 @@ def listen(
     from birdlive.streamer.sources import MicSource
 
     wanted = device or [None]
-    options = _outputs(str(model or "default"), len(wanted) > 1, csv, rotate, live, clips, clips_max_gb, pre_roll,
-                       post_roll, clip_pictures, raven, audacity, jsonl, mqtt)
-    net = _load_model(model, compute)
+    options = _outputs(detector, len(wanted) > 1, csv, rotate, live, clips, clips_max_gb, clip_pictures, raven,
+                       audacity, jsonl, mqtt)
+    net = _load_model(detector, compute)
     sources = [MicSource(int(d) if d is not None and d.strip().isdigit() else d, net.cfg.sample_rate)
                for d in wanted]
     stop = threading.Event()
@@ -176,8 +151,7 @@ def listen(
         print(f"listening on {s.name} ({s.device_rate} Hz → {s.sample_rate} Hz); Ctrl-C to stop", file=sys.stderr,
               flush=True)
     specs = [SourceSpec(s.name, (lambda s=s: s)) for s in sources]
-    _run(net, specs, options, stop, hop, threshold_on, threshold_off, thresholds, min_duration, merge_gap, include,
-         exclude, min_conf, max_open=len(specs))
+    _run(net, specs, options, stop, detector, max_open=len(specs))
 
 
 @app.command()

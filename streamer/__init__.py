@@ -19,6 +19,7 @@ _WHERE = {
     "ScoreStitcher": "stitcher",
     "StreamState": "stream", "WindowCut": "stream", "default_params": "stream",
     "OutputOptions": "outputs", "build_outputs": "outputs",
+    "DetectorSettings": "settings",
     "load_thresholds": "thresholds",
 }
 __all__ = sorted(_WHERE)

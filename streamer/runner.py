@@ -29,7 +29,8 @@ from .events import Event, StreamStatus
 from .scorer import SharedScorer
 from .sinks import EventAnnotator, ScoreSink, Sink
 from .sources import AudioBlock, FileSource
-from .stream import StreamState, check_hop, default_params
+from .settings import DetectorSettings
+from .stream import StreamState
 
 
 class Source(Protocol):
@@ -260,16 +261,19 @@ class Runner:
             sink.on_status(s)
 
 
-def make_runner(model, sinks: list[Sink], hop_s: float = 1.0, params=None, event_filter=None,
+def make_runner(model, sinks: list[Sink], settings: DetectorSettings | None = None, *, params=None,
                 stop: threading.Event | None = None, max_open: int = 1, annotators: list[EventAnnotator] | None = None,
-                score_sinks: list[ScoreSink] | None = None, pre_roll_s: float = 1.5,
-                post_roll_s: float = 1.5) -> Runner:
-    """A runner with one shared scorer for `model` and a StreamState per source with these detector settings."""
-    check_hop(model.cfg, hop_s)
-    params = params or default_params(model.cfg)
+                score_sinks: list[ScoreSink] | None = None) -> Runner:
+    """A runner with one shared scorer for `model` and a StreamState per source with these detector settings
+    (`params`, for experiments: smoother parameters instead of those the settings make)."""
+    settings = settings or DetectorSettings()
+    settings.check(model.cfg)
+    params = params or settings.smoother_params(model.cfg)
+    event_filter = settings.event_filter()
     return Runner(SharedScorer(model), sinks,
-                  lambda name: StreamState(name, model.cfg, hop_s=hop_s, params=params, event_filter=event_filter),
-                  stop=stop, max_open=max_open, pre_roll_s=pre_roll_s, post_roll_s=post_roll_s,
+                  lambda name: StreamState(name, model.cfg, hop_s=settings.hop_s, params=params,
+                                           event_filter=event_filter),
+                  stop=stop, max_open=max_open, pre_roll_s=settings.pre_roll_s, post_roll_s=settings.post_roll_s,
                   annotators=annotators, score_sinks=score_sinks)
 
 

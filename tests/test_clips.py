@@ -22,6 +22,7 @@ from birdlive.model import load_checkpoint
 from birdlive.streamer import CsvEventLog, file_specs, make_runner
 from birdlive.streamer.clips import ClipWriter, clip_stem, parse_clip
 from birdlive.streamer.events import Event, EventAudio
+from birdlive.streamer.settings import DetectorSettings
 
 from common import RECORDING, TINY, Collect, read_events_csv
 
@@ -46,7 +47,8 @@ def run48(wav48, tmp_path_factory):
     log = CsvEventLog(csv)
     writer = ClipWriter(folder, pictures=True, fmin=net.cfg.fmin, fmax=net.cfg.fmax)
     seen = Collect()
-    runner = make_runner(net, [log, seen], annotators=[writer], pre_roll_s=PRE_ROLL, post_roll_s=PRE_ROLL)
+    runner = make_runner(net, [log, seen], DetectorSettings(pre_roll_s=PRE_ROLL, post_roll_s=PRE_ROLL),
+                         annotators=[writer])
     (status,) = runner.run(file_specs([wav48], net.cfg.sample_rate))
     log.close()
     writer.close()

@@ -1,0 +1,74 @@
+"""Options more than one command takes, declared once.
+
+`detector_options` gives a command the one group of detector options (`--model`, `--hop`, the thresholds, the
+species filters, the event audio's pre- and post-roll): `replay`, `listen` and `analyze` offer the same options
+with the same meaning, and each gets them as one checked `DetectorSettings` in its `detector` parameter.
+"""
+import functools
+import inspect
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+DETECTOR = "Detector (replay, listen and analyze alike)"
+ModelOpt = typer.Option(None, "--model", "-m", help="Checkpoint (STEM, STEM.safetensors or a training run folder). "
+                                                    "Default: the embedded model.", rich_help_panel=DETECTOR)
+ComputeOpt = typer.Option("auto", help="Where the network runs: auto (CUDA if present), cpu, cuda.")
+ClipPicturesOpt = typer.Option(True, "--clip-pictures/--no-clip-pictures", help="A spectrogram PNG beside each clip.")
+
+HopOpt = typer.Option(1.0, help="Seconds between window starts (windows are the model's length, 5 s).", rich_help_panel=DETECTOR)
+OnOpt = typer.Option(None, help="Score at which an event starts, for every species not in --thresholds "
+                                "(default: the checkpoint's per-species values).", rich_help_panel=DETECTOR)
+OffOpt = typer.Option(None, help="Score below which an event ends (default: the checkpoint's).", rich_help_panel=DETECTOR)
+ThresholdsOpt = typer.Option(None, "--thresholds", help="CSV `species,threshold[,threshold_off]`: per-species "
+                                                        "values; they win over --threshold-on/off.", rich_help_panel=DETECTOR)
+MinDurOpt = typer.Option(None, help="Drop events shorter than this (seconds).", rich_help_panel=DETECTOR)
+GapOpt = typer.Option(None, help="Merge events of one species closer than this (seconds).", rich_help_panel=DETECTOR)
+IncludeOpt = typer.Option(None, "--include", help="Only these species (code or common name; repeatable).", rich_help_panel=DETECTOR)
+ExcludeOpt = typer.Option(None, "--exclude", help="Never these species (repeatable).", rich_help_panel=DETECTOR)
+MinConfOpt = typer.Option(0.0, help="Drop events whose peak score is below this.", rich_help_panel=DETECTOR)
+PreRollOpt = typer.Option(1.5, "--pre-roll", help="Seconds of audio kept before an event (clips, event audio).", rich_help_panel=DETECTOR)
+PostRollOpt = typer.Option(1.5, "--post-roll", help="Seconds of audio kept after an event.", rich_help_panel=DETECTOR)
+
+# name, type, default (typer.Option): the group `detector_options` adds to a command, in --help's order.
+DETECTOR_OPTIONS: list[tuple[str, object, object]] = [
+    ("model", Optional[Path], ModelOpt), ("hop", float, HopOpt),
+    ("threshold_on", Optional[float], OnOpt), ("threshold_off", Optional[float], OffOpt),
+    ("thresholds", Optional[Path], ThresholdsOpt),
+    ("min_duration", Optional[float], MinDurOpt), ("merge_gap", Optional[float], GapOpt),
+    ("include", Optional[List[str]], IncludeOpt), ("exclude", Optional[List[str]], ExcludeOpt),
+    ("min_conf", float, MinConfOpt), ("pre_roll", float, PreRollOpt), ("post_roll", float, PostRollOpt),
+]
+
+
+def detector_options(command: Callable) -> Callable:
+    """Adds the detector options to `command` (which takes `detector` instead) and hands it the settings they
+    make, checked against the checkpoint's config (one `error:` line for a bad one, before weights load)."""
+    sig = inspect.signature(command)        # its own annotations stay strings: typer resolves them (get_type_hints)
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+             for name, kind, default in DETECTOR_OPTIONS]
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in sig.parameters.values() if p.name != "detector"]
+
+    @functools.wraps(command)
+    def run(**values):
+        chosen = {name: values.pop(name) for name, _, _ in DETECTOR_OPTIONS}
+        values["detector"] = detector_settings(**chosen)
+        return command(**values)
+
+    run.__signature__ = sig.replace(parameters=own + added)     # type: ignore[attr-defined]
+    # `detector` is not an option: its annotation (a name the command imports only for type checkers) goes too
+    run.__annotations__ = {k: v for k, v in command.__annotations__.items() if k != "detector"}
+    return run
+
+
+def detector_settings(model: Optional[Path] = None, hop: float = 1.0, threshold_on: Optional[float] = None,
+                      threshold_off: Optional[float] = None, thresholds: Optional[Path] = None,
+                      min_duration: Optional[float] = None, merge_gap: Optional[float] = None,
+                      include: Optional[List[str]] = None, exclude: Optional[List[str]] = None,
+                      min_conf: float = 0.0, pre_roll: float = 1.5, post_roll: float = 1.5):
+    from birdlive.streamer.settings import DetectorSettings
+    return DetectorSettings.checked(model, thresholds, hop_s=hop, threshold_on=threshold_on,
+                                    threshold_off=threshold_off, min_duration_s=min_duration, merge_gap_s=merge_gap,
+                                    include=tuple(include or ()), exclude=tuple(exclude or ()), min_conf=min_conf,
+                                    pre_roll_s=pre_roll, post_roll_s=post_roll)
