@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import tempfile
+from contextlib import contextmanager
 
 from birdlive.errors import OptionError
 
 from .archive import (MAX_TRIES, Analyzer, BatchReport, Recording, WorkerSettings, batch_name,
                       failed_results, unexpected)
+
+log = logging.getLogger(__name__)
 
 BATCHES_PER_WORKER = 2      # one running, one waiting in the actor's queue: no worker idles between batches
 
@@ -49,6 +54,10 @@ def run_ray(batches: list[list[Recording]], settings: WorkerSettings, address: s
         ray.shutdown()
 
 
+AUTH_HELP = ("give the head and this driver one token: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=FILE "
+             "(or RAY_AUTH_TOKEN) in the environment of both (README: Archive analysis, Ray)")
+
+
 def _connect(address: str):
     try:
         import ray
@@ -56,12 +65,41 @@ def _connect(address: str):
         raise OptionError("--ray needs Ray: pip install 'birdlive[ray]'") from None
     # A cluster this command starts (`local`) does not report usage to anyone unless the user said so.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
-                 **({"include_dashboard": False} if address == "local" else {}))
-    except (ConnectionError, ValueError, RuntimeError) as e:
-        raise OptionError(f"--ray {address}: cannot connect to a Ray cluster ({' '.join(str(e).split())})") from None
-    return ray
+    with _native_stderr_captured() as native_log:
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
+                     **({"include_dashboard": False} if address == "local" else {}))
+            error = None
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            error = e
+    said = "".join(native_log)
+    if error is None:
+        for line in said.splitlines():
+            log.debug("ray: %s", line)
+        return ray
+    if "Unauthenticated" in said or "InvalidAuthToken" in said:
+        raise OptionError(f"--ray {address}: the Ray cluster refused this driver's authentication token; "
+                          f"{AUTH_HELP}") from None
+    raise OptionError(f"--ray {address}: cannot connect to a Ray cluster ({' '.join(str(error).split())})") from None
+
+
+@contextmanager
+def _native_stderr_captured():
+    """Ray's C++ core writes its connection retries to file descriptor 2, once a second for half a minute when
+    a cluster refuses the driver: keep them off the user's terminal and read them back to say why in one line."""
+    text: list[str] = []                   # filled when the block ends
+    with tempfile.TemporaryFile("w+", errors="replace") as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield text
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text.append(captured.read())
 
 
 def _slots(ray, gpus_per_worker: float) -> int:

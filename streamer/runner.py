@@ -144,8 +144,8 @@ class Runner:
 
     def _feed(self, state: StreamState, block: AudioBlock) -> None:
         for samples, wall in state.pieces(block.samples, block.start_sample, block.wall_time):
-            if len(samples) > state.room:
-                self._tick([state])
+            while len(samples) > state.room:
+                self._tick_progressing(state)
             state.push(samples, wall)
         if block.native is not None:
             state.add_native(block.native, block.native_rate, block.start_sample)
@@ -160,6 +160,14 @@ class Runner:
         if cuts:
             for (st, w), scores in zip(cuts, self.scorer.score([w.logmel for _, w in cuts])):
                 self._emit(st, st.add_scores(w, scores))
+
+    def _tick_progressing(self, state: StreamState) -> None:
+        """One tick of one stream that must move it on (turn audio into log-mel or cut a window)."""
+        before = (state.mel.end, state.next_window, state.tail_cut)
+        self._tick([state])
+        if (state.mel.end, state.next_window, state.tail_cut) == before:
+            raise RuntimeError(f"{state.name}: a tick made no progress (log-mel at frame {state.mel.end}, "
+                               f"next window at sample {state.next_window})")
 
     def _emit(self, state: StreamState, events: list[Event]) -> None:
         for first, frames in state.take_scores():
@@ -179,10 +187,8 @@ class Runner:
         try:
             if live.state is not None:
                 live.state.end_input()
-                for _ in range(3):      # one tick scores the padded last window; more would be a bug
-                    if live.state.drained:
-                        break
-                    self._tick([live.state])
+                while not live.state.drained:   # a ring's worth of audio may still be owed: a few ticks
+                    self._tick_progressing(live.state)
                 self._emit(live.state, live.state.finish())
         finally:
             del self._live[sid]

@@ -257,6 +257,9 @@ class FileSource:
             "FLOAT": 4, "DOUBLE": 8, "ULAW": 1, "ALAW": 1,
         }.get(f.subtype, 2)
         rate = max(1, int(f.samplerate))
+        if actual / bpf < rate / 100:   # less than one 10 ms log-mel frame: there is nothing to analyse
+            raise self._err(f"truncated file: header says {declared / bpf / rate:.2f} s of audio, "
+                            f"only {actual / bpf / rate:.2f} s present; nothing to analyse")
         self.warnings.append(f"{self.name}: truncated file: header says {declared / bpf / rate:.2f} s of audio, "
                              f"only {actual / bpf / rate:.2f} s present; analysed those")
 

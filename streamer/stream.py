@@ -174,6 +174,10 @@ class StreamState:
             last = self._frames_owed_at_end() - 1
         else:   # one sample more than the context: frame 0's reflection reaches sample n_fft/2
             last = (self.audio.end - self.ctx - 1) // self.mel_hop
+        # Never write frames over ones the next window still needs: at the end of a stream up to a whole audio
+        # ring of unconverted samples plus the padded last window are owed at once, more than the log-mel ring
+        # holds beyond the oldest uncut window. The rest comes on the next tick, after these windows are cut.
+        last = min(last, self.next_window // self.mel_hop + self.mel.capacity - 1)
         if last < first:
             return None
         lo, hi = first * self.mel_hop - self.ctx, last * self.mel_hop + self.ctx + 1

@@ -24,8 +24,9 @@ def read_events_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def birdlive(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def birdlive(*args, timeout=300, environ=None, **kw) -> subprocess.CompletedProcess:
+    """`birdlive ARGS` in a child process, in `environ` (default: this process's environment)."""
+    env = {**(os.environ if environ is None else environ), "PYTHONUNBUFFERED": "1"}
     env.pop("BIRDLIVE_DEBUG", None)
     return subprocess.run([*BIRDLIVE, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env,
                           **kw)

@@ -126,11 +126,14 @@ def bad_files(tmp_path):
     inf = tmp_path / "inf.wav"
     x[sr * 6] = np.inf
     sf.write(inf, x, sr, subtype="FLOAT")
+    promised = tmp_path / "promised.wav"     # a header that promises 3 s, then one sample: nothing to analyse
+    header_end = good.read_bytes().index(b"data") + 8
+    promised.write_bytes(good.read_bytes()[:header_end + 4])
     eight = tmp_path / "eight.wav"
     sf.write(eight, np.zeros((sr, 8), np.float32), sr)
     return {"missing": (tmp_path / "nope.wav", "not found"), "empty": (empty, "empty"),
             "truncated": (truncated, "truncated.wav"), "text": (text, "notes.wav"), "nan": (nan, "nan"),
-            "inf": (inf, "inf"), "eight": (eight, "8 channels")}
+            "inf": (inf, "inf"), "eight": (eight, "8 channels"), "promised": (promised, "nothing to analyse")}
 
 
 def test_bad_input_files_give_one_clear_line(tmp_path):

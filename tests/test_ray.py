@@ -6,6 +6,7 @@ Ray is a test extra (and `birdlive[ray]`); without it these tests skip."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -30,13 +31,21 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABL
 
 @pytest.fixture(scope="module")
 def ray_address():
-    """`ray start --head` on 127.0.0.1 with 2 CPUs, for this module; stopped (its whole process group) after."""
+    """`ray start --head` on 127.0.0.1 with 2 CPUs, for this module; stopped (its whole process group) after.
+
+    Head and drivers share one token that the fixture makes (Ray's token authentication, as the README tells
+    users to run a cluster): whatever ~/.ray/auth_token an earlier `ray.init()` left behind, they agree."""
     temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))    # short: Ray's socket paths must fit in 107 bytes
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = temp / "head.log"
-    env = {**os.environ, **LOOPBACK_ENV}
+    token = temp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env = {**os.environ, **LOOPBACK_ENV, **auth_env}
+    env.pop("RAY_AUTH_TOKEN", None)
     with open(log, "w") as out:
         head = subprocess.Popen([str(RAY), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
                                  "--include-dashboard=false", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
@@ -47,8 +56,9 @@ def ray_address():
                  what="the Ray head")
         assert head.poll() is None, log.read_text()[-3000:]
         with pytest.MonkeyPatch.context() as mp:
-            for k, v in LOOPBACK_ENV.items():
+            for k, v in {**LOOPBACK_ENV, **auth_env}.items():
                 mp.setenv(k, v)
+            mp.delenv("RAY_AUTH_TOKEN", raising=False)
             yield f"127.0.0.1:{port}"
     finally:
         head.terminate()            # `ray start --block` stops every process it started
@@ -135,3 +145,35 @@ def test_kill_9_of_the_ray_driver_then_a_rerun_finishes_the_rest(tmp_path, ray_a
     assert all(row["status"] == "done" for row in after.values())
     assert all(after[k]["finished_at"] == t for k, t in done_before.items())     # not redone
     assert_each_file_once(out, files)
+
+
+def test_a_local_ray_run_before_does_not_lock_the_driver_out(tmp_path, ray_address, monkeypatch):
+    """Ray 2.59+ saves a token to ~/.ray/auth_token on any local `ray.init()`, `analyze --ray local` included;
+    a driver given the cluster's token (RAY_AUTH_TOKEN_PATH, as the fixture's head has) still connects after."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(RECORDING, src / "a.flac")
+    args = ["analyze", src, "--model", TINY, "--no-progress"]
+    local_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    r = birdlive(*args, "--out", tmp_path / "local", "--ray", "local", "--workers", 1, environ=local_env)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "home" / ".ray" / "auth_token").exists()       # what used to lock the driver out
+    r = birdlive(*args, "--out", tmp_path / "cluster", "--ray", ray_address)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "cluster" / "detections.csv").read_text() == (tmp_path / "local" / "detections.csv").read_text()
+
+
+def test_a_wrong_token_is_one_line_that_names_the_settings(tmp_path, ray_address, monkeypatch):
+    wrong = secrets.token_hex(32)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", wrong)           # takes precedence over the fixture's token file
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(RECORDING, src / "a.flac")
+    r = birdlive("analyze", src, "--out", tmp_path / "out", "--model", TINY, "--no-progress", "--ray", ray_address)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("connecting to")]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert "refused this driver's authentication token" in lines[0]
+    assert "RAY_AUTH_MODE=token" in lines[0] and "RAY_AUTH_TOKEN_PATH" in lines[0]
+    assert wrong not in r.stderr + r.stdout
