@@ -1,5 +1,5 @@
 """`birdlive analyze DIR_OR_FILES… --out OUTDIR`: a season of recordings, resumably, on every core or a Ray
-cluster; a thin wrapper over `birdlive.streamer.archive` (and `.distributed` for `--ray`).
+cluster; a thin wrapper over `birdlive.streamer.archive.driver` (and `.distributed` for `--ray`).
 
 Registered by cli.py: app.command("analyze")(analyze).
 """
@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import typer
 
-from .cli import (ClipPicturesOpt, ComputeOpt, ExcludeOpt, GapOpt, HopOpt, IncludeOpt, MinConfOpt, MinDurOpt,
+from .app import (ClipPicturesOpt, ComputeOpt, ExcludeOpt, GapOpt, HopOpt, IncludeOpt, MinConfOpt, MinDurOpt,
                   ModelOpt, OffOpt, OnOpt, PostRollOpt, PreRollOpt, ThresholdsOpt)
 
 PLAIN_EVERY_S = 10.0        # a progress line this often when stderr is not a terminal
@@ -64,7 +64,7 @@ def analyze(
     Resumable: the same command again skips finished files and redoes the rest (and files that changed). A file
     that cannot be read is listed in OUTDIR/errors.csv and the batch goes on; the exit status is 1 if any
     failed."""
-    from birdlive.streamer import archive
+    from birdlive.streamer.archive import driver as archive
 
     out_dir = archive.prepare_outdir(out)                   # the cheap checks first: no model loaded for these
     recordings = archive.find_recordings(inputs, out_dir)
@@ -94,9 +94,9 @@ def _executor(detector, workers: Optional[int], ray: Optional[str], gpus_per_wor
               batch_files: Optional[int], compute: str):
     """run_local or run_ray with its settings bound, and the batch size that suits its workers."""
     from birdlive.errors import OptionError
-    from birdlive.streamer.archive import WorkerSettings, default_workers, run_local
+    from birdlive.streamer.archive.driver import WorkerSettings, default_workers, run_local
     if ray is not None:
-        from birdlive.streamer.distributed import run_ray
+        from birdlive.streamer.archive.ray import run_ray
         settings = WorkerSettings(detector, compute, threads=1)        # a Ray worker holds one CPU
         batch = batch_files or (GPU_BATCH_FILES if gpus_per_worker > 0 else 1)
         return (lambda batches, report: run_ray(batches, settings, ray, report, workers, gpus_per_worker)), batch

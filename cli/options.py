@@ -67,7 +67,7 @@ def detector_settings(model: Optional[Path] = None, hop: float = 1.0, threshold_
                       min_duration: Optional[float] = None, merge_gap: Optional[float] = None,
                       include: Optional[List[str]] = None, exclude: Optional[List[str]] = None,
                       min_conf: float = 0.0, pre_roll: float = 1.5, post_roll: float = 1.5):
-    from birdlive.streamer.settings import DetectorSettings
+    from birdlive.streamer.core.settings import DetectorSettings
     return DetectorSettings.checked(model, thresholds, hop_s=hop, threshold_on=threshold_on,
                                     threshold_off=threshold_off, min_duration_s=min_duration, merge_gap_s=merge_gap,
                                     include=tuple(include or ()), exclude=tuple(exclude or ()), min_conf=min_conf,

@@ -1,5 +1,5 @@
 """`birdlive summary night.csv [more.csv …] [--plot activity.png] [--min-conf X]`: a thin wrapper over
-`birdlive.streamer.summary`.
+`birdlive.streamer.sinks.summary`.
 
 Registered by cli.py: app.command("summary")(summary).
 """
@@ -24,7 +24,7 @@ def summary(
     """Per species: detections, first and last heard, best confidence and its clip; optionally an activity chart.
 
     Wall-clock times where the log has them (live input, --realtime replay), else stream time."""
-    from birdlive.streamer.summary import activity_chart, days_covered, read_event_logs, summarize
+    from birdlive.streamer.sinks.summary import activity_chart, days_covered, read_event_logs, summarize
 
     rows = read_event_logs(csvs, min_conf=min_conf)     # OptionError (one line) for a missing or garbled log
     species = summarize(rows)
@@ -41,7 +41,7 @@ def summary(
 
 
 def _row(s, with_date: bool, with_source: bool) -> list[str]:
-    from birdlive.streamer.summary import heard_at
+    from birdlive.streamer.sinks.summary import heard_at
     return [s.name, s.species, str(s.count), heard_at(s.first, with_date, with_source),
             heard_at(s.last, with_date, with_source), f"{s.best_conf:.3f}", s.best_clip or ""]
 

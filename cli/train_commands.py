@@ -221,7 +221,7 @@ def calibrate(
     birdlive/train/calibrate.py), written into the checkpoint's JSON (--in-place) or a copy (--out)."""
     from birdlive.model import DEFAULT_CHECKPOINT, load_checkpoint
     from birdlive.model.checkpoint import checkpoint_paths, load_config
-    from birdlive.streamer.thresholds import write_thresholds
+    from birdlive.streamer.core.thresholds import write_thresholds
     from birdlive.train.cache import AudioCache
     from birdlive.train.augment import NoiseBank
     from birdlive.train.calibrate import (calibrate as run_calibration, noise_items, record_for, validation_items,

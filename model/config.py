@@ -44,7 +44,7 @@ class ModelConfig:
     threshold_on: float = 0.5               # default event thresholds (hysteresis)
     threshold_off: float = 0.3
     # Per-species [on, off] where calibrated (`birdlive calibrate`, on a validation split); species not here use
-    # the pair above. Older checkpoints have none. Who wins over whom: `birdlive.streamer.thresholds`.
+    # the pair above. Older checkpoints have none. Who wins over whom: `birdlive.streamer.core.thresholds`.
     thresholds: dict[str, list[float]] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # provenance: training command, data, figures
 

@@ -8,19 +8,19 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {
-    "Event": "events", "EventAudio": "events", "EventFilter": "events", "StreamStatus": "events",
-    "detect_offline": "offline", "framewise_track": "offline",
-    "RingBuffer": "ringbuffer",
-    "Runner": "runner", "Source": "runner", "SourceSpec": "runner", "file_specs": "runner", "make_runner": "runner",
-    "SharedScorer": "scorer",
-    "CSV_COLUMNS": "sinks", "CsvEventLog": "sinks", "EventAnnotator": "sinks", "EventPrinter": "sinks",
-    "ScoreSink": "sinks", "Sink": "sinks", "StreamReport": "sinks",
-    "EventSmoother": "smoother", "SmootherParams": "smoother",
-    "ScoreStitcher": "stitcher",
-    "StreamState": "stream", "WindowCut": "stream", "default_params": "stream",
-    "OutputOptions": "outputs", "build_outputs": "outputs",
-    "DetectorSettings": "settings",
-    "load_thresholds": "thresholds",
+    "Event": "core.events", "EventAudio": "core.events", "EventFilter": "core.events", "StreamStatus": "core.events",
+    "detect_offline": "core.offline", "framewise_track": "core.offline",
+    "RingBuffer": "core.ringbuffer",
+    "Runner": "core.runner", "Source": "core.runner", "SourceSpec": "core.runner", "file_specs": "core.runner", "make_runner": "core.runner",
+    "SharedScorer": "core.scorer",
+    "CSV_COLUMNS": "sinks.csvlog", "CsvEventLog": "sinks.csvlog", "EventAnnotator": "sinks.csvlog", "EventPrinter": "sinks.csvlog",
+    "ScoreSink": "sinks.csvlog", "Sink": "sinks.csvlog", "StreamReport": "sinks.csvlog",
+    "EventSmoother": "core.smoother", "SmootherParams": "core.smoother",
+    "ScoreStitcher": "core.stitcher",
+    "StreamState": "core.stream", "WindowCut": "core.stream", "default_params": "core.stream",
+    "OutputOptions": "sinks.outputs", "build_outputs": "sinks.outputs",
+    "DetectorSettings": "core.settings",
+    "load_thresholds": "core.thresholds",
 }
 __all__ = sorted(_WHERE)
 

@@ -60,7 +60,7 @@ def _rescan_portaudio() -> None:
     sd = sys.modules.get("sounddevice")
     if sd is None:
         return
-    sources = sys.modules.get("birdlive.streamer.sources")
+    sources = sys.modules.get("birdlive.streamer.sources.microphone")
     try:
         if sources is not None and hasattr(sources, "_reinit_portaudio"):
             sources._reinit_portaudio(sd)

@@ -20,9 +20,9 @@ from PIL import Image
 from birdlive.errors import OptionError
 from birdlive.model import load_checkpoint
 from birdlive.streamer import CsvEventLog, file_specs, make_runner
-from birdlive.streamer.clips import ClipWriter, clip_stem, parse_clip
-from birdlive.streamer.events import Event, EventAudio
-from birdlive.streamer.settings import DetectorSettings
+from birdlive.streamer.sinks.clips import ClipWriter, clip_stem, parse_clip
+from birdlive.streamer.core.events import Event, EventAudio
+from birdlive.streamer.core.settings import DetectorSettings
 
 from common import RECORDING, TINY, Collect, read_events_csv
 
@@ -191,8 +191,8 @@ def test_a_cap_below_one_clip_keeps_the_newest(tmp_path, capsys, cli_logging):
 CRASH_CHILD = """
 import sys, numpy as np
 from pathlib import Path
-from birdlive.streamer.clips import ClipWriter
-from birdlive.streamer.events import Event, EventAudio
+from birdlive.streamer.sinks.clips import ClipWriter
+from birdlive.streamer.core.events import Event, EventAudio
 writer = ClipWriter(Path(sys.argv[1]), pictures=False)
 noise = np.random.default_rng(0).uniform(-0.5, 0.5, 60 * 48000).astype(np.float32)   # FLAC cannot shrink noise
 for i in range(10_000):
@@ -233,8 +233,8 @@ def test_a_crash_mid_write_leaves_no_half_clip(tmp_path):
 FULL_DISK_CHILD = """
 import json, resource, signal, sys, numpy as np
 from pathlib import Path
-from birdlive.streamer.clips import ClipWriter
-from birdlive.streamer.events import Event, EventAudio
+from birdlive.streamer.sinks.clips import ClipWriter
+from birdlive.streamer.core.events import Event, EventAudio
 from birdlive.log import to_stderr
 to_stderr()                                             # warnings as the command prints them
 writer = ClipWriter(Path(sys.argv[1]), pictures=False)
@@ -262,7 +262,7 @@ def test_a_full_disk_is_one_warning_and_events_go_on(tmp_path):
     warnings = [line for line in out.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "--clips: cannot write clips to" in warnings[0]
     assert sorted(p.name for p in folder.iterdir()) == sorted(Path(c).name for c in result["clips"] if c)
-    assert not result["matplotlib"]     # imported to draw the first picture, not with birdlive.streamer.clips
+    assert not result["matplotlib"]     # imported to draw the first picture, not with birdlive.streamer.sinks.clips
 
 
 def test_unwritable_folder_and_bad_cap_are_option_errors(tmp_path):

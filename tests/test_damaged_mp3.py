@@ -13,7 +13,7 @@ import pytest
 
 from birdlive.model import load_checkpoint
 from birdlive.streamer import Runner, SharedScorer, SourceSpec, StreamState
-from birdlive.streamer.sources import FileSource
+from birdlive.streamer.sources.microphone import FileSource
 
 from common import ROOT, TINY, Collect
 

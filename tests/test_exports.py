@@ -14,7 +14,7 @@ import soundfile as sf
 from birdlive.errors import OptionError
 from birdlive.model import load_checkpoint
 from birdlive.streamer import CsvEventLog, Event, file_specs, make_runner
-from birdlive.streamer.exports import AudacityLabels, JsonlEvents, RavenTable
+from birdlive.streamer.sinks.exports import AudacityLabels, JsonlEvents, RavenTable
 
 from common import RECORDING, TINY, Collect, read_events_csv, read_truth
 

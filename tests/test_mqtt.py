@@ -10,7 +10,7 @@ import pytest
 
 from birdlive.errors import OptionError
 from birdlive.streamer import CsvEventLog, Event, EventAudio, StreamStatus, file_specs, make_runner
-from birdlive.streamer.mqtt import MqttPublisher, parse_target, stream_topic_name
+from birdlive.streamer.sinks.mqtt import MqttPublisher, parse_target, stream_topic_name
 from broker import MOSQUITTO, Broker, Subscriber, wait_until
 from common import RECORDING, TINY, birdlive, read_events_csv
 

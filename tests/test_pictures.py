@@ -11,8 +11,8 @@ from PIL import Image
 from birdlive.errors import OptionError
 from birdlive.model import load_checkpoint
 from birdlive.streamer import file_specs, make_runner
-from birdlive.streamer.events import Event, EventAudio
-from birdlive.streamer.pictures import (EventBoxes, RecordingPlot, StreamingSpectrogram, TimePool, above_floor,
+from birdlive.streamer.core.events import Event, EventAudio
+from birdlive.streamer.sinks.pictures import (EventBoxes, RecordingPlot, StreamingSpectrogram, TimePool, above_floor,
                                         event_picture)
 
 from common import RECORDING, TINY, read_truth

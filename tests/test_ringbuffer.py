@@ -3,8 +3,8 @@ import pytest
 
 from birdlive.model import load_checkpoint
 from birdlive.streamer import RingBuffer, SharedScorer, StreamState
-from birdlive.streamer.clock import WallClock
-from birdlive.streamer.offline import whole_logmel, window_starts
+from birdlive.streamer.core.clock import WallClock
+from birdlive.streamer.core.offline import whole_logmel, window_starts
 
 from common import TINY
 

@@ -1,4 +1,4 @@
-"""Tests for birdlive.streamer.sources: files, and a REAL capture device.
+"""Tests for birdlive.streamer.sources.microphone: files, and a REAL capture device.
 
 The MicSource tests capture from a private PulseAudio null sink through
 PortAudio/ALSA (see tests/pulse.py); they skip when the packages from
@@ -21,7 +21,7 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pulse import pulse_null_sink  # noqa: E402
 
-from birdlive.streamer.sources import (  # noqa: E402
+from birdlive.streamer.sources.microphone import (  # noqa: E402
     AudioBlock,
     AudioSourceError,
     FileSource,
@@ -298,7 +298,7 @@ def test_portaudio_missing_message():
         import ctypes.util
         _orig = ctypes.util.find_library
         ctypes.util.find_library = lambda n: None if "portaudio" in n else _orig(n)
-        import birdlive.streamer.sources as s
+        import birdlive.streamer.sources.microphone as s
         # file replay must still work without PortAudio
         assert "sounddevice" not in __import__("sys").modules
         for fn in (s.list_input_devices, lambda: s.resolve_input_device("x"),
@@ -326,7 +326,7 @@ class _FakeCard:
     ``adc`` is PortAudio's stream clock, ``mono`` the monotonic clock, ``wall`` the system clock (steppable)."""
 
     def __init__(self, rate=SR, block=3200, latency=0.15, adc=500.0, mono=1000.0, wall=1.8e9, queue_blocks=1000):
-        from birdlive.streamer import sources as S
+        from birdlive.streamer.sources import microphone as S
 
         self.S, self.rate, self.block, self.latency = S, rate, block, latency
         self.adc, self.mono, self.wall = adc, mono, wall
@@ -774,7 +774,7 @@ def test_two_mics_at_once_and_one_rescanning_portaudio(pa, tone_wav):
     re-initialises PortAudio to rescan devices, which closes every stream in the process: the other notices,
     reopens at once (one counted reconnect, the outage zero-filled with its true length), and both capture the
     tone played afterwards."""
-    from birdlive.streamer import sources as S
+    from birdlive.streamer.sources import microphone as S
 
     a = MicSource(pa.device, SR, block_s=0.1, reconnect_s=30)
     b = MicSource(pa.device, SR, block_s=0.1, reconnect_s=30)

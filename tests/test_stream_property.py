@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 
 from birdlive.model.config import ModelConfig
 from birdlive.model.frontend import LogMelFrontend
-from birdlive.streamer.events import StreamStatus
-from birdlive.streamer.offline import detect_offline, framewise_track
-from birdlive.streamer.runner import Runner, _Live
-from birdlive.streamer.sources import AudioBlock
-from birdlive.streamer.stream import StreamState
+from birdlive.streamer.core.events import StreamStatus
+from birdlive.streamer.core.offline import detect_offline, framewise_track
+from birdlive.streamer.core.runner import Runner, _Live
+from birdlive.streamer.sources.microphone import AudioBlock
+from birdlive.streamer.core.stream import StreamState
 
 CFG = ModelConfig(labels=["low", "high"], sample_rate=4000, n_fft=64, hop_length=40, n_mels=8, fmin=50.0,
                   fmax=1900.0, window_s=2.0, out_fps=10.0)

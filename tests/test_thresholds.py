@@ -15,7 +15,7 @@ from birdlive.model import load_checkpoint
 from birdlive.model.checkpoint import CheckpointError, load_config, save_config
 from birdlive.model.config import ModelConfig
 from birdlive.streamer import EventSmoother, SmootherParams, default_params, detect_offline, file_specs, make_runner
-from birdlive.streamer.thresholds import load_thresholds, resolve_thresholds, write_thresholds
+from birdlive.streamer.core.thresholds import load_thresholds, resolve_thresholds, write_thresholds
 from birdlive.train.calibrate import (Item, calibrate, candidates, choose, choose_global, noise_items,
                                       write_calibrated)
 

@@ -3,7 +3,7 @@
 One global on/off pair treats a species the network over-scores (false alarms on other birds) like one it
 under-scores. Calibration picks an on threshold per species; off stays on × the checkpoint's off/on ratio, so the
 hysteresis keeps its shape. The result goes into the checkpoint's JSON (`ModelConfig.thresholds`); what a user
-sets on the command line still wins (`birdlive.streamer.thresholds`).
+sets on the command line still wins (`birdlive.streamer.core.thresholds`).
 
 - **Data: the validation groups only.** The training run's `split.json` (`--split`, or the one beside a run's
   checkpoint), or the split rebuilt from the seed and validation share the checkpoint records, accepted only when
@@ -11,7 +11,7 @@ sets on the command line still wins (`birdlive.streamer.thresholds`).
   training files into "validation"). Never a training group. Whole recordings are one item each; snippet sets
   give composed 5 s windows of held-out runs drawn exactly as training validation drew them (4 per species, the
   run's seed), so calibration takes no new draws from the runs that held-out figures sample with other seeds.
-- **Detection: what a user would get.** The offline reference (`birdlive.streamer.offline.framewise_track`,
+- **Detection: what a user would get.** The offline reference (`birdlive.streamer.core.offline.framewise_track`,
   hop 1 s) scores each item once; the streaming smoother (`default_params`: same median, minimum duration, merge
   gap) runs over that track at every candidate. A species is detected in an item when at least one of its events
   comes out. Candidate on thresholds: the floor, then the 0.05 grid above it up to 0.95.
@@ -158,9 +158,9 @@ def detections(model, items: list[Item], on: np.ndarray, ratio: float, hop_s: fl
                progress=None) -> np.ndarray:
     """(C, N, K) bool: at candidate c (on = on[c], off = on[c] × ratio, every species), item n gave at least one
     event of species k. The network runs once per item; the smoother once per item and candidate."""
-    from birdlive.streamer.offline import framewise_track
-    from birdlive.streamer.smoother import EventSmoother
-    from birdlive.streamer.stream import default_params
+    from birdlive.streamer.core.offline import framewise_track
+    from birdlive.streamer.core.smoother import EventSmoother
+    from birdlive.streamer.core.stream import default_params
     cfg = model.cfg
     index = {lab: i for i, lab in enumerate(cfg.labels)}
     params = [default_params(cfg, threshold_on=float(t), threshold_off=float(t) * ratio) for t in on]

@@ -12,7 +12,7 @@ Secondary (background) species of a file are neither positives nor negatives: ma
 - confusion summary: the species with the lowest AP, how often their files are top-1 right, and which species
   wins instead.
 
-Event-based F1 (`event_metrics`): estimated events (from `birdlive.streamer.offline.detect_offline`) are matched
+Event-based F1 (`event_metrics`): estimated events (from `birdlive.streamer.core.offline.detect_offline`) are matched
 one-to-one to reference events of the same species and file when their onsets differ by at most
 `onset_tolerance` seconds (and, optionally, offsets by at most max(offset_tolerance, offset_pct × reference
 length)); the matching is a maximum bipartite matching, as in sed_eval's `EventBasedMetrics`. It is written here
@@ -166,7 +166,7 @@ def event_metrics(reference: list[RefEvent], estimated: list[RefEvent], onset_to
 
 
 def detect_events(model, wave: np.ndarray, source: str = "") -> list:
-    from birdlive.streamer.offline import detect_offline
+    from birdlive.streamer.core.offline import detect_offline
 
     from .threads import cpu_threads
     with cpu_threads():

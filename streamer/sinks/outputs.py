@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .sinks import CsvEventLog, EventAnnotator, EventPrinter, ScoreSink, Sink, StreamReport
+from .csvlog import CsvEventLog, EventAnnotator, EventPrinter, ScoreSink, Sink, StreamReport
 
 
 @dataclass

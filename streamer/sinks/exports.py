@@ -1,6 +1,6 @@
 """Event tables that other tools open: a Raven Pro selection table, an Audacity label track, JSON Lines.
 
-Each is a Sink (birdlive.streamer.sinks). A row is written and flushed as its event arrives, so the file can
+Each is a Sink (birdlive.streamer.sinks.csvlog). A row is written and flushed as its event arrives, so the file can
 be read while the run goes on and a `kill -9` loses nothing already reported. (Flushed, not fsync'ed: the CSV
 log is the record that survives a power cut; fsync'ing every table too would multiply the writes on a
 recorder's SD card for no event the log does not already hold.)
@@ -20,8 +20,8 @@ from typing import TextIO
 
 from birdlive.errors import OptionError
 
-from .events import Event, EventAudio
-from .sinks import CSV_COLUMNS, SinkBase, iso_time
+from ..core.events import Event, EventAudio
+from .csvlog import CSV_COLUMNS, SinkBase, iso_time
 
 log = logging.getLogger(__name__)
 

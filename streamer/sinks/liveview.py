@@ -9,7 +9,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .events import Event, EventAudio, StreamStatus
+from ..core.events import Event, EventAudio, StreamStatus
 
 
 def bar(value: float, width: int = 24, style: str = "green") -> Text:

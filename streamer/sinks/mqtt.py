@@ -28,8 +28,8 @@ from pathlib import PurePath
 from birdlive.errors import OptionError
 from birdlive.files import AUDIO_EXTENSIONS
 
-from .events import Event, EventAudio, StreamStatus
-from .sinks import iso_time
+from ..core.events import Event, EventAudio, StreamStatus
+from .csvlog import iso_time
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from .options import (ExcludeOpt, GapOpt, HopOpt, IncludeOpt, MinConfOpt, MinDur
                       ModelOpt, OffOpt, OnOpt, PostRollOpt, PreRollOpt, ThresholdsOpt)  # until it takes the group
 
 if TYPE_CHECKING:
-    from birdlive.streamer.settings import DetectorSettings
+    from birdlive.streamer.core.settings import DetectorSettings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Real-time bird-call detection from microphones or recordings.")
@@ -43,7 +43,7 @@ def _load_model(detector, compute: str):
 
 def _outputs(detector, several: bool, csv, rotate, live, clips, clips_max_gb, clip_pictures, raven, audacity, jsonl,
              mqtt, plot=None, plot_recording=None, channel=None):
-    from birdlive.streamer.outputs import OutputOptions, check_options
+    from birdlive.streamer.sinks.outputs import OutputOptions, check_options
     return check_options(OutputOptions(
         csv=csv, rotate=rotate, live=live, several=several, model_name=detector.model or "default", clips=clips,
         clips_max_gb=clips_max_gb, pictures=clip_pictures, pre_roll_s=detector.pre_roll_s,
@@ -54,7 +54,7 @@ def _outputs(detector, several: bool, csv, rotate, live, clips, clips_max_gb, cl
 def _run(net, specs, options, stop, detector, max_open: int) -> None:
     """Every source through one runner and one scorer; exit status 1 if any stream failed."""
     from birdlive.streamer import make_runner
-    from birdlive.streamer.outputs import build_outputs
+    from birdlive.streamer.sinks.outputs import build_outputs
     outputs = build_outputs(options, net.cfg)
     try:
         runner = make_runner(net, outputs.sinks, detector, stop=stop, max_open=max_open,
@@ -133,7 +133,7 @@ def listen(
 ):
     """Detect bird calls live from microphones or field recorders until Ctrl-C (or SIGTERM)."""
     from birdlive.streamer import SourceSpec
-    from birdlive.streamer.sources import MicSource
+    from birdlive.streamer.sources.microphone import MicSource
 
     wanted = device or [None]
     options = _outputs(detector, len(wanted) > 1, csv, rotate, live, clips, clips_max_gb, clip_pictures, raven,
@@ -160,7 +160,7 @@ def devices():
     from rich.console import Console
     from rich.table import Table
 
-    from birdlive.streamer.sources import list_input_devices
+    from birdlive.streamer.sources.microphone import list_input_devices
     table = Table("index", "name", "host API", "channels", "default rate", "")
     for d in list_input_devices():
         table.add_row(str(d["index"]), d["name"], str(d["hostapi"]), str(d["max_input_channels"]),

@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from birdlive.errors import OptionError
 
-from .events import Event, EventAudio, StreamStatus
+from ..core.events import Event, EventAudio, StreamStatus
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3"}      # what `replay` reads (libsndfile)
 RESULTS = "results"
@@ -214,8 +214,8 @@ def detector_settings(model: str | Path | None = None, thresholds: str | Path | 
     from birdlive.model import DEFAULT_CHECKPOINT, load_config
     from birdlive.model.checkpoint import checkpoint_paths
 
-    from .stream import check_hop, default_params
-    from .thresholds import load_thresholds
+    from ..core.stream import check_hop, default_params
+    from ..core.thresholds import load_thresholds
     path = Path(model).expanduser().resolve() if model is not None else None
     cfg = load_config(path or DEFAULT_CHECKPOINT)
     check_hop(cfg, hop_s)
@@ -358,7 +358,7 @@ class RecordingOutputs:
     under results/ (so a clip's path in the CSV is the one it will have there, relative to OUTDIR)."""
 
     def __init__(self, outputs, start: datetime | None, folder: Path, published: str):
-        self.outputs = outputs                  # birdlive.streamer.outputs.Outputs
+        self.outputs = outputs                  # birdlive.streamer.sinks.outputs.Outputs
         self.start = start.timestamp() if start is not None else None
         self.folder, self.published = folder, published
 
@@ -414,8 +414,8 @@ class Analyzer:
     def __init__(self, settings: WorkerSettings):
         from birdlive.model import DEFAULT_CHECKPOINT, load_checkpoint, pick_device
 
-        from .events import EventFilter
-        from .stream import default_params
+        from ..core.events import EventFilter
+        from ..core.stream import default_params
         apply_process_settings(settings)
         d = self.settings = settings.detector
         self.net = load_checkpoint(d.model or DEFAULT_CHECKPOINT, device=pick_device(settings.compute))
@@ -427,12 +427,12 @@ class Analyzer:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         # One scorer for every batch: making it (BatchNorm folded into a copy of the network) took 0.1 s, a
         # sixth of the time of a one-minute recording.
-        from .scorer import SharedScorer
+        from ..core.scorer import SharedScorer
         self.scorer = SharedScorer(self.net)
 
     def analyze(self, batch: list[Recording]) -> list[FileResult]:
-        from .runner import Runner, file_specs
-        from .stream import StreamState
+        from ..core.runner import Runner, file_specs
+        from ..core.stream import StreamState
         d, cfg = self.settings, self.net.cfg
         with tempfile.TemporaryDirectory(prefix="birdlive-analyze-") as tmp:
             starts = {r.path: recorder_start(r.path, self.site_tz) for r in batch}
@@ -449,7 +449,7 @@ class Analyzer:
             return [self._result(r, ended.get(r.path), folders[r.path], starts[r.path]) for r in batch]
 
     def _outputs(self, rec: Recording, start: RecorderStart | None, folder: Path) -> RecordingOutputs:
-        from .outputs import OutputOptions, build_outputs
+        from ..sinks.outputs import OutputOptions, build_outputs
         d, name = self.settings, Path(rec.key).name
         folder.mkdir(parents=True)
         wanted = {fmt: folder / f"{name}{suffix}" if fmt in d.outputs else None

@@ -24,7 +24,7 @@ import soundfile as sf
 from birdlive.errors import OptionError, one_line
 from birdlive.files import TEMP_NAME, atomic_path, writable_folder
 
-from .events import Event, EventAudio
+from ..core.events import Event, EventAudio
 from .pictures import event_picture
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import numpy as np
 
 from birdlive.errors import OptionError
 
-from .events import Event, EventAudio, StreamStatus
+from ..core.events import Event, EventAudio, StreamStatus
 
 
 class Sink(Protocol):

@@ -27,8 +27,8 @@ from birdlive.errors import BirdliveError
 
 from .events import Event, StreamStatus
 from .scorer import SharedScorer
-from .sinks import EventAnnotator, ScoreSink, Sink
-from .sources import AudioBlock, FileSource
+from ..sinks.csvlog import EventAnnotator, ScoreSink, Sink
+from ..sources.microphone import AudioBlock, FileSource
 from .settings import DetectorSettings
 from .stream import StreamState
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 from birdlive.errors import OptionError
 
-from .archive import (MAX_TRIES, Analyzer, BatchReport, Recording, WorkerSettings, batch_name,
+from .driver import (MAX_TRIES, Analyzer, BatchReport, Recording, WorkerSettings, batch_name,
                       failed_results, unexpected)
 
 log = logging.getLogger(__name__)

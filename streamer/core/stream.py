@@ -33,7 +33,7 @@ def default_params(cfg: ModelConfig, threshold_on: float | None = None, threshol
     Most specific wins: `species_thresholds` ({species index: (on, off or None)}, from `--thresholds FILE` via
     `load_thresholds`) > `threshold_on`/`threshold_off` (the global flags) > the checkpoint's calibrated
     per-species pairs > its global pair; a lower level's value that would put off above on moves to keep the
-    checkpoint's off/on ratio (details: `birdlive.streamer.thresholds`). Other overrides (`min_duration_s`, …)
+    checkpoint's off/on ratio (details: `birdlive.streamer.core.thresholds`). Other overrides (`min_duration_s`, …)
     replace the `SmootherParams` defaults; `None` ones are ignored."""
     on, off = resolve_thresholds(cfg, threshold_on, threshold_off, species_thresholds)
     p = SmootherParams(threshold_on=on, threshold_off=off)

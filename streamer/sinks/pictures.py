@@ -23,8 +23,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from birdlive.errors import BirdliveError, OptionError
 from birdlive.files import atomic_path, writable_folder
 
-from .events import Event, EventAudio
-from .sinks import SinkBase
+from ..core.events import Event, EventAudio
+from .csvlog import SinkBase
 
 CMAP = "magma"
 DYNAMIC_RANGE_DB = 70.0     # darkest colour this far below the loudest part of the picture
@@ -270,7 +270,7 @@ class RecordingPlot(SinkBase):
     def _spectrogram(self) -> Spectrogram:
         """The recording decoded once more by the detector's own reader: what is drawn is what was heard. A
         file that breaks off mid-way is drawn up to where it breaks (the detector has said so already)."""
-        from .sources import FileSource
+        from ..sources.microphone import FileSource
         stft = StreamingSpectrogram(self.sr, self.fmin, self.fmax, self.columns)
         source = FileSource(self.recording, self.sr, block_s=16.0, channel=self.channel)
         try:
