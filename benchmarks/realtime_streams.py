@@ -17,7 +17,7 @@ import numpy as np
 
 from birdlive.model import DEFAULT_CHECKPOINT, load_checkpoint
 from birdlive.streamer import SourceSpec, make_runner
-from birdlive.streamer.sources.microphone import AudioBlock
+from birdlive.audio import AudioBlock
 
 
 class PacedSource:

@@ -133,7 +133,7 @@ def listen(
 ):
     """Detect bird calls live from microphones or field recorders until Ctrl-C (or SIGTERM)."""
     from birdlive.streamer import SourceSpec
-    from birdlive.streamer.sources.microphone import MicSource
+    from birdlive.streamer.sources import MicSource
 
     wanted = device or [None]
     options = _outputs(detector, len(wanted) > 1, csv, rotate, live, clips, clips_max_gb, clip_pictures, raven,
@@ -160,7 +160,7 @@ def devices():
     from rich.console import Console
     from rich.table import Table
 
-    from birdlive.streamer.sources.microphone import list_input_devices
+    from birdlive.streamer.sources import list_input_devices
     table = Table("index", "name", "host API", "channels", "default rate", "")
     for d in list_input_devices():
         table.add_row(str(d["index"]), d["name"], str(d["hostapi"]), str(d["max_input_channels"]),

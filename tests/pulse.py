@@ -60,10 +60,10 @@ def _rescan_portaudio() -> None:
     sd = sys.modules.get("sounddevice")
     if sd is None:
         return
-    sources = sys.modules.get("birdlive.streamer.sources.microphone")
+    sources = sys.modules.get("birdlive.streamer.sources.devices")
     try:
-        if sources is not None and hasattr(sources, "_reinit_portaudio"):
-            sources._reinit_portaudio(sd)
+        if sources is not None and hasattr(sources, "reinit_portaudio"):
+            sources.reinit_portaudio(sd)
         else:
             sd._terminate()
             sd._initialize()

@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 
 from birdlive.model import LogMelFrontend, create_config
-from birdlive.streamer.sources.microphone import FileSource
+from birdlive.audio import FileSource
 from birdlive.train.augment import (AugmentConfig, NoiseBank, TempoPitchLogMel, add_noise, crop, energy_profile, mix,
                                     pitch_shift, power, time_stretch, weak_example)
 from birdlive.train.cache import AudioCache, decode

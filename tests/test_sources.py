@@ -1,4 +1,4 @@
-"""Tests for birdlive.streamer.sources.microphone: files, and a REAL capture device.
+"""Tests for birdlive.streamer.sources and the decoder (birdlive.audio): files, and a REAL capture device.
 
 The MicSource tests capture from a private PulseAudio null sink through
 PortAudio/ALSA (see tests/pulse.py); they skip when the packages from
@@ -21,7 +21,7 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pulse import pulse_null_sink  # noqa: E402
 
-from birdlive.streamer.sources.microphone import (  # noqa: E402
+from birdlive.streamer.sources import (  # noqa: E402
     AudioBlock,
     AudioSourceError,
     FileSource,
@@ -298,7 +298,7 @@ def test_portaudio_missing_message():
         import ctypes.util
         _orig = ctypes.util.find_library
         ctypes.util.find_library = lambda n: None if "portaudio" in n else _orig(n)
-        import birdlive.streamer.sources.microphone as s
+        import birdlive.streamer.sources as s
         # file replay must still work without PortAudio
         assert "sounddevice" not in __import__("sys").modules
         for fn in (s.list_input_devices, lambda: s.resolve_input_device("x"),
@@ -322,11 +322,11 @@ def test_portaudio_missing_message():
 
 
 class _FakeCard:
-    """Drives MicSource's real callback (``_make_callback``) like PortAudio would, with clocks the test sets:
+    """Drives MicSource's real callback (``make_callback``) like PortAudio would, with clocks the test sets:
     ``adc`` is PortAudio's stream clock, ``mono`` the monotonic clock, ``wall`` the system clock (steppable)."""
 
     def __init__(self, rate=SR, block=3200, latency=0.15, adc=500.0, mono=1000.0, wall=1.8e9, queue_blocks=1000):
-        from birdlive.streamer.sources import microphone as S
+        from birdlive.streamer.sources import timeline as S
 
         self.S, self.rate, self.block, self.latency = S, rate, block, latency
         self.adc, self.mono, self.wall = adc, mono, wall
@@ -338,7 +338,7 @@ class _FakeCard:
 
     def new_stream(self):
         self.gen += 1
-        self.cb = self.S._make_callback(self.q, self.stats, 1, self.gen, lambda: self.wall, lambda: self.mono)
+        self.cb = self.S.make_callback(self.q, self.stats, 1, self.gen, lambda: self.wall, lambda: self.mono)
 
     def advance(self, seconds):
         """Time passes (on every clock) without a callback: lost audio, or an outage."""
@@ -363,7 +363,7 @@ class _FakeCard:
     def timeline(self, stats=None, warnings=None):
         stats = stats if stats is not None else {k: 0 for k in ("blocks", "samples", "overflows", "overflow_samples",
                                                                 "gap_samples", "clock_steps")}
-        return self.S._Timeline(self.rate, self.block, stats, warnings if warnings is not None else [])
+        return self.S.Timeline(self.rate, self.block, stats, warnings if warnings is not None else [])
 
     def drain(self, tl):
         while not self.q.empty():
@@ -774,7 +774,7 @@ def test_two_mics_at_once_and_one_rescanning_portaudio(pa, tone_wav):
     re-initialises PortAudio to rescan devices, which closes every stream in the process: the other notices,
     reopens at once (one counted reconnect, the outage zero-filled with its true length), and both capture the
     tone played afterwards."""
-    from birdlive.streamer.sources import microphone as S
+    from birdlive.streamer.sources import devices as S
 
     a = MicSource(pa.device, SR, block_s=0.1, reconnect_s=30)
     b = MicSource(pa.device, SR, block_s=0.1, reconnect_s=30)
@@ -794,11 +794,11 @@ def test_two_mics_at_once_and_one_rescanning_portaudio(pa, tone_wav):
         t.start()
     try:
         _wait_for(lambda: len(got["a"]) >= 5 and len(got["b"]) >= 5, 20, "both streams")
-        gen = S._PA_STATE["gen"]
-        with S._PA_LOCK:  # a's stream dies (as if its device had gone): a rescans PortAudio to find it again
+        gen = S.PA_STATE["gen"]
+        with S.PA_LOCK:  # a's stream dies (as if its device had gone): a rescans PortAudio to find it again
             a._stream.abort()
         _wait_for(lambda: a.stats["reconnects"] >= 1 and b.stats["reconnects"] >= 1, 30, "both to reconnect")
-        assert S._PA_STATE["gen"] == gen + 1  # one rescan, by a; b reopened without one (no ping-pong)
+        assert S.PA_STATE["gen"] == gen + 1  # one rescan, by a; b reopened without one (no ping-pong)
         # play once both deliver again
         n = {k: len(v) for k, v in got.items()}
         _wait_for(lambda: all(len(got[k]) >= n[k] + 3 for k in got), 20, "data after reconnecting")
@@ -827,7 +827,7 @@ def test_mic_blocks_carry_the_device_rate_audio_aligned_with_stream_time():
     overflow's zeros included, so native sample i is always stream sample i·2/3."""
     card = _FakeCard(rate=48000, block=4800)
     stats = {k: 0 for k in ("blocks", "samples", "overflows", "overflow_samples", "gap_samples", "clock_steps")}
-    tl = card.S._Timeline(SR, 3200, stats, [])
+    tl = card.S.Timeline(SR, 3200, stats, [])
     for _ in range(20):
         card.deliver()
     card.advance(0.25)

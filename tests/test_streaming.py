@@ -9,7 +9,7 @@ import soxr
 
 from birdlive.model import load_checkpoint
 from birdlive.streamer import CsvEventLog, Runner, SharedScorer, SourceSpec, StreamState, detect_offline
-from birdlive.streamer.sources.microphone import FileSource
+from birdlive.audio import FileSource
 
 from common import RECORDING, TINY, Collect, match_events, read_events_csv, read_truth
 

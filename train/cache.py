@@ -30,7 +30,7 @@ def decode(path: str | Path, sample_rate: int) -> np.ndarray:
     One decoder for replay, training and evaluation: the blocks of `streamer.sources.FileSource` (libsndfile;
     stereo mixed to mono, more channels refused; a file cut short kept up to where its audio ends; soxr HQ
     streaming resampler), concatenated. A file that is unreadable, or damaged mid-way, is an `AudioError`."""
-    from birdlive.streamer.sources.microphone import AudioSourceError, FileSource
+    from birdlive.audio import AudioSourceError, FileSource
     try:
         blocks = [b.samples for b in FileSource(path, sample_rate, block_s=DECODE_BLOCK_S)]
     except AudioSourceError as e:

@@ -1,7 +1,9 @@
-"""What flows out of the detector to the sinks: events, their audio, and each stream's status."""
+"""What flows out of the detector to the sinks: events, their audio, and each stream's status; and what a sink
+is to the runner (the Sink, EventAnnotator and ScoreSink protocols, and SinkBase to build one on)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -72,3 +74,46 @@ class EventFilter:
         if keys & self.exclude:
             return False
         return event.peak >= self.min_conf
+
+
+class Sink(Protocol):
+    """What the runner calls. Every event goes to every sink in order (the CSV log first: an event is on disk
+    before it is shown), with its audio; every stream's status a few times a second and once when it ends."""
+
+    def on_event(self, event: Event, audio: EventAudio) -> None: ...
+
+    def on_status(self, status: StreamStatus) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SinkBase:
+    """A sink that does nothing until told to: subclasses override only the calls they use (most sinks want
+    events and a close; the stream reports want only statuses)."""
+
+    def on_event(self, event: Event, audio: EventAudio | None = None) -> None:
+        pass
+
+    def on_status(self, status: StreamStatus) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class EventAnnotator(Protocol):
+    """Runs before every sink, in order: the event it returns is the one the sinks get (ClipWriter saves the
+    audio and returns the event with its clip's path, so the CSV row can name the clip)."""
+
+    def annotate(self, event: Event, audio: EventAudio) -> Event: ...
+
+    def close(self) -> None: ...
+
+
+class ScoreSink(Protocol):
+    """Each stream's stitched framewise scores (before smoothing), in stream order and contiguous: frames
+    `first_frame … first_frame + len(frames)` of the stream `source`, each `frame_s` long, shape (n, K)."""
+
+    def on_scores(self, source: str, first_frame: int, frames: np.ndarray, frame_s: float) -> None: ...
+
+    def close(self) -> None: ...

@@ -23,12 +23,11 @@ from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
+from birdlive.audio import AudioBlock
 from birdlive.errors import BirdliveError
 
-from .events import Event, StreamStatus
+from .events import Event, EventAnnotator, ScoreSink, Sink, StreamStatus
 from .scorer import SharedScorer
-from ..sinks.csvlog import EventAnnotator, ScoreSink, Sink
-from ..sources.microphone import AudioBlock, FileSource
 from .settings import DetectorSettings
 from .stream import StreamState
 
@@ -281,13 +280,3 @@ def make_runner(model, sinks: list[Sink], settings: DetectorSettings | None = No
                                            event_filter=event_filter),
                   stop=stop, max_open=max_open, pre_roll_s=settings.pre_roll_s, post_roll_s=settings.post_roll_s,
                   annotators=annotators, score_sinks=score_sinks)
-
-
-def file_specs(paths: Iterable, sample_rate: int, realtime: bool = False,
-               channel: int | None = None) -> list[SourceSpec]:
-    """Recordings as sources, opened in their own threads (a file that cannot be read fails only itself).
-    Fast replay reads 16 s blocks: a block's windows go through the network as one batch."""
-    def opener(path):
-        return lambda: FileSource(path, sample_rate, block_s=1.0 if realtime else 16.0, realtime=realtime,
-                                  channel=channel)
-    return [SourceSpec(str(p), opener(p)) for p in paths]

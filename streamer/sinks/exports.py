@@ -20,8 +20,8 @@ from typing import TextIO
 
 from birdlive.errors import OptionError
 
-from ..core.events import Event, EventAudio
-from .csvlog import CSV_COLUMNS, SinkBase, iso_time
+from ..core.events import Event, EventAudio, SinkBase
+from .csvlog import CSV_COLUMNS, iso_time
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .csvlog import CsvEventLog, EventAnnotator, EventPrinter, ScoreSink, Sink, StreamReport
+from ..core.events import EventAnnotator, ScoreSink, Sink
+from .console import EventPrinter, StreamReport
+from .csvlog import CsvEventLog
 
 
 @dataclass

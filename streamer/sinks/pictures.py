@@ -23,8 +23,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from birdlive.errors import BirdliveError, OptionError
 from birdlive.files import atomic_path, writable_folder
 
-from ..core.events import Event, EventAudio
-from .csvlog import SinkBase
+from ..core.events import Event, EventAudio, SinkBase
 
 CMAP = "magma"
 DYNAMIC_RANGE_DB = 70.0     # darkest colour this far below the loudest part of the picture
@@ -270,7 +269,7 @@ class RecordingPlot(SinkBase):
     def _spectrogram(self) -> Spectrogram:
         """The recording decoded once more by the detector's own reader: what is drawn is what was heard. A
         file that breaks off mid-way is drawn up to where it breaks (the detector has said so already)."""
-        from ..sources.microphone import FileSource
+        from birdlive.audio import FileSource
         stft = StreamingSpectrogram(self.sr, self.fmin, self.fmax, self.columns)
         source = FileSource(self.recording, self.sr, block_s=16.0, channel=self.channel)
         try:

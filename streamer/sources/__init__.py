@@ -1,2 +1,11 @@
-"""Where audio comes from: microphones (PortAudio devices, their timeline and clock) and recordings (files
-read through the package's one decoder), as sources the runner opens in their own threads."""
+"""Where audio comes from: microphones (PortAudio devices, their timeline and wall clock: devices.py,
+timeline.py, microphone.py) and recordings (files.py: read through the package's one decoder, birdlive.audio), as
+sources the runner opens in their own threads. Each yields `birdlive.audio.AudioBlock`s."""
+from birdlive.audio import AudioBlock, AudioSourceError, FileSource
+
+from .devices import list_input_devices, resolve_input_device
+from .files import file_specs
+from .microphone import MicSource
+
+__all__ = ["AudioBlock", "AudioSourceError", "FileSource", "MicSource", "file_specs", "list_input_devices",
+           "resolve_input_device"]
