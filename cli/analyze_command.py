@@ -1,5 +1,5 @@
 """`birdlive analyze DIR_OR_FILES… --out OUTDIR`: a season of recordings, resumably, on every core or a Ray
-cluster; a thin wrapper over `birdlive.streamer.archive.driver` (and `.distributed` for `--ray`).
+cluster; a thin wrapper over `birdlive.streamer.archive` (`.ray` for `--ray`).
 
 Registered by cli.py: app.command("analyze")(analyze).
 """
@@ -14,13 +14,13 @@ from typing import List, Optional
 
 import typer
 
-from .app import (ClipPicturesOpt, ComputeOpt, ExcludeOpt, GapOpt, HopOpt, IncludeOpt, MinConfOpt, MinDurOpt,
-                  ModelOpt, OffOpt, OnOpt, PostRollOpt, PreRollOpt, ThresholdsOpt)
+from .options import ClipPicturesOpt, ComputeOpt, DetectorOptions, detector_options
 
 PLAIN_EVERY_S = 10.0        # a progress line this often when stderr is not a terminal
 GPU_BATCH_FILES = 8         # recordings a GPU worker analyses together: enough windows to fill its batches
 
 
+@detector_options
 def analyze(
     inputs: List[Path] = typer.Argument(..., help="Recordings, and folders searched recursively for them: WAV, "
                                                   "FLAC, OGG, MP3."),
@@ -50,13 +50,9 @@ def analyze(
                                       "default only files that changed since are redone)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="A progress bar (default when "
                                             f"stderr is a terminal) or a plain line every {PLAIN_EVERY_S:g} s."),
-    model: Optional[Path] = ModelOpt, hop: float = HopOpt,
-    threshold_on: Optional[float] = OnOpt, threshold_off: Optional[float] = OffOpt,
-    thresholds: Optional[Path] = ThresholdsOpt, min_duration: Optional[float] = MinDurOpt,
-    merge_gap: Optional[float] = GapOpt, include: Optional[List[str]] = IncludeOpt,
-    exclude: Optional[List[str]] = ExcludeOpt, min_conf: float = MinConfOpt, compute: str = ComputeOpt,
+    detector: DetectorOptions = None, compute: str = ComputeOpt,
     channel: Optional[int] = typer.Option(None, help="Use this channel of multichannel files instead of a mix."),
-    pre_roll: float = PreRollOpt, post_roll: float = PostRollOpt, clip_pictures: bool = ClipPicturesOpt,
+    clip_pictures: bool = ClipPicturesOpt,
 ):
     """Analyse an archive of recordings (a season of AudioMoth or Song Meter files): one result file per recording
     and one combined CSV, with the recorder's wall-clock times.
@@ -64,22 +60,21 @@ def analyze(
     Resumable: the same command again skips finished files and redoes the rest (and files that changed). A file
     that cannot be read is listed in OUTDIR/errors.csv and the batch goes on; the exit status is 1 if any
     failed."""
-    from birdlive.streamer.archive import driver as archive
+    from birdlive.streamer import archive
+    from birdlive.streamer.archive.discovery import site_zone
 
     out_dir = archive.prepare_outdir(out)                   # the cheap checks first: no model loaded for these
     recordings = archive.find_recordings(inputs, out_dir)
+    site_zone(tz)
     asked = {"raven": raven, "audacity": audacity, "jsonl": jsonl, "clips": clips}
     formats = ("csv",) + tuple(f for f, on in asked.items() if on)
-    detector = archive.detector_settings(
-        model, thresholds, hop, tz, threshold_on=threshold_on, threshold_off=threshold_off,
-        min_duration_s=min_duration, merge_gap_s=merge_gap, include=tuple(include or ()),
-        exclude=tuple(exclude or ()), min_conf=min_conf, channel=channel, outputs=formats,
-        clip_pictures=clip_pictures, pre_roll_s=pre_roll, post_roll_s=post_roll)
-    execute, batch_files = _executor(detector, workers, ray, gpus_per_worker, batch_files, compute)
+    settings = archive.AnalysisSettings(detector.settings(), channel=channel, tz=tz, outputs=formats,
+                                        clip_pictures=clip_pictures)
+    execute, batch_files = _executor(settings, workers, ray, gpus_per_worker, batch_files, compute)
     signal.signal(signal.SIGTERM, signal.default_int_handler)     # SIGTERM stops like Ctrl-C: finished files kept
     if ray is not None:         # Ray keeps trying an address that does not answer: say what is being waited for
         print(f"connecting to the Ray cluster at {ray}", file=sys.stderr, flush=True)
-    summary = archive.analyze_archive(recordings, out_dir, detector, execute, _progress(progress), batch_files,
+    summary = archive.analyze_archive(recordings, out_dir, settings, execute, _progress(progress), batch_files,
                                       retry_failed)
     print(summary.line(), file=sys.stderr, flush=True)
     if summary.interrupted:
@@ -90,14 +85,14 @@ def analyze(
         raise typer.Exit(1)
 
 
-def _executor(detector, workers: Optional[int], ray: Optional[str], gpus_per_worker: float,
+def _executor(analysis, workers: Optional[int], ray: Optional[str], gpus_per_worker: float,
               batch_files: Optional[int], compute: str):
     """run_local or run_ray with its settings bound, and the batch size that suits its workers."""
     from birdlive.errors import OptionError
-    from birdlive.streamer.archive.driver import WorkerSettings, default_workers, run_local
+    from birdlive.streamer.archive import WorkerSettings, default_workers, run_local
     if ray is not None:
         from birdlive.streamer.archive.ray import run_ray
-        settings = WorkerSettings(detector, compute, threads=1)        # a Ray worker holds one CPU
+        settings = WorkerSettings(analysis, compute, threads=1)        # a Ray worker holds one CPU
         batch = batch_files or (GPU_BATCH_FILES if gpus_per_worker > 0 else 1)
         return (lambda batches, report: run_ray(batches, settings, ray, report, workers, gpus_per_worker)), batch
     if gpus_per_worker:
@@ -105,7 +100,7 @@ def _executor(detector, workers: Optional[int], ray: Optional[str], gpus_per_wor
     from birdlive.model import pick_device
     on_gpu = pick_device(compute).type == "cuda"       # OptionError: cuda asked for, none there
     n = workers or (2 if on_gpu else default_workers())    # on a GPU: one decodes while the other's windows run
-    settings = WorkerSettings(detector, compute, threads=max(1, len(os.sched_getaffinity(0)) // n))
+    settings = WorkerSettings(analysis, compute, threads=max(1, len(os.sched_getaffinity(0)) // n))
     batch = batch_files or (GPU_BATCH_FILES if on_gpu else 1)
     return (lambda batches, report: run_local(batches, settings, n, report)), batch
 

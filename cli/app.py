@@ -13,16 +13,11 @@ import tempfile
 import threading
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import typer
 
-from .options import ClipPicturesOpt, ComputeOpt, detector_options
-from .options import (ExcludeOpt, GapOpt, HopOpt, IncludeOpt, MinConfOpt, MinDurOpt,  # noqa: F401 - analyze_command's
-                      ModelOpt, OffOpt, OnOpt, PostRollOpt, PreRollOpt, ThresholdsOpt)  # until it takes the group
-
-if TYPE_CHECKING:
-    from birdlive.streamer.core.settings import DetectorSettings
+from .options import ClipPicturesOpt, ComputeOpt, DetectorOptions, detector_options
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Real-time bird-call detection from microphones or recordings.")
@@ -86,7 +81,7 @@ MqttOpt = typer.Option(None, "--mqtt", help="Publish events to an MQTT broker, H
 @detector_options
 def replay(
     files: list[Path] = typer.Argument(..., help="Recordings: WAV, FLAC, OGG, MP3."),
-    detector: DetectorSettings = None,
+    detector: DetectorOptions = None,
     realtime: bool = typer.Option(False, "--realtime", help="Replay at real-time pace instead of as fast as possible."),
     channel: Optional[int] = typer.Option(None, help="Use this channel of a multichannel file instead of a mix."),
     jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="Files read at once (their windows share the "
@@ -107,14 +102,15 @@ def replay(
 
     if plot is not None and len(files) != 1:
         raise OptionError(f"--plot draws one recording; {len(files)} were given")
-    options = _outputs(detector, len(files) > 1, csv, rotate, live, clips, clips_max_gb, clip_pictures, raven,
+    settings = detector.settings()
+    options = _outputs(settings, len(files) > 1, csv, rotate, live, clips, clips_max_gb, clip_pictures, raven,
                        audacity, jsonl, mqtt, plot=plot, plot_recording=files[0], channel=channel)
     from birdlive.streamer import file_specs
-    net = _load_model(detector, compute)
+    net = _load_model(settings, compute)
     stop = threading.Event()
     _install_stop_handlers(stop)
     specs = file_specs(files, net.cfg.sample_rate, realtime=realtime, channel=channel)
-    _run(net, specs, options, stop, detector, max_open=1 if realtime else jobs)
+    _run(net, specs, options, stop, settings, max_open=1 if realtime else jobs)
 
 
 @app.command()
@@ -123,7 +119,7 @@ def listen(
     device: Optional[list[str]] = typer.Option(None, "--device", "-d", help="Input device index or name substring "
                                                "(see `birdlive devices`); repeat for several microphones at once. "
                                                "Default: the system's default input."),
-    detector: DetectorSettings = None,
+    detector: DetectorOptions = None,
     csv: Optional[Path] = CsvOpt, rotate: str = RotateOpt, live: Optional[bool] = LiveOpt,
     clips: Optional[Path] = ClipsOpt, clips_max_gb: Optional[float] = ClipsMaxOpt,
     clip_pictures: bool = ClipPicturesOpt, raven: Optional[Path] = RavenOpt,
@@ -136,9 +132,10 @@ def listen(
     from birdlive.streamer.sources import MicSource
 
     wanted = device or [None]
-    options = _outputs(detector, len(wanted) > 1, csv, rotate, live, clips, clips_max_gb, clip_pictures, raven,
+    settings = detector.settings()
+    options = _outputs(settings, len(wanted) > 1, csv, rotate, live, clips, clips_max_gb, clip_pictures, raven,
                        audacity, jsonl, mqtt)
-    net = _load_model(detector, compute)
+    net = _load_model(settings, compute)
     sources = [MicSource(int(d) if d is not None and d.strip().isdigit() else d, net.cfg.sample_rate)
                for d in wanted]
     stop = threading.Event()
@@ -151,7 +148,7 @@ def listen(
         print(f"listening on {s.name} ({s.device_rate} Hz → {s.sample_rate} Hz); Ctrl-C to stop", file=sys.stderr,
               flush=True)
     specs = [SourceSpec(s.name, (lambda s=s: s)) for s in sources]
-    _run(net, specs, options, stop, detector, max_open=len(specs))
+    _run(net, specs, options, stop, settings, max_open=len(specs))
 
 
 @app.command()

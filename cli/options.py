@@ -2,7 +2,8 @@
 
 `detector_options` gives a command the one group of detector options (`--model`, `--hop`, the thresholds, the
 species filters, the event audio's pre- and post-roll): `replay`, `listen` and `analyze` offer the same options
-with the same meaning, and each gets them as one checked `DetectorSettings` in its `detector` parameter.
+with the same meaning, and each gets them in its `detector` parameter, to turn into one checked
+`DetectorSettings` when it is ready to (`detector.settings()`: after the checks that need no model).
 """
 import functools
 import inspect
@@ -43,8 +44,7 @@ DETECTOR_OPTIONS: list[tuple[str, object, object]] = [
 
 
 def detector_options(command: Callable) -> Callable:
-    """Adds the detector options to `command` (which takes `detector` instead) and hands it the settings they
-    make, checked against the checkpoint's config (one `error:` line for a bad one, before weights load)."""
+    """Adds the detector options to `command`, which takes them as one `DetectorOptions` in `detector`."""
     sig = inspect.signature(command)        # its own annotations stay strings: typer resolves them (get_type_hints)
     added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
              for name, kind, default in DETECTOR_OPTIONS]
@@ -52,14 +52,24 @@ def detector_options(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def run(**values):
-        chosen = {name: values.pop(name) for name, _, _ in DETECTOR_OPTIONS}
-        values["detector"] = detector_settings(**chosen)
+        values["detector"] = DetectorOptions({name: values.pop(name) for name, _, _ in DETECTOR_OPTIONS})
         return command(**values)
 
     run.__signature__ = sig.replace(parameters=own + added)     # type: ignore[attr-defined]
     # `detector` is not an option: its annotation (a name the command imports only for type checkers) goes too
     run.__annotations__ = {k: v for k, v in command.__annotations__.items() if k != "detector"}
     return run
+
+
+class DetectorOptions:
+    """The detector options as given on the command line."""
+
+    def __init__(self, values: dict):
+        self.values = values
+
+    def settings(self):
+        """One checked `DetectorSettings` (the checkpoint's config is read: one `error:` line for a bad value)."""
+        return detector_settings(**self.values)
 
 
 def detector_settings(model: Optional[Path] = None, hop: float = 1.0, threshold_on: Optional[float] = None,

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from birdlive.streamer.archive.driver import find_recordings, name_start, recorder_start
+from birdlive.streamer.archive.discovery import find_recordings, name_start, recorder_start
 
 from common import BIRDLIVE, RECORDING, TINY, birdlive, match_events, read_events_csv, read_truth
 

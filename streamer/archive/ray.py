@@ -20,8 +20,9 @@ from contextlib import contextmanager
 
 from birdlive.errors import OptionError
 
-from .driver import (MAX_TRIES, Analyzer, BatchReport, Recording, WorkerSettings, batch_name,
-                      failed_results, unexpected)
+from .discovery import Recording
+from .pool import MAX_TRIES, BatchReport, batch_name, failed_results, unexpected
+from .worker import Analyzer, WorkerSettings
 
 log = logging.getLogger(__name__)
 

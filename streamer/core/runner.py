@@ -12,11 +12,10 @@ an exception in the consumer — every event it saw, open ones included, goes to
 from __future__ import annotations
 
 import itertools
-import os
+import logging
 import queue
 import threading
 import time
-import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Protocol
@@ -24,13 +23,17 @@ from typing import Callable, Iterable, Iterator, Protocol
 import numpy as np
 
 from birdlive.audio import AudioBlock
-from birdlive.errors import BirdliveError
+from birdlive.errors import BirdliveError, one_line
+from birdlive.model.config import ModelConfig
 
 from .events import Event, EventAnnotator, ScoreSink, Sink, StreamStatus
 from .scorer import SharedScorer
 from .settings import DetectorSettings
+from .smoother import SmootherParams
 from .stream import StreamState
 
+
+log = logging.getLogger(__name__)
 
 class Source(Protocol):
     """What the runner needs of a source (FileSource, MicSource)."""
@@ -61,12 +64,12 @@ class _Live:
     last_status: float = 0.0
 
 
-def one_line(e: BaseException, label: str) -> str:
-    """The user's line for what ended a stream: our own errors as they are, anything else named as a bug."""
+def stream_error(e: BaseException, label: str) -> str:
+    """The user's line for what ended a stream: our own errors as they are, anything else named as a bug (its
+    traceback is logged at debug level: `birdlive` prints it under BIRDLIVE_DEBUG=1)."""
     if isinstance(e, BirdliveError):
-        return " ".join(str(e).split())
-    return " ".join(f"{label}: unexpected {type(e).__name__}: {e} (a bug; BIRDLIVE_DEBUG=1 prints the "
-                    f"traceback)".split())
+        return one_line(e)
+    return one_line(f"{label}: unexpected {type(e).__name__}: {e} (a bug; BIRDLIVE_DEBUG=1 prints the traceback)")
 
 
 class Runner:
@@ -192,9 +195,9 @@ class Runner:
         finally:
             del self._live[sid]
             if error is not None:
-                live.status.state, live.status.error = "failed", one_line(error, live.status.source)
-                if os.environ.get("BIRDLIVE_DEBUG") and not isinstance(error, BirdliveError):
-                    traceback.print_exception(error)
+                live.status.state, live.status.error = "failed", stream_error(error, live.status.source)
+                if not isinstance(error, BirdliveError):
+                    log.debug("%s: the traceback", live.status.source, exc_info=error)
             else:
                 live.status.state = "done"
             self._send_status(live)
@@ -209,8 +212,7 @@ class Runner:
             try:
                 done.append(self._end(sid, None))
             except Exception:   # keep flushing the others; the error that got us here is the one to report
-                if os.environ.get("BIRDLIVE_DEBUG"):
-                    traceback.print_exc()
+                log.debug("flushing a stream failed too", exc_info=True)
 
     # ---- source threads
     def _start(self, sid: int, spec: SourceSpec) -> None:
@@ -272,11 +274,14 @@ def make_runner(model, sinks: list[Sink], settings: DetectorSettings | None = No
     """A runner with one shared scorer for `model` and a StreamState per source with these detector settings
     (`params`, for experiments: smoother parameters instead of those the settings make)."""
     settings = settings or DetectorSettings()
-    settings.check(model.cfg)
-    params = params or settings.smoother_params(model.cfg)
-    event_filter = settings.event_filter()
-    return Runner(SharedScorer(model), sinks,
-                  lambda name: StreamState(name, model.cfg, hop_s=settings.hop_s, params=params,
-                                           event_filter=event_filter),
-                  stop=stop, max_open=max_open, pre_roll_s=settings.pre_roll_s, post_roll_s=settings.post_roll_s,
+    return Runner(SharedScorer(model), sinks, stream_factory(model.cfg, settings, params), stop=stop, max_open=max_open, pre_roll_s=settings.pre_roll_s, post_roll_s=settings.post_roll_s,
                   annotators=annotators, score_sinks=score_sinks)
+
+
+def stream_factory(cfg: ModelConfig, settings: DetectorSettings,
+                   params: SmootherParams | None = None) -> Callable[[str], StreamState]:
+    """A new stream's state, by name, for a model with config `cfg` and these settings (checked here, once)."""
+    settings.check(cfg)
+    params = params or settings.smoother_params(cfg)
+    event_filter = settings.event_filter()
+    return lambda name: StreamState(name, cfg, hop_s=settings.hop_s, params=params, event_filter=event_filter)
