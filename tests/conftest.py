@@ -1,9 +1,32 @@
-"""Shared fixtures and markers of the test suite."""
+"""Shared fixtures and markers of the test suite (tests are laid out like the code: tests/core, tests/sources,
+tests/sinks, tests/archive, tests/model, tests/train, tests/cli, and tests/golden for the whole command's
+output; helpers every folder uses are in tests/common.py)."""
 from __future__ import annotations
 
 import logging
 
 import pytest
+
+MARKERS = {
+    "capture": "records from a real capture device (a PulseAudio null sink the test starts)",
+    "mqtt": "talks to a real mosquitto broker the test starts (skipped where mosquitto is not installed)",
+    "ray": "runs a real local Ray cluster",
+    "training": "trains a small model (minutes on two cores)",
+}
+
+
+def pytest_configure(config):
+    for name, what in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {what}")
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The tiny test checkpoint (tests/fixtures/tiny_calls: four synthetic call types), loaded once per run."""
+    from birdlive.model import load_checkpoint
+
+    from tests.common import TINY
+    return load_checkpoint(TINY)
 
 
 @pytest.fixture

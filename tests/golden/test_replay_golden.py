@@ -16,10 +16,10 @@ What is normalised, and why (nothing else is touched):
 Float noise: on the machine kind the snapshots were made on (`cpu.txt`: torch's CPU capability, e.g. AVX2) the
 bytes must be equal, but for the JSON Lines file: it prints the scores' full floats, whose last bits change with
 the number of threads torch sums on (measured: 0.9581858396530152 with two, 0.958185863494873 with one), so its
-numbers are compared to 1e-6 (every other character equal). Another CPU kind (AVX-512, ARM) sums in another order, so its scores may differ in their last
-bits; there every number is compared at the precision the output prints it, give or take one unit in its last
-printed digit (JSON Lines prints full floats: compared to 0.001, the CSV's own precision), and every other
-character must be equal — the same events, species, order and columns.
+numbers are compared to 1e-6 (every other character equal). Another CPU kind (AVX-512, ARM) sums in another
+order, so its scores may differ in their last bits; there every number is compared at the precision the output
+prints it, give or take one unit in its last printed digit (JSON Lines prints full floats: compared to 0.001, the
+CSV's own precision), and every other character must be equal — the same events, species, order and columns.
 
 `--jobs 1`: with two files read at once their rows interleave in arrival order, which depends on timing.
 

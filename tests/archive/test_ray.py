@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from common import BIRDLIVE, RECORDING, TINY, birdlive
+from tests.common import BIRDLIVE, RECORDING, TINY, birdlive
 
-from test_analyze import assert_each_file_once, long_recording, manifest_rows, wait_for
+from tests.archive.test_analyze import assert_each_file_once, long_recording, manifest_rows, wait_for
+
+pytestmark = pytest.mark.ray
 
 pytest.importorskip("ray")
 

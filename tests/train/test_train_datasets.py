@@ -13,6 +13,8 @@ from birdlive.train.cache import AudioCache, AudioError
 from birdlive.train.datasets import (DatasetError, Holdout, Recording, Split, load_dataset, merge,
                                      parse_label_list, split_counts, split_groups, subset_sizes)
 
+from tests.common import ROOT
+
 
 def wav(path, seconds=0.2, sr=22050, channels=1, freq=1000.0):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -306,9 +308,8 @@ def test_species_rule_takes_puerto_rico_by_count_and_north_america_by_list(tmp_p
 
 
 def test_committed_species_list_is_what_the_rule_gives():
-    from pathlib import Path
     from birdlive.train.species import choose_species
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     data = root.parent / "shared" / "data"
     if not (data / "xc-puerto-rico").is_dir() or not (data / "essential-set").is_dir():
         pytest.skip("../shared/data is not on this machine")
@@ -324,9 +325,8 @@ def test_evaluate_default_scores_the_test_split_only(tmp_path):
 
     import torch
     from birdlive.model import BirdSED, create_config, save_checkpoint
-    from birdlive.train.datasets import select_species
     from birdlive.train.loop import TrainConfig
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     spec = importlib.util.spec_from_file_location("evaluate_default", root / "benchmarks" / "evaluate_default.py")
     ev = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ev)

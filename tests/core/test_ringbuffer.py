@@ -6,7 +6,7 @@ from birdlive.streamer import RingBuffer, SharedScorer, StreamState
 from birdlive.streamer.core.clock import WallClock
 from birdlive.streamer.core.offline import whole_logmel, window_starts
 
-from common import TINY
+from tests.common import TINY
 
 
 def test_ring_wraps_and_reads_by_absolute_index():

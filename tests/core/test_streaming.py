@@ -11,7 +11,7 @@ from birdlive.model import load_checkpoint
 from birdlive.streamer import CsvEventLog, Runner, SharedScorer, SourceSpec, StreamState, detect_offline
 from birdlive.audio import FileSource
 
-from common import RECORDING, TINY, Collect, match_events, read_events_csv, read_truth
+from tests.common import RECORDING, TINY, Collect, match_events, read_events_csv, read_truth
 
 
 @pytest.fixture(scope="module")

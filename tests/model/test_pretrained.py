@@ -19,7 +19,7 @@ from birdlive.model.pretrained import (SOURCES, WheelWeights, backbone_state, co
                                        load_imagenet, read_wheel_weights)
 from birdlive.train.cache import decode
 
-from common import RECORDING, TINY
+from tests.common import RECORDING, TINY
 
 LITE0 = "tf_efficientnet_lite0"
 

@@ -15,7 +15,7 @@ from birdlive.streamer.core.events import Event, EventAudio
 from birdlive.streamer.sinks.pictures import (EventBoxes, RecordingPlot, StreamingSpectrogram, TimePool, above_floor,
                                         event_picture)
 
-from common import RECORDING, TINY, read_truth
+from tests.common import RECORDING, TINY, read_truth
 
 
 def png_size(path) -> tuple[int, int]:
@@ -117,7 +117,7 @@ def test_recording_plot_gets_every_score_frame_and_event(plotted):
     assert len(plot.events) == len(read_truth()) and all(k is not None for _, k in plot.events)
     tracks = plot._tracks()
     first = []
-    for e, k in sorted(plot.events, key=lambda ek: ek[0].onset_s):
+    for _, k in sorted(plot.events, key=lambda ek: ek[0].onset_s):
         first += [k] if k not in first else []
     assert tracks.species == first
 

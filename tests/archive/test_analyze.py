@@ -21,7 +21,7 @@ import soundfile as sf
 
 from birdlive.streamer.archive.discovery import find_recordings, name_start, recorder_start
 
-from common import BIRDLIVE, RECORDING, TINY, birdlive, match_events, read_events_csv, read_truth
+from tests.common import BIRDLIVE, RECORDING, TINY, birdlive, match_events, read_events_csv, read_truth
 
 RECORDING_S = 40.0          # recordings/synthetic_calls.flac
 

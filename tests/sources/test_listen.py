@@ -6,11 +6,14 @@ import time
 from datetime import datetime
 
 import numpy as np
+import pytest
 import soundfile as sf
 
-from pulse import pulse_null_sink
+from tests.pulse import pulse_null_sink
 
-from common import BIRDLIVE, RECORDING, TINY, match_events, read_events_csv, read_truth
+from tests.common import BIRDLIVE, RECORDING, TINY, match_events, read_events_csv, read_truth
+
+pytestmark = pytest.mark.capture
 
 
 def best_alignment(truth, got, tol):

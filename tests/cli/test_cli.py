@@ -12,7 +12,7 @@ import soundfile as sf
 from birdlive.streamer import CSV_COLUMNS
 from birdlive.train.synthetic import make_scene
 
-from common import BIRDLIVE, RECORDING, TINY, birdlive, match_events, read_events_csv, read_truth
+from tests.common import BIRDLIVE, RECORDING, TINY, birdlive, match_events, read_events_csv, read_truth
 
 
 def test_replay_writes_csv_and_restart_appends_without_second_header(tmp_path):
@@ -137,7 +137,7 @@ def bad_files(tmp_path):
 
 
 def test_bad_input_files_give_one_clear_line(tmp_path):
-    for name, (path, needle) in bad_files(tmp_path).items():
+    for path, needle in bad_files(tmp_path).values():
         r = birdlive("replay", path, "--model", TINY, "--no-live")
         _one_line_error(r, str(path.name), needle)
 

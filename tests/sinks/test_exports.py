@@ -16,7 +16,7 @@ from birdlive.model import load_checkpoint
 from birdlive.streamer import CsvEventLog, Event, file_specs, make_runner
 from birdlive.streamer.sinks.exports import AudacityLabels, JsonlEvents, RavenTable
 
-from common import RECORDING, TINY, Collect, read_events_csv, read_truth
+from tests.common import RECORDING, TINY, Collect, read_events_csv, read_truth
 
 # crowsetta 5.1 still calls DataFrame.rename(inplace=True), which pandas 3.1 deprecates: its noise, not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword in DataFrame.rename")

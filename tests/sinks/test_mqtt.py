@@ -11,18 +11,12 @@ import pytest
 from birdlive.errors import OptionError
 from birdlive.streamer import CsvEventLog, Event, EventAudio, StreamStatus, file_specs, make_runner
 from birdlive.streamer.sinks.mqtt import MqttPublisher, parse_target, stream_topic_name
-from broker import MOSQUITTO, Broker, Subscriber, wait_until
-from common import RECORDING, TINY, birdlive, read_events_csv
+from tests.broker import MOSQUITTO, Broker, Subscriber, wait_until
+from tests.common import RECORDING, TINY, birdlive, read_events_csv
 
-pytestmark = pytest.mark.skipif(shutil.which(MOSQUITTO) is None, reason="mosquitto is not installed "
-                                                                        "(apt-get install mosquitto)")
+pytestmark = [pytest.mark.mqtt, pytest.mark.skipif(shutil.which(MOSQUITTO) is None, reason="mosquitto is not installed "
+                                                                        "(apt-get install mosquitto)")]
 SILENCE = EventAudio(np.zeros(320, np.float32), 32000, 0.0)
-
-
-@pytest.fixture(scope="module")
-def net():
-    from birdlive.model import load_checkpoint
-    return load_checkpoint(TINY)
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +47,12 @@ def test_topic_level_is_the_file_stem_or_the_device_name_without_mqtt_wildcards(
     assert stream_topic_name("+++") == "stream"
 
 
-def test_replay_publishes_each_csv_row_and_a_retained_status(net, broker, tmp_path):
+def test_replay_publishes_each_csv_row_and_a_retained_status(tiny_model, broker, tmp_path):
     sub = Subscriber(broker.target, ["birdlive/#"])
     publisher = MqttPublisher(broker.target)
     wait_until(lambda: publisher.connected, what="the publisher's connection")
     csv_log = CsvEventLog(tmp_path / "night.csv").open()
-    make_runner(net, [csv_log, publisher]).run(file_specs([RECORDING], net.cfg.sample_rate))
+    make_runner(tiny_model, [csv_log, publisher]).run(file_specs([RECORDING], tiny_model.cfg.sample_rate))
     csv_log.close()
     publisher.close()
     rows = read_events_csv(tmp_path / "night.csv")
@@ -139,7 +133,7 @@ class StopBrokerAt:
         pass
 
 
-def test_broker_gone_mid_run_keeps_the_csv_whole_and_sends_the_queue_when_back(net, tmp_path, log_lines):
+def test_broker_gone_mid_run_keeps_the_csv_whole_and_sends_the_queue_when_back(tiny_model, tmp_path, log_lines):
     broker = Broker(tmp_path / "mosquitto", persistent=True).start()
     # A persistent session: what is published after the restart waits for this subscriber until it reconnects.
     sub = Subscriber(broker.target, ["birdlive/#"], client_id="test-outage", clean_session=False)
@@ -148,8 +142,8 @@ def test_broker_gone_mid_run_keeps_the_csv_whole_and_sends_the_queue_when_back(n
         wait_until(lambda: publisher.connected, what="the publisher's connection")
         csv_log = CsvEventLog(tmp_path / "night.csv").open()
         k = 6
-        make_runner(net, [csv_log, StopBrokerAt(k, broker, publisher, sub), publisher]).run(
-            file_specs([RECORDING], net.cfg.sample_rate))
+        make_runner(tiny_model, [csv_log, StopBrokerAt(k, broker, publisher, sub), publisher]).run(
+            file_specs([RECORDING], tiny_model.cfg.sample_rate))
         csv_log.close()
         rows = read_events_csv(tmp_path / "night.csv")
         assert len(rows) >= k + 4 + 1                               # some events found no room in the queue

@@ -12,7 +12,7 @@ import pytest
 from birdlive.errors import OptionError
 from birdlive.streamer import CsvEventLog, file_specs, make_runner
 from birdlive.streamer.sinks.summary import activity_chart, heard_at, hour_grid, read_event_logs, summarize
-from common import RECORDING, ROOT, TINY, birdlive, read_events_csv
+from tests.common import RECORDING, ROOT, TINY, birdlive, read_events_csv
 
 OLD_COLUMNS = ["source", "species", "common_name", "onset_s", "offset_s", "duration_s", "peak_conf", "mean_conf",
                "wall_onset", "wall_offset"]                    # a log from before the `clip` column

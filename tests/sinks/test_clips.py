@@ -24,7 +24,7 @@ from birdlive.streamer.sinks.clips import ClipWriter, clip_stem, parse_clip
 from birdlive.streamer.core.events import Event, EventAudio
 from birdlive.streamer.core.settings import DetectorSettings
 
-from common import RECORDING, TINY, Collect, read_events_csv
+from tests.common import RECORDING, TINY, Collect, read_events_csv
 
 RATE = 48000          # above the model's 32 kHz: clips keep the source's own rate
 PRE_ROLL = 1.5

@@ -19,7 +19,7 @@ from birdlive.streamer.core.thresholds import load_thresholds, resolve_threshold
 from birdlive.train.calibrate import (Item, calibrate, candidates, choose, choose_global, noise_items,
                                       write_calibrated)
 
-from common import RECORDING, TINY, Collect
+from tests.common import RECORDING, TINY, Collect
 
 FPS = 10
 

@@ -12,14 +12,12 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pulse import pulse_null_sink  # noqa: E402
+from tests.pulse import pulse_null_sink
 
 from birdlive.streamer.sources import (  # noqa: E402
     AudioBlock,
@@ -718,7 +716,7 @@ def test_mic_gives_up_after_reconnect_window(pa):
     n = 0
     try:
         with pytest.raises(AudioSourceError) as ei:
-            for b in src:
+            for _ in src:
                 n += 1
                 if n == 3:
                     pa.unload_sink()

@@ -22,7 +22,9 @@ from birdlive.train.loop import STATE, init_weights, lr_at, steps_for_budget
 from birdlive.train.evaluate import RefEvent, evaluate_events, evaluate_model
 from birdlive.train.synthetic import CALL_TYPES, make_scene
 
-from common import BIRDLIVE, birdlive
+from tests.common import BIRDLIVE, birdlive
+
+pytestmark = pytest.mark.training
 
 SR = 32000
 
@@ -308,7 +310,7 @@ def test_cli_evaluate_event_f1_from_strong_labels(trained, cli, tmp_path):
 
 def gpu_recipe():
     import importlib.util
-    from common import ROOT
+    from tests.common import ROOT
     spec = importlib.util.spec_from_file_location("gpu_recipe", ROOT / "benchmarks" / "gpu_recipe.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
