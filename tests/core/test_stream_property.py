@@ -24,7 +24,7 @@ from birdlive.model.frontend import LogMelFrontend
 from birdlive.streamer.core.events import StreamStatus
 from birdlive.streamer.core.offline import detect_offline, framewise_track
 from birdlive.streamer.core.runner import Runner, _Live
-from birdlive.streamer.sources.microphone import AudioBlock
+from birdlive.audio import AudioBlock
 from birdlive.streamer.core.stream import StreamState
 
 CFG = ModelConfig(labels=["low", "high"], sample_rate=4000, n_fft=64, hop_length=40, n_mels=8, fmin=50.0,

@@ -13,9 +13,9 @@ import pytest
 
 from birdlive.model import load_checkpoint
 from birdlive.streamer import Runner, SharedScorer, SourceSpec, StreamState
-from birdlive.streamer.sources.microphone import FileSource
+from birdlive.audio import FileSource
 
-from common import ROOT, TINY, Collect
+from tests.common import ROOT, TINY, Collect
 
 RECORDING = ROOT.parent / "shared" / "data" / "xc-puerto-rico" / "Setophaga_adelaidae" / "XC46659.mp3"
 
