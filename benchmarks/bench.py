@@ -63,7 +63,7 @@ def logmel_rows(wave: np.ndarray, sr: int, repeat: int) -> list[tuple[str, float
         fe = LogMelFrontend(cfg).to(dev).eval()
         x = x_cpu.to(dev)
 
-        def with_birdlive():
+        def with_birdlive(fe=fe, x=x, dev=dev):
             with torch.inference_mode():
                 fe(x)
             if dev == "cuda":

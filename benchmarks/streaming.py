@@ -169,9 +169,9 @@ def replay_figures(files: dict[str, Path], repeat: int, skip_birdnet: bool) -> d
     for label, audio in files.items():
         tag = label.replace(" ", "")
         f = {"file": str(audio.relative_to(ROOT)), "audio_s": duration_s(audio),
-             "birdlive": best_of(repeat, lambda: birdlive_replay(audio, tag))}
+             "birdlive": best_of(repeat, lambda audio=audio, tag=tag: birdlive_replay(audio, tag))}
         if not skip_birdnet:
-            f["birdnet"] = best_of(repeat, lambda: birdnet_replay(audio, tag))
+            f["birdnet"] = best_of(repeat, lambda audio=audio, tag=tag: birdnet_replay(audio, tag))
         figs[label] = f
     return figs
 

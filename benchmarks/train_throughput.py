@@ -92,7 +92,8 @@ class StepClock:
         (t0, c0), (t1, c1) = self.stamps[warmup], self.stamps[-1]
         windows = (len(self.stamps) - 1 - warmup) * batch
         return {"windows": windows, "wall_s": round(t1 - t0, 2), "cpu_s": round(c1 - c0, 2),
-                "windows_per_s": round(windows / (t1 - t0), 2), "cpu_ms_per_window": round(1000 * (c1 - c0) / windows, 1),
+                "windows_per_s": round(windows / (t1 - t0), 2),
+                "cpu_ms_per_window": round(1000 * (c1 - c0) / windows, 1),
                 "windows_per_cpu_hour": round(3600 * windows / (c1 - c0)),
                 "windows_per_machine_hour": round(3600 * windows / (t1 - t0))}
 

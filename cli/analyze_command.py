@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import typer
 
-from .options import ClipPicturesOpt, ComputeOpt, DetectorOptions, detector_options
+from .options import GIVEN, ClipPicturesOpt, ComputeOpt, DetectorOptions, detector_options
 
 PLAIN_EVERY_S = 10.0        # a progress line this often when stderr is not a terminal
 GPU_BATCH_FILES = 8         # recordings a GPU worker analyses together: enough windows to fill its batches
@@ -50,7 +50,7 @@ def analyze(
                                       "default only files that changed since are redone)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="A progress bar (default when "
                                             f"stderr is a terminal) or a plain line every {PLAIN_EVERY_S:g} s."),
-    detector: DetectorOptions = None, compute: str = ComputeOpt,
+    detector: DetectorOptions = GIVEN, compute: str = ComputeOpt,
     channel: Optional[int] = typer.Option(None, help="Use this channel of multichannel files instead of a mix."),
     clip_pictures: bool = ClipPicturesOpt,
 ):

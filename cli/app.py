@@ -17,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from .options import ClipPicturesOpt, ComputeOpt, DetectorOptions, detector_options
+from .options import GIVEN, ClipPicturesOpt, ComputeOpt, DetectorOptions, detector_options
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Real-time bird-call detection from microphones or recordings.")
@@ -73,15 +73,15 @@ ClipsMaxOpt = typer.Option(None, "--clips-max-gb", help="Cap the clips folder: o
 RavenOpt = typer.Option(None, "--raven", help="Write a Raven Pro selection table (tab-separated).")
 AudacityOpt = typer.Option(None, "--audacity", help="Write an Audacity label track.")
 JsonlOpt = typer.Option(None, "--jsonl", help="Append one JSON object per event (flushed per line).")
-MqttOpt = typer.Option(None, "--mqtt", help="Publish events to an MQTT broker, HOST[:PORT], on "
-                                            "birdlive/<source>/detection (retained status on birdlive/<source>/status).")
+MqttOpt = typer.Option(None, "--mqtt", help="Publish events to an MQTT broker, HOST[:PORT], on birdlive/<source>/"
+                                            "detection (retained status on birdlive/<source>/status).")
 
 
 @app.command()
 @detector_options
 def replay(
     files: list[Path] = typer.Argument(..., help="Recordings: WAV, FLAC, OGG, MP3."),
-    detector: DetectorOptions = None,
+    detector: DetectorOptions = GIVEN,
     realtime: bool = typer.Option(False, "--realtime", help="Replay at real-time pace instead of as fast as possible."),
     channel: Optional[int] = typer.Option(None, help="Use this channel of a multichannel file instead of a mix."),
     jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="Files read at once (their windows share the "
@@ -119,7 +119,7 @@ def listen(
     device: Optional[list[str]] = typer.Option(None, "--device", "-d", help="Input device index or name substring "
                                                "(see `birdlive devices`); repeat for several microphones at once. "
                                                "Default: the system's default input."),
-    detector: DetectorOptions = None,
+    detector: DetectorOptions = GIVEN,
     csv: Optional[Path] = CsvOpt, rotate: str = RotateOpt, live: Optional[bool] = LiveOpt,
     clips: Optional[Path] = ClipsOpt, clips_max_gb: Optional[float] = ClipsMaxOpt,
     clip_pictures: bool = ClipPicturesOpt, raven: Optional[Path] = RavenOpt,
@@ -131,7 +131,7 @@ def listen(
     from birdlive.streamer import SourceSpec
     from birdlive.streamer.sources import MicSource
 
-    wanted = device or [None]
+    wanted: list[str | None] = list(device) if device else [None]
     settings = detector.settings()
     options = _outputs(settings, len(wanted) > 1, csv, rotate, live, clips, clips_max_gb, clip_pictures, raven,
                        audacity, jsonl, mqtt)

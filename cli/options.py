@@ -12,25 +12,31 @@ from typing import Callable, List, Optional
 
 import typer
 
-DETECTOR = "Detector (replay, listen and analyze alike)"
-ModelOpt = typer.Option(None, "--model", "-m", help="Checkpoint (STEM, STEM.safetensors or a training run folder). "
-                                                    "Default: the embedded model.", rich_help_panel=DETECTOR)
+DETECTOR = "Detector (replay, listen and analyze alike)"     # their panel in --help
+
+
+def _detector(default, *names: str, help: str):
+    return typer.Option(default, *names, help=help, rich_help_panel=DETECTOR)
+
+
+ModelOpt = _detector(None, "--model", "-m", help="Checkpoint (STEM, STEM.safetensors or a training run folder). "
+                                                 "Default: the embedded model.")
+HopOpt = _detector(1.0, help="Seconds between window starts (windows are the model's length, 5 s).")
+OnOpt = _detector(None, help="Score at which an event starts, for every species not in --thresholds (default: the "
+                             "checkpoint's per-species values).")
+OffOpt = _detector(None, help="Score below which an event ends (default: the checkpoint's).")
+ThresholdsOpt = _detector(None, "--thresholds", help="CSV `species,threshold[,threshold_off]`: per-species values; "
+                                                     "they win over --threshold-on/off.")
+MinDurOpt = _detector(None, help="Drop events shorter than this (seconds).")
+GapOpt = _detector(None, help="Merge events of one species closer than this (seconds).")
+IncludeOpt = _detector(None, "--include", help="Only these species (code or common name; repeatable).")
+ExcludeOpt = _detector(None, "--exclude", help="Never these species (repeatable).")
+MinConfOpt = _detector(0.0, help="Drop events whose peak score is below this.")
+PreRollOpt = _detector(1.5, "--pre-roll", help="Seconds of audio kept before an event (clips, event audio).")
+PostRollOpt = _detector(1.5, "--post-roll", help="Seconds of audio kept after an event.")
+
 ComputeOpt = typer.Option("auto", help="Where the network runs: auto (CUDA if present), cpu, cuda.")
 ClipPicturesOpt = typer.Option(True, "--clip-pictures/--no-clip-pictures", help="A spectrogram PNG beside each clip.")
-
-HopOpt = typer.Option(1.0, help="Seconds between window starts (windows are the model's length, 5 s).", rich_help_panel=DETECTOR)
-OnOpt = typer.Option(None, help="Score at which an event starts, for every species not in --thresholds "
-                                "(default: the checkpoint's per-species values).", rich_help_panel=DETECTOR)
-OffOpt = typer.Option(None, help="Score below which an event ends (default: the checkpoint's).", rich_help_panel=DETECTOR)
-ThresholdsOpt = typer.Option(None, "--thresholds", help="CSV `species,threshold[,threshold_off]`: per-species "
-                                                        "values; they win over --threshold-on/off.", rich_help_panel=DETECTOR)
-MinDurOpt = typer.Option(None, help="Drop events shorter than this (seconds).", rich_help_panel=DETECTOR)
-GapOpt = typer.Option(None, help="Merge events of one species closer than this (seconds).", rich_help_panel=DETECTOR)
-IncludeOpt = typer.Option(None, "--include", help="Only these species (code or common name; repeatable).", rich_help_panel=DETECTOR)
-ExcludeOpt = typer.Option(None, "--exclude", help="Never these species (repeatable).", rich_help_panel=DETECTOR)
-MinConfOpt = typer.Option(0.0, help="Drop events whose peak score is below this.", rich_help_panel=DETECTOR)
-PreRollOpt = typer.Option(1.5, "--pre-roll", help="Seconds of audio kept before an event (clips, event audio).", rich_help_panel=DETECTOR)
-PostRollOpt = typer.Option(1.5, "--post-roll", help="Seconds of audio kept after an event.", rich_help_panel=DETECTOR)
 
 # name, type, default (typer.Option): the group `detector_options` adds to a command, in --help's order.
 DETECTOR_OPTIONS: list[tuple[str, object, object]] = [
@@ -82,3 +88,7 @@ def detector_settings(model: Optional[Path] = None, hop: float = 1.0, threshold_
                                     threshold_off=threshold_off, min_duration_s=min_duration, merge_gap_s=merge_gap,
                                     include=tuple(include or ()), exclude=tuple(exclude or ()), min_conf=min_conf,
                                     pre_roll_s=pre_roll, post_roll_s=post_roll)
+
+
+# A command's `detector` default, for Python's sake: `detector_options` always passes what the user gave.
+GIVEN = DetectorOptions({})

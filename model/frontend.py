@@ -21,7 +21,7 @@ from .config import ModelConfig
 FROZEN_PREFIXES = ("frontend.spectrogram.", "frontend.logmel.")
 
 
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+def _hz_to_mel(f: np.ndarray | float) -> np.ndarray:
     """Slaney's mel scale (librosa's default): linear below 1 kHz, logarithmic above."""
     f = np.asarray(f, np.float64)
     mel = f / (200.0 / 3)

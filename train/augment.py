@@ -271,7 +271,8 @@ class TempoPitchLogMel:
         if key not in self._frontends:
             import dataclasses
             from birdlive.model import LogMelFrontend
-            cfg = dataclasses.replace(self.cfg, hop_length=key[0], sample_rate=self.cfg.sample_rate * 2 ** (key[1] / 12))
+            cfg = dataclasses.replace(self.cfg, hop_length=key[0],
+                                      sample_rate=self.cfg.sample_rate * 2 ** (key[1] / 12))
             self._frontends[key] = LogMelFrontend(cfg).eval()
         return self._frontends[key]
 

@@ -345,7 +345,7 @@ def split_groups(recs: list[Recording], val_fraction: float = 0.2, seed: int = 0
         out[sp]["test"] += groups[:n_test]
         out[sp]["val"] += groups[n_test:n_test + n_val]
         out[sp]["train"] += groups[n_test + n_val:]
-    for sp, sub in out.items():
+    for sub in out.values():
         if not sub["val"] and val_fraction > 0 and len(sub["train"]) >= 2:
             sub["val"].append(sub["train"].pop())
     pick = {s: sorted(g for sub in out.values() for g in sub[s]) for s in SUBSETS}

@@ -92,7 +92,8 @@ class Runner:
     def run(self, specs: Iterable[SourceSpec]) -> list[StreamStatus]:
         """Run every source to its end (at most `max_open` at once), or until `stop` is set. Returns each
         stream's final status, in the order they ended."""
-        pending, ids, done = deque(specs), itertools.count(), []
+        pending, ids = deque(specs), itertools.count()
+        done: list[StreamStatus] = []
         stopped_at = None
         try:
             while pending or self._live:
@@ -100,7 +101,7 @@ class Runner:
                     self._start(next(ids), pending.popleft())
                 for sid, kind, payload in self._next_items():
                     self._handle(sid, kind, payload, done)
-                self._tick([l.state for l in self._live.values() if l.state is not None])
+                self._tick([live.state for live in self._live.values() if live.state is not None])
                 self._send_statuses()
                 if self.stop.is_set():
                     pending.clear()
@@ -137,7 +138,7 @@ class Runner:
             live.state = self.make_stream(payload.name)
             live.state.keep_scores = bool(self.score_sinks)
             live.status.source = payload.name
-        elif kind == "block" and not self.stop.is_set():
+        elif kind == "block" and not self.stop.is_set() and live.state is not None:
             self._feed(live.state, payload)
         elif kind == "end":
             done.append(self._end(sid, None))
@@ -274,7 +275,8 @@ def make_runner(model, sinks: list[Sink], settings: DetectorSettings | None = No
     """A runner with one shared scorer for `model` and a StreamState per source with these detector settings
     (`params`, for experiments: smoother parameters instead of those the settings make)."""
     settings = settings or DetectorSettings()
-    return Runner(SharedScorer(model), sinks, stream_factory(model.cfg, settings, params), stop=stop, max_open=max_open, pre_roll_s=settings.pre_roll_s, post_roll_s=settings.post_roll_s,
+    return Runner(SharedScorer(model), sinks, stream_factory(model.cfg, settings, params), stop=stop,
+                  max_open=max_open, pre_roll_s=settings.pre_roll_s, post_roll_s=settings.post_roll_s,
                   annotators=annotators, score_sinks=score_sinks)
 
 

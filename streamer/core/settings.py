@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from birdlive.model.config import ModelConfig
 
@@ -47,9 +48,9 @@ class DetectorSettings:
         cfg = load_config(path or DEFAULT_CHECKPOINT)
         species = load_thresholds(thresholds, cfg.labels, cfg.names) if thresholds is not None else {}
         weights = checkpoint_paths(path or DEFAULT_CHECKPOINT)[0].stat()
+        given: dict[str, Any] = {k: tuple(v) if k in ("include", "exclude") else v for k, v in values.items()}
         settings = cls(model=str(path) if path else None, model_version=f"{weights.st_size}:{weights.st_mtime_ns}",
-                       species_thresholds=tuple((i, on, off) for i, (on, off) in sorted(species.items())),
-                       **{k: tuple(v) if k in ("include", "exclude") else v for k, v in values.items()})
+                       species_thresholds=tuple((i, on, off) for i, (on, off) in sorted(species.items())), **given)
         settings.check(cfg)
         return settings
 

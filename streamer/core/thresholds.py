@@ -43,9 +43,9 @@ def resolve_thresholds(cfg: ModelConfig, threshold_on: float | None = None, thre
     index = {lab: i for i, lab in enumerate(cfg.labels)}
     flags = (threshold_on, threshold_off)
     _check_pair(*flags)
-    levels = [{index[lab]: (a, b) for lab, (a, b) in cfg.thresholds.items()},
-              dict.fromkeys(range(cfg.num_classes), flags) if flags != (None, None) else {},
-              species or {}]
+    levels: list[SpeciesThresholds] = [{index[lab]: (a, b) for lab, (a, b) in cfg.thresholds.items()},
+                                       dict.fromkeys(range(cfg.num_classes), flags) if flags != (None, None) else {},
+                                       species or {}]
     for level in levels:
         for k, (a, b) in level.items():
             _check_pair(a, b, f" for {cfg.labels[k]}")

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TextIO
+from typing import IO
 
 from birdlive.errors import OptionError
 
@@ -35,13 +35,13 @@ class LineFile:
 
     def __init__(self, path: str | Path, option: str, mode: str, header: str | None = None):
         self.path, self.option = Path(path), option
-        self._file: TextIO | None = None
+        self._file: IO[str] | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, mode, encoding="utf-8", newline="")
+            self._file = f = open(self.path, mode, encoding="utf-8", newline="")
             if header is not None:
-                self._file.write(header + "\n")
-                self._file.flush()
+                f.write(header + "\n")
+                f.flush()
         except (FileExistsError, NotADirectoryError):   # a file where a folder should be ("File exists" misleads)
             in_the_way = next(p for p in self.path.parents if p.exists())
             raise OptionError(f"{option} {path}: cannot write ({in_the_way} is a file, not a folder)") from None

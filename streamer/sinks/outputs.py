@@ -10,6 +10,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from birdlive.errors import OptionError
+
 from ..core.events import EventAnnotator, ScoreSink, Sink
 from .console import EventPrinter, StreamReport
 from .csvlog import CsvEventLog
@@ -49,7 +51,8 @@ class Outputs:
     def close(self) -> None:
         """Every output closed, even if one fails to (the first failure is raised after the rest)."""
         first: BaseException | None = None
-        unique = {id(o): o for o in [*self.annotators, *self.sinks, *self.score_sinks]}   # a plot is both kinds
+        every: list[Sink | EventAnnotator | ScoreSink] = [*self.annotators, *self.sinks, *self.score_sinks]
+        unique = {id(o): o for o in every}   # a plot is both kinds
         for out in unique.values():
             try:
                 out.close()
@@ -87,6 +90,8 @@ def build_outputs(opts: OutputOptions, cfg) -> Outputs:
             out.sinks.append(exports.JsonlEvents(opts.jsonl))
     if opts.plot is not None:
         from .pictures import RecordingPlot
+        if opts.plot_recording is None:
+            raise OptionError(f"--plot {opts.plot}: which recording? (plot_recording)")
         plot = RecordingPlot(opts.plot, opts.plot_recording, [cfg.display_name(i) for i in range(cfg.num_classes)],
                              cfg.sample_rate, fmin=cfg.fmin, fmax=_top_hz(cfg), channel=opts.plot_channel)
         out.sinks.append(plot)

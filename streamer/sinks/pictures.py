@@ -336,7 +336,7 @@ def draw_recording(spec: Spectrogram, events: list[tuple[Event, int | None]], tr
                   extent=spec.extent)
     boxes = EventBoxes(ax, excess, spec, duration, width)
     for e, k in sorted(events, key=lambda ek: ek[0].onset_s):
-        boxes.add(e, colours.get(k, "0.8"))
+        boxes.add(e, colours.get(k, "0.8") if k is not None else "0.8")
     ax.set_ylabel("kHz")
     ax.set_title(title, fontsize=11, loc="left")
     if tracks:

@@ -128,7 +128,8 @@ class Timeline:
     def _settle(self) -> None:
         """Zero-fill the outage before a reopened stream: from the end of the previous stream's audio to the
         earliest start its first chunks allow (each callback bounds it from above), both monotonic."""
-        pending, self.pending = self.pending, None
+        pending, self.pending = self.pending or [], None
+        assert self.end_mono is not None, "a reopened stream settles after the first one ended"
         start = min(p.mono - (p.frame + len(p.samples)) / self.rate for p in pending)
         self._start_stream(int(round((start - self.end_mono) * self.sr)))
         for p in pending:
