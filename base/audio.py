@@ -24,7 +24,7 @@ import soxr
 
 from .errors import BirdliveError, one_line
 
-__all__ = ["AudioBlock", "AudioSourceError", "FileSource"]
+__all__ = ["AudioBlock", "AudioSourceError", "FileSource", "SourceBase"]
 
 
 class AudioSourceError(BirdliveError):
@@ -124,7 +124,39 @@ def new_resampler(in_rate: int, out_rate: int):
 _DATA_SHOULD_BE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be\s*(\d+)\)", re.MULTILINE)
 
 
-class FileSource:
+class SourceBase:
+    """What every source shares (FileSource, MicSource; the runner's `Source` protocol): `name`, `stats` and
+    `warnings` (one line each) may be read from any thread; `stop()` ends iteration soon, from any thread or a
+    signal handler; as a context manager it is closed on the way out."""
+
+    name: str
+    stats: dict
+
+    def __init__(self, sample_rate: int, block_s: float):
+        self.sample_rate = int(sample_rate)
+        if self.sample_rate <= 0:
+            raise ValueError("sample_rate must be positive")
+        if not block_s > 0:
+            raise ValueError("block_s must be positive")
+        self.block_s = float(block_s)
+        self.warnings: list[str] = []   # one line each, for the user
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """End iteration after the current block (thread- and signal-handler-safe)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class FileSource(SourceBase):
     """Stream an audio file block by block (never loads the whole file).
 
     Reads WAV/FLAC/OGG/MP3 (whatever the bundled libsndfile handles), mixes
@@ -142,19 +174,12 @@ class FileSource:
         realtime: bool = False,
         channel: int | None = None,
     ):
+        super().__init__(sample_rate, block_s)
         self.path = os.fspath(path)
         self.name = self.path
-        self.sample_rate = int(sample_rate)
-        if self.sample_rate <= 0:
-            raise ValueError("sample_rate must be positive")
-        if not block_s > 0:
-            raise ValueError("block_s must be positive")
-        self.block_s = float(block_s)
         self.realtime = bool(realtime)
         self.stats: dict = {"blocks": 0, "samples": 0, "frames_read": 0}
-        self.warnings: list[str] = []   # one line each: the file was read, but not all of it as its header says
         self._sf: sf.SoundFile | None = None
-        self._stop = threading.Event()
 
         f = self._open()
         try:
@@ -348,10 +373,6 @@ class FileSource:
         where = (pos + len(data)) / self.native_rate
         return data, self._err(f"corrupt or truncated audio data at {where:.2f} s ({msg}); analysed up to there")
 
-    def stop(self) -> None:
-        """End iteration after the current block (thread- and signal-handler-safe)."""
-        self._stop.set()
-
     def close(self) -> None:
         f, self._sf = self._sf, None
         if f is not None:
@@ -359,12 +380,6 @@ class FileSource:
                 f.close()
             except Exception:
                 pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __repr__(self) -> str:
         return (f"FileSource({self.name!r}, {self.native_rate} Hz x{self.channels} -> "

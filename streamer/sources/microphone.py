@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 import queue
-import threading
 import time
 from typing import Iterator
 
-from birdlive.audio import AudioBlock, AudioSourceError
+from birdlive.audio import AudioBlock, AudioSourceError, SourceBase
 from birdlive.errors import one_line
 
 from .devices import (OPEN_SOURCES, PA_LOCK, PA_STATE, SEE_DEVICES, default_input_index, list_input_devices,
@@ -16,7 +15,7 @@ from .devices import (OPEN_SOURCES, PA_LOCK, PA_STATE, SEE_DEVICES, default_inpu
 from .timeline import Timeline, make_callback
 
 
-class MicSource:
+class MicSource(SourceBase):
     """Live input from a PortAudio capture device.
 
     The PortAudio callback only copies the (mono-mixed) block and its timestamps into a bounded queue; the
@@ -42,12 +41,7 @@ class MicSource:
         queue_s: float = 30.0,
         reconnect_s: float = 60.0,
     ):
-        self.sample_rate = int(sample_rate)
-        if self.sample_rate <= 0:
-            raise ValueError("sample_rate must be positive")
-        if not block_s > 0:
-            raise ValueError("block_s must be positive")
-        self.block_s = float(block_s)
+        super().__init__(sample_rate, block_s)
         self.queue_s = float(queue_s)
         self.reconnect_s = float(reconnect_s)
         self.spec = device
@@ -62,8 +56,6 @@ class MicSource:
             "gap_samples": 0,
             "clock_steps": 0,
         }
-        self.warnings: list[str] = []
-        self._stop = threading.Event()
         self._stream = None
         self._gen = 0  # streams this source opened; tags queued chunks so stale ones are dropped
         self._pa_gen = -1  # PortAudio generation our stream was opened in / we last rescanned in
@@ -236,19 +228,9 @@ class MicSource:
             self._recover(outage_since)
         yield from tl.blocks(final=True)
 
-    def stop(self) -> None:
-        """End iteration (thread- and signal-handler-safe)."""
-        self._stop.set()
-
     def close(self) -> None:
         self._stop.set()
         self._close_stream()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __repr__(self) -> str:
         return (f"MicSource({self.name!r}, device {self.device_rate} Hz -> "
