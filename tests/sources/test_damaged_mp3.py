@@ -22,9 +22,10 @@ RECORDING = ROOT.parent / "shared" / "data" / "xc-puerto-rico" / "Setophaga_adel
 
 @pytest.fixture(scope="module")
 def damaged_mp3(tmp_path_factory):
-    """The first 77 % of the recording's bytes (125.3 s: seven 16 s blocks and 13.3 s; three blocks and that rest, unconverted when the end arrives, fill all but 0.3 s of the 61.6 s audio ring, and with the padded last window overflow the log-mel ring: the case that crashed), then the start of
-    a frame header and garbage: libmpg123 loses sync in the last frames, and the Xing header still promises the
-    whole 163 s."""
+    """The first 77 % of the recording's bytes (125.3 s: seven 16 s blocks and 13.3 s; three blocks and that
+    rest, unconverted when the end arrives, fill all but 0.3 s of the 61.6 s audio ring, and with the padded last
+    window overflow the log-mel ring: the case that crashed), then the start of a frame header and garbage:
+    libmpg123 loses sync in the last frames, and the Xing header still promises the whole 163 s."""
     if not RECORDING.exists():
         pytest.skip(f"{RECORDING} not here (../shared/data)")
     data = RECORDING.read_bytes()
