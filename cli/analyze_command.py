@@ -1,7 +1,7 @@
 """`birdlive analyze DIR_OR_FILES… --out OUTDIR`: a season of recordings, resumably, on every core or a Ray
 cluster; a thin wrapper over `birdlive.streamer.archive` (`.ray` for `--ray`).
 
-Registered by cli.py: app.command("analyze")(analyze).
+Registered by app.py: app.command("analyze")(analyze).
 """
 from __future__ import annotations
 

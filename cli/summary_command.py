@@ -1,7 +1,7 @@
 """`birdlive summary night.csv [more.csv …] [--plot activity.png] [--min-conf X]`: a thin wrapper over
 `birdlive.streamer.sinks.summary`.
 
-Registered by cli.py: app.command("summary")(summary).
+Registered by app.py: app.command("summary")(summary).
 """
 from __future__ import annotations
 

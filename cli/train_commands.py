@@ -1,6 +1,6 @@
 """`birdlive train`, `evaluate`, `calibrate`, `augment-demo`: thin wrappers over `birdlive.train`.
 
-Registered by cli.py: app.command("train")(train), app.command("evaluate")(evaluate),
+Registered by app.py: app.command("train")(train), app.command("evaluate")(evaluate),
 app.command("calibrate")(calibrate), app.command("augment-demo")(augment_demo).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""birdlive.streamer: sources → per-stream state → one shared scorer → events → sinks (see runner.py).
+"""birdlive.streamer: sources → per-stream state → one shared scorer → events → sinks (see core/runner.py).
 
 Names are imported on first use (PEP 562): `birdlive summary` and the sinks need no torch, and importing the
 package must not cost them the network's start-up.

@@ -27,7 +27,7 @@ class AudioError(BirdliveError):
 def decode(path: str | Path, sample_rate: int) -> np.ndarray:
     """Any file replay reads → mono float32 at `sample_rate`, decoded exactly as `birdlive replay` hears it.
 
-    One decoder for replay, training and evaluation: the blocks of `streamer.sources.FileSource` (libsndfile;
+    One decoder for replay, training and evaluation: the blocks of `birdlive.audio.FileSource` (libsndfile;
     stereo mixed to mono, more channels refused; a file cut short kept up to where its audio ends; soxr HQ
     streaming resampler), concatenated. A file that is unreadable, or damaged mid-way, is an `AudioError`."""
     from birdlive.audio import AudioSourceError, FileSource

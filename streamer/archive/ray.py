@@ -1,4 +1,4 @@
-"""Archive analysis on a Ray cluster: the local pool's job (archive.py) with Ray doing the scheduling, the retries
+"""Archive analysis on a Ray cluster: the local pool's job (pool.py) with Ray doing the scheduling, the retries
 and the data movement.
 
     driver (`birdlive analyze --ray ADDRESS`): manifest, batches ─ analyze.remote(batch) ─→ Ray actors, one per

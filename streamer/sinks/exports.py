@@ -1,9 +1,9 @@
 """Event tables that other tools open: a Raven Pro selection table, an Audacity label track, JSON Lines.
 
-Each is a Sink (birdlive.streamer.sinks.csvlog). A row is written and flushed as its event arrives, so the file can
-be read while the run goes on and a `kill -9` loses nothing already reported. (Flushed, not fsync'ed: the CSV
-log is the record that survives a power cut; fsync'ing every table too would multiply the writes on a
-recorder's SD card for no event the log does not already hold.)
+Each is a Sink (on SinkBase, birdlive.streamer.core.events). A row is written and flushed as its event arrives, so
+the file can be read while the run goes on and a `kill -9` loses nothing already reported. (Flushed, not
+fsync'ed: the CSV log is the record that survives a power cut; fsync'ing every table too would multiply the writes
+on a recorder's SD card for no event the log does not already hold.)
 
 Existing files: a Raven or Audacity table describes one run and is rewritten when the run starts (appending
 would put a second header inside a selection table, restart its selection numbers, or lay two recordings'
