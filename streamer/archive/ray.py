@@ -18,7 +18,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 
-from birdlive.errors import OptionError
+from birdlive.errors import OptionError, one_line
 
 from .discovery import Recording
 from .pool import MAX_TRIES, BatchReport, batch_name, failed_results, unexpected
@@ -81,7 +81,7 @@ def _connect(address: str):
     if "Unauthenticated" in said or "InvalidAuthToken" in said:
         raise OptionError(f"--ray {address}: the Ray cluster refused this driver's authentication token; "
                           f"{AUTH_HELP}") from None
-    raise OptionError(f"--ray {address}: cannot connect to a Ray cluster ({' '.join(str(error).split())})") from None
+    raise OptionError(f"--ray {address}: cannot connect to a Ray cluster ({one_line(error)})") from None
 
 
 @contextmanager
