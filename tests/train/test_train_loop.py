@@ -240,7 +240,7 @@ def test_resume_without_state_starts_from_init_weights(tmp_path):
 
 @pytest.fixture(scope="module")
 def cli():
-    from birdlive import train_commands as tc
+    from birdlive.cli import train_commands as tc
     app = typer.Typer()
     app.command("train")(tc.train)
     app.command("evaluate")(tc.evaluate)
