@@ -47,8 +47,11 @@ def write_calls(root, n_per: int, seed: int, seconds: float = 3.0):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("synthetic")
-    data = write_calls(base / "data", 16, seed=0)
-    cfg = TrainConfig(run_dir=str(base / "run"), data=[str(data)], preset="tiny", window_s=2.0, epochs=20,
+    # 32 files a type and 320 steps: seeds 0-2 reach held-out mAP 0.93-1.0 and top-1 1.0 on this CPU kind
+    # (AVX2, no AVX-512). With 16 files and 160 steps they gave 0.88-0.92, and seed 0 fell under 0.9 on a CPU
+    # other than the one it was written on: a recipe at the edge of its threshold, not a margin.
+    data = write_calls(base / "data", 32, seed=0)
+    cfg = TrainConfig(run_dir=str(base / "run"), data=[str(data)], preset="tiny", window_s=2.0, epochs=40,
                       epoch_size=128, batch_size=16, lr=3e-3, val_fraction=0.25, seed=0, workers=1,
                       cache_dir=str(base / "cache"), command="pytest synthetic")
     summary = train(cfg, show_progress=False)
@@ -57,8 +60,8 @@ def trained(tmp_path_factory):
 
 def test_synthetic_training_reaches_heldout_map(trained):
     base, cfg, s = trained
-    assert s["steps"] == s["total_steps"] == 20 * 128 // 16 and not s["interrupted"]
-    assert s["n_val_groups"] == 16 and s["n_train_groups"] == 48       # 25 % of each species' files
+    assert s["steps"] == s["total_steps"] == 40 * 128 // 16 and not s["interrupted"]
+    assert s["n_val_groups"] == 32 and s["n_train_groups"] == 96       # 25 % of each species' files
     assert s["val_map"] >= 0.9, s                                      # held out by file, best epoch
     model = load_checkpoint(cfg.run_dir)                               # a run folder loads RUN/best
     assert model.cfg.labels == sorted(CALL_TYPES) and model.cfg.window_s == 2.0
@@ -78,7 +81,7 @@ def test_run_folder_has_split_logs_and_curves(trained):
     split = json.loads((run / "split.json").read_text())
     assert split["seed"] == 0 and not set(split["train"]) & set(split["val"])
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(0, 161, 8))          # step 0: the untrained model
+    assert [r["step"] for r in rows] == list(range(0, 321, 8))          # step 0: the untrained model
     assert rows[0]["train_loss"] is None and rows[-1]["train_loss"] < rows[1]["train_loss"]
     assert all(a["cpu_s"] <= b["cpu_s"] and a["windows"] < b["windows"] for a, b in zip(rows, rows[1:]))
     assert max(r["val_map"] for r in rows) == pytest.approx(s["val_map"])
@@ -281,7 +284,7 @@ def test_cli_evaluate_writes_table_and_json(trained, cli):
                                  "--cache-dir", str(base / "cache")])
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
-    assert res["n_items"] == 16 and res["subset"] == "val"             # only the held-out files
+    assert res["n_items"] == 32 and res["subset"] == "val"             # only the held-out files
     assert res["macro_map"] == pytest.approx(s["val_map"], abs=0.1)
     assert "macro mAP" in r.output and "false positives" in r.output
 
