@@ -76,22 +76,23 @@ def read_species_list(path: str | Path, cfg: ModelConfig) -> list[str]:
         lines = p.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise OptionError(f"--species-list {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
-    by_key = {}
+    by_key: dict[str, str] = {}
     for label, name in zip(cfg.labels, cfg.names):
         by_key[_key(label)] = label
         if name:
             by_key.setdefault(_key(name), label)
-    found, unknown = [], []
+    found: list[str] = []
+    unknown: list[str] = []
     for line in lines:
         entry = line.split("#", 1)[0].strip()
         if not entry:
             continue
         keys = [_key(entry)] + [_key(part) for part in entry.split("_", 1)] if " " in entry else [_key(entry)]
-        label = next((by_key[k] for k in keys if k in by_key), None)
-        if label is None:
+        match = next((by_key[k] for k in keys if k in by_key), None)
+        if match is None:
             unknown.append(entry)
-        elif label not in found:
-            found.append(label)
+        elif match not in found:
+            found.append(match)
     if not found:
         raise OptionError(f"--species-list {path}: names none of this model's {cfg.num_classes} species")
     if unknown:
