@@ -32,6 +32,13 @@ GapOpt = _detector(None, help="Merge events of one species closer than this (sec
 IncludeOpt = _detector(None, "--include", help="Only these species (code or common name; repeatable).")
 ExcludeOpt = _detector(None, "--exclude", help="Never these species (repeatable).")
 MinConfOpt = _detector(0.0, help="Drop events whose peak score is below this.")
+RegionOpt = _detector(None, "--region", help="Only the species of this region (puerto-rico, north-america; the "
+                                             "checkpoint's region table).")
+LatOpt = _detector(None, "--lat", help="Latitude of the microphone: only the species of its region (with --lon).")
+LonOpt = _detector(None, "--lon", help="Longitude of the microphone (with --lat).")
+SpeciesListOpt = _detector(None, "--species-list", help="A file of species, one a line (labels, scientific or "
+                                                        "common names, or BirdNET's 'Scientific_Common' lines): "
+                                                        "events of these only.")
 PreRollOpt = _detector(1.5, "--pre-roll", help="Seconds of audio kept before an event (clips, event audio).")
 PostRollOpt = _detector(1.5, "--post-roll", help="Seconds of audio kept after an event.")
 
@@ -45,7 +52,9 @@ DETECTOR_OPTIONS: list[tuple[str, object, object]] = [
     ("thresholds", Optional[Path], ThresholdsOpt),
     ("min_duration", Optional[float], MinDurOpt), ("merge_gap", Optional[float], GapOpt),
     ("include", Optional[List[str]], IncludeOpt), ("exclude", Optional[List[str]], ExcludeOpt),
-    ("min_conf", float, MinConfOpt), ("pre_roll", float, PreRollOpt), ("post_roll", float, PostRollOpt),
+    ("min_conf", float, MinConfOpt), ("region", Optional[str], RegionOpt), ("lat", Optional[float], LatOpt),
+    ("lon", Optional[float], LonOpt), ("species_list", Optional[Path], SpeciesListOpt),
+    ("pre_roll", float, PreRollOpt), ("post_roll", float, PostRollOpt),
 ]
 
 
@@ -82,9 +91,12 @@ def detector_settings(model: Optional[Path] = None, hop: float = 1.0, threshold_
                       threshold_off: Optional[float] = None, thresholds: Optional[Path] = None,
                       min_duration: Optional[float] = None, merge_gap: Optional[float] = None,
                       include: Optional[List[str]] = None, exclude: Optional[List[str]] = None,
-                      min_conf: float = 0.0, pre_roll: float = 1.5, post_roll: float = 1.5):
+                      min_conf: float = 0.0, region: Optional[str] = None, lat: Optional[float] = None,
+                      lon: Optional[float] = None, species_list: Optional[Path] = None, pre_roll: float = 1.5,
+                      post_roll: float = 1.5):
     from birdlive.streamer.core.settings import DetectorSettings
-    return DetectorSettings.checked(model, thresholds, hop_s=hop, threshold_on=threshold_on,
+    place = dict(region=region, lat=lat, lon=lon, species_list=species_list)
+    return DetectorSettings.checked(model, thresholds, place=place, hop_s=hop, threshold_on=threshold_on,
                                     threshold_off=threshold_off, min_duration_s=min_duration, merge_gap_s=merge_gap,
                                     include=tuple(include or ()), exclude=tuple(exclude or ()), min_conf=min_conf,
                                     pre_roll_s=pre_roll, post_roll_s=post_roll)

@@ -53,7 +53,8 @@ class Manifest:
                 self.db.execute("INSERT INTO job VALUES ('settings', ?)", (settings.as_json(),))
             return
         old, new = json.loads(row["value"]), json.loads(settings.as_json())
-        changed = [f"{k} {old.get(k)!r} → {new[k]!r}" for k in new if old.get(k) != new[k]]
+        # a setting newer than the manifest is the same analysis while it is empty (off)
+        changed = [f"{k} {old.get(k)!r} → {new[k]!r}" for k in new if old.get(k) != new[k] and (k in old or new[k])]
         if changed:
             raise OptionError(f"the output folder holds an analysis with other settings ({'; '.join(changed)}): "
                               f"use another --out")

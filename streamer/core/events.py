@@ -60,14 +60,19 @@ class StreamStatus:
 
 
 class EventFilter:
-    """Species include/exclude lists (codes or common names, case-insensitive) and a minimum confidence."""
+    """Species include/exclude lists (codes or common names, case-insensitive), the labels a user's region and
+    species list leave (`allowed`, exact labels; empty: all), and a minimum confidence."""
 
-    def __init__(self, include: list[str] | None = None, exclude: list[str] | None = None, min_conf: float = 0.0):
+    def __init__(self, include: list[str] | None = None, exclude: list[str] | None = None, min_conf: float = 0.0,
+                 allowed: list[str] | None = None):
         self.include = {s.lower() for s in include or []}
         self.exclude = {s.lower() for s in exclude or []}
         self.min_conf = min_conf
+        self.allowed = set(allowed or [])
 
     def __call__(self, event: Event) -> bool:
+        if self.allowed and event.species not in self.allowed:
+            return False
         keys = {event.species.lower(), event.name.lower()}
         if self.include and not keys & self.include:
             return False

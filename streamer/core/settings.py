@@ -29,6 +29,8 @@ class DetectorSettings:
     min_duration_s: float | None = None
     merge_gap_s: float | None = None
     include: tuple[str, ...] = ()       # species codes or common names
+    species: tuple[str, ...] = ()       # labels the user's place and species list leave (--region, --lat/--lon,
+                                        # --species-list: birdlive.model.regions); () = every species
     exclude: tuple[str, ...] = ()
     min_conf: float = 0.0
     pre_roll_s: float = 1.5             # audio kept around each event (clips, sinks' EventAudio)
@@ -36,18 +38,21 @@ class DetectorSettings:
 
     @classmethod
     def checked(cls, model: str | Path | None = None, thresholds: str | Path | None = None,
-                **values) -> "DetectorSettings":
+                place: dict | None = None, **values) -> "DetectorSettings":
         """Settings from the user's options, checked against the checkpoint's config (cheap: no weights): one
         error line for a path that is not a checkpoint, a hop off the frame grid, a bad thresholds file or
-        thresholds out of order. The model's path is resolved and its weights' size and mtime recorded."""
+        thresholds out of order, a place or species list the model cannot serve (`place`: the keywords of
+        `allowed_species`). The model's path is resolved and its weights' size and mtime recorded."""
         from birdlive.model import DEFAULT_CHECKPOINT, load_config
         from birdlive.model.checkpoint import checkpoint_paths
+        from birdlive.model.regions import allowed_species
 
         from .thresholds import load_thresholds
         path = Path(model).expanduser().resolve() if model is not None else None
         cfg = load_config(path or DEFAULT_CHECKPOINT)
         species = load_thresholds(thresholds, cfg.labels, cfg.names) if thresholds is not None else {}
         weights = checkpoint_paths(path or DEFAULT_CHECKPOINT)[0].stat()
+        values["species"] = allowed_species(cfg, **(place or {}))
         given: dict[str, Any] = {k: tuple(v) if k in ("include", "exclude") else v for k, v in values.items()}
         settings = cls(model=str(path) if path else None, model_version=f"{weights.st_size}:{weights.st_mtime_ns}",
                        species_thresholds=tuple((i, on, off) for i, (on, off) in sorted(species.items())), **given)
@@ -65,7 +70,7 @@ class DetectorSettings:
                               min_duration_s=self.min_duration_s, merge_gap_s=self.merge_gap_s)
 
     def event_filter(self) -> EventFilter:
-        return EventFilter(list(self.include), list(self.exclude), self.min_conf)
+        return EventFilter(list(self.include), list(self.exclude), self.min_conf, list(self.species))
 
     def as_dict(self) -> dict:
         return asdict(self)
