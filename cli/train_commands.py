@@ -73,6 +73,11 @@ def train(
     no_stretch: bool = typer.Option(False, "--no-stretch"),
     no_pitch: bool = typer.Option(False, "--no-pitch"),
     no_specaug: bool = typer.Option(False, "--no-specaug"),
+    no_field_background: bool = typer.Option(False, "--no-field-background", help="Composed windows over noise "
+                                             "only, not over quiet stretches of the training recordings."),
+    no_distance: bool = typer.Option(False, "--no-distance", help="No low-pass and attenuation of composed calls."),
+    no_reverb: bool = typer.Option(False, "--no-reverb", help="No impulse responses on composed calls."),
+    no_eq: bool = typer.Option(False, "--no-eq", help="No random microphone EQ on the log-mel."),
     snr: str = typer.Option("0,20", "--snr", help="Noise SNR range in dB (whole window)."),
     pitch: float = typer.Option(0.5, "--pitch", help="Pitch shift range, ± semitones."),
     frame_weight: float = typer.Option(0.5, "--frame-weight", help="Weight of the framewise loss."),
@@ -109,7 +114,8 @@ def train(
     aug.snr_db = _range(snr, "snr")
     aug.pitch_semitones = pitch
     for flag, fields in ((no_mix, ["mix_prob"]), (no_noise, ["noise_prob"]), (no_stretch, ["stretch_prob"]),
-                         (no_pitch, ["pitch_prob"])):
+                         (no_pitch, ["pitch_prob"]), (no_field_background, ["field_background_prob"]),
+                         (no_distance, ["distance_prob"]), (no_reverb, ["reverb_prob"]), (no_eq, ["eq_prob"])):
         if flag:
             for f in fields:
                 setattr(aug, f, 0.0)
