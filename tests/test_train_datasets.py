@@ -371,6 +371,7 @@ def test_evaluate_default_scores_the_test_split_only(tmp_path):
     """benchmarks/evaluate_default.py end to end on a made-up run (random tiny model, no BirdNET): it reads the
     test groups and nothing else, refuses a split without them, and reports the never-trained-on noise apart."""
     import importlib.util
+    import sys
     from pathlib import Path
 
     import torch
@@ -380,6 +381,7 @@ def test_evaluate_default_scores_the_test_split_only(tmp_path):
     root = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("evaluate_default", root / "benchmarks" / "evaluate_default.py")
     ev = importlib.util.module_from_spec(spec)
+    sys.modules["evaluate_default"] = ev          # its dataclasses look their module up there
     spec.loader.exec_module(ev)
 
     xc_set(tmp_path / "xc", {"Aus_bus": ("A Bird", 4), "Cus_dus": ("C Bird", 3)})

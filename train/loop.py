@@ -65,8 +65,9 @@ from birdlive.model import BirdSED, create_config, load_checkpoint, pick_device,
 from .augment import AugmentConfig, FieldBackgrounds, ImpulseResponses, NoiseBank, TempoPitchLogMel
 from .cache import AudioCache
 from .composer import Composer, ComposerConfig, SnippetPool
-from .datasets import Holdout, Split, extend_split, load_dataset, merge, select_species, split_groups
+from .datasets import Holdout, Split, extend_split, split_groups
 from .evaluate import clip_metrics
+from .evaluation import load_recordings
 from .threads import cpu_threads
 from .windows import WindowSet, composed_items, predict_items, recording_items
 
@@ -295,14 +296,10 @@ class RunData:
 def load_data(cfg: TrainConfig, run: Path, resuming: bool, console) -> tuple[list, list, list, set, Split]:
     """Recordings, labels, common names, snippet paths and the split (the run's own on --resume; else the given
     split file; else a new seeded group split, saved)."""
-    rec_sets = [load_dataset(d) for d in cfg.data]      # DatasetError: the user's one line, as it is
-    snip_sets = [load_dataset(d) for d in cfg.snippets]
-    recs, labels, names = merge(rec_sets + snip_sets)
-    if cfg.species:
-        recs, labels, names = select_species(recs, labels, names, cfg.species)
-        if not labels:
-            raise TrainError(f"none of the {len(cfg.species)} species asked for is in the data")
-    snippet_paths = {r.path for d in snip_sets for r in d.recordings}
+    run_recs = load_recordings(cfg.data, cfg.snippets, cfg.species)   # DatasetError: the user's one line, as it is
+    recs, labels, names, snippet_paths = run_recs.recs, run_recs.labels, run_recs.names, run_recs.snippet_paths
+    if cfg.species and not labels:
+        raise TrainError(f"none of the {len(cfg.species)} species asked for is in the data")
     given = run / "split.json" if resuming and (run / "split.json").is_file() else cfg.split_file
     if given:
         split = Split.load(given)
