@@ -367,23 +367,12 @@ def test_committed_species_list_is_what_the_rule_gives():
     assert {"dark_eyed_junco", "yellow_rumped_warbler"} <= set(choice.labels)
 
 
-def test_evaluate_default_scores_the_test_split_only(tmp_path):
-    """benchmarks/evaluate_default.py end to end on a made-up run (random tiny model, no BirdNET): it reads the
-    test groups and nothing else, refuses a split without them, and reports the never-trained-on noise apart."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
+def tiny_run(tmp_path):
+    """A made-up run: two xeno-canto species, two snippet species, noise files, a hold-out list, a three-way
+    split and a random tiny model as its best checkpoint. Returns (run folder, recordings, split)."""
     import torch
     from birdlive.model import BirdSED, create_config, save_checkpoint
-    from birdlive.train.datasets import select_species
     from birdlive.train.loop import TrainConfig
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("evaluate_default", root / "benchmarks" / "evaluate_default.py")
-    ev = importlib.util.module_from_spec(spec)
-    sys.modules["evaluate_default"] = ev          # its dataclasses look their module up there
-    spec.loader.exec_module(ev)
-
     xc_set(tmp_path / "xc", {"Aus_bus": ("A Bird", 4), "Cus_dus": ("C Bird", 3)})
     for p in (tmp_path / "xc").rglob("*.wav"):
         wav(p, seconds=6.0, sr=32000, freq=2000.0 + 500 * len(p.stem))
@@ -403,6 +392,44 @@ def test_evaluate_default_scores_the_test_split_only(tmp_path):
     split.save(run / "split.json")
     torch.manual_seed(0)
     save_checkpoint(BirdSED(create_config("tiny", labels, names)), run / "best")
+    torch.manual_seed(1)
+    save_checkpoint(BirdSED(create_config("tiny", labels[:3], names[:3])), run / "other")
+    return run, recs, split
+
+
+def load_script(name: str):
+    import importlib.util
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, root / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module          # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gate_compares_two_models_on_the_validation_groups_of_the_species_both_know(tmp_path):
+    run, recs, split = tiny_run(tmp_path)
+    gate = load_script("compare_validation")
+    out = tmp_path / "gate.json"
+    assert gate.main(["--candidate", str(run / "best"), "--run", str(run), "--incumbent", str(run / "other"),
+                      "--per-species", "1", "--threads", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["settings"]["common_species"] == 3 and isinstance(res["candidate_wins"], bool)
+    val_xc = [r for r in split.select(recs, "val") if "/xc/" in r.path]
+    assert res["settings"]["xc_recordings"] == len(val_xc)
+    for who in ("candidate", "incumbent"):
+        assert 0 <= res[who]["composed_map"] <= 1 and 0 <= res[who]["xc_recording_top1"] <= 1
+
+
+def test_evaluate_default_scores_the_test_split_only(tmp_path):
+    """benchmarks/evaluate_default.py end to end on a made-up run (random tiny model, no BirdNET): it reads the
+    test groups and nothing else, refuses a split without them, and reports the never-trained-on noise apart."""
+    from pathlib import Path
+    run, recs, split = tiny_run(tmp_path)
+    ev = load_script("evaluate_default")
 
     args = ["--model", str(run / "best"), "--run", str(run), "--minutes", "0.2", "--per-species", "1",
             "--noise-minutes", "0.05", "--threads", "1", "--rtf-threads", "1", "--out", str(tmp_path / "r.json")]
