@@ -347,26 +347,47 @@ class ImpulseResponses:
         return ir
 
 
+@functools.lru_cache(maxsize=256)
+def _lowpass_sos(cutoff_hz: int, sample_rate: int) -> np.ndarray:
+    from scipy.signal import butter
+    return butter(2, cutoff_hz, fs=sample_rate, output="sos")
+
+
 def lowpass(x: np.ndarray, cutoff_hz: float, sample_rate: int) -> np.ndarray:
-    from scipy.signal import butter, sosfilt
+    """Second-order Butterworth low-pass (the design cached per 50 Hz of cut-off: designing cost as much as
+    filtering)."""
+    from scipy.signal import sosfilt
     if cutoff_hz >= 0.45 * sample_rate:
         return x
-    return sosfilt(butter(2, cutoff_hz, fs=sample_rate, output="sos"), x).astype(np.float32)
+    return sosfilt(_lowpass_sos(int(round(cutoff_hz / 50)) * 50, sample_rate), x).astype(np.float32)
+
+
+def _active_span(track: np.ndarray) -> tuple[int, int]:
+    """[first, last + 1) of the nonzero samples: filters and convolutions need not run over the silence before
+    the first note (a track is silent where its species does not call)."""
+    nz = np.flatnonzero(track)
+    return (int(nz[0]), int(nz[-1]) + 1) if len(nz) else (0, 0)
 
 
 def propagate(track: np.ndarray, rng: np.random.Generator, aug: AugmentConfig, sample_rate: int,
               irs: ImpulseResponses | None) -> tuple[np.ndarray, float]:
     """One species' track as heard from farther away and in a reverberant place: low-passed (distance) and/or
-    convolved with an impulse response (`ImpulseResponses`; the tail past the window is dropped). Returns the
-    track and the extra attenuation in dB that distance asks for (the caller lowers the call's SNR by it)."""
+    convolved with an impulse response (`ImpulseResponses`; the tail past the window is dropped). Both run from
+    the first note on only. Returns the track and the extra attenuation in dB that distance asks for (the
+    caller lowers the call's SNR by it)."""
     attenuation = 0.0
+    a, _ = _active_span(track)
     if aug.distance_prob > 0 and rng.random() < aug.distance_prob:
-        track = lowpass(track, float(np.exp(rng.uniform(*np.log(aug.lowpass_hz)))), sample_rate)
+        cutoff = float(np.exp(rng.uniform(*np.log(aug.lowpass_hz))))
+        track = np.concatenate([track[:a], lowpass(track[a:], cutoff, sample_rate)]).astype(np.float32)
         attenuation = float(rng.uniform(0.0, aug.distance_db))
     if irs is not None and aug.reverb_prob > 0 and rng.random() < aug.reverb_prob:
         from scipy.signal import fftconvolve
         ir = irs.sample(rng, sample_rate, aug.reverb_rt60_s)
-        wet = fftconvolve(track, ir)[:len(track)]
+        _, b = _active_span(track)
+        wet = np.zeros_like(track)
+        tail = fftconvolve(track[a:b], ir)[:len(track) - a]
+        wet[a:a + len(tail)] = tail
         wet *= np.sqrt(power(track) / max(power(wet), 1e-12)) * db_to_gain(float(rng.uniform(*aug.reverb_wet_db)))
         track = (track + wet).astype(np.float32)
     return track, attenuation
