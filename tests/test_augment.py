@@ -307,7 +307,10 @@ def test_training_windows_carry_their_tempo_and_pitch_and_fit_the_batch(tmp_path
         assert np.abs(it["wave"][n:].numpy()).max(initial=0) == 0           # padding after the window's samples
     batch = torch.utils.data.default_collate(items[:8])
     assert warp(batch["wave"], batch["hop"], batch["semitones"]).shape == (8, 1, 201, 64)
+    assert batch["eq_db"].shape == (8, 64) and not batch["eq_db"].any()     # EQ off in AugmentConfig.none()
     assert ws[5]["wave"].equal(items[5]["wave"])                            # window i is a function of i
+    ws.aug = dataclasses.replace(aug, eq_prob=1.0)
+    assert ws[5]["eq_db"].abs().max() > 0
 
 
 # ------------------------------------------------------------------------------------- decoding and packing
