@@ -32,9 +32,8 @@ def main(argv=None) -> int:
         path, name, offset = spec.rsplit(":", 2)
         rows = read_rows(path)
         hours = [float(offset) + r.get("cpu_s", 0.0) / 3600 for r in rows]
-        for key, style in (("val_map", "-"), ("val_top1", ":")):
-            ys = [r.get(key) for r in rows]
-            ax.plot(hours, ys, style, marker=".", label=f"{name} {key.replace('val_', 'validation ')}")
+        for key, style, what in (("val_map", "-", "validation mAP"), ("val_top1", ":", "validation top-1")):
+            ax.plot(hours, [r.get(key) for r in rows], style, marker=".", label=f"{name} {what}")
         print(f"{name}: " + ", ".join(f"{h:.2f} h {r.get('val_map') or 0:.3f}" for h, r in zip(hours, rows)))
     ax.set_xlabel("CPU-hours (all runs, data workers included)"), ax.set_ylim(0, 1), ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
