@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .augment import AugmentConfig, NoiseBank
+from .augment import AugmentConfig, FieldBackgrounds, NoiseBank
 from .composer import Composer, SnippetPool
 from .datasets import (AUDIO_EXTENSIONS, Holdout, Recording, Split, is_excluded, load_dataset, merge, name_key,
                        select_species)
@@ -113,12 +113,17 @@ def subset_data(cfg, split: Split, holdout: Holdout, subset: str = "test") -> Su
 
 # ------------------------------------------------------------------------------------------ windows, scores
 
-def composed_set(mc, cfg, snips, cache, per_species: int, seed: int):
+def composed_set(mc, cfg, snips, cache, per_species: int, seed: int, backgrounds: list[Recording] | None = None):
     """`per_species` composed windows per species of `snips` (no augmentation, seeded), labelled in `mc.labels`:
-    items, targets, masks, runs per species, species."""
+    items, targets, masks, runs per species, species. The bed is coloured noise, or with `backgrounds` the
+    quietest stretches of those (held-out) field recordings, their species masked."""
     pool = SnippetPool(snips, cache, cfg.composer.min_note_s)
+    aug, beds = AugmentConfig.none(), None
+    if backgrounds:
+        aug = dataclasses.replace(aug, field_background_prob=1.0)
+        beds = FieldBackgrounds(backgrounds, cache, mc.labels)
     comp = Composer(pool, mc.labels, NoiseBank([], None), mc.sample_rate, mc.out_fps, mc.window_s, cfg.composer,
-                    AugmentConfig.none())
+                    aug, beds)
     items = composed_items(comp, per_species * len(comp.species), seed)
     targets = np.stack([it.target for it in items])
     masks = np.stack([it.mask for it in items])
@@ -341,14 +346,21 @@ def recordings_stage(model, recs: list[Recording], cache, also: dict[str, list[s
     }, scored
 
 
+def composed_figures(model, common: list[str], labels: list[str], composed, batch: int) -> dict:
+    """clip_metrics of `model` on composed windows (items, targets, masks in `labels` order), species `common`."""
+    index = {lab: k for k, lab in enumerate(model.cfg.labels)}
+    ours, theirs = [index[lab] for lab in common], [labels.index(lab) for lab in common]
+    items, tg, mk = composed
+    return clip_metrics(predict_items(model, items, batch)[:, ours], tg[:, theirs], mk[:, theirs], common)
+
+
 def gate_figures(model, common: list[str], labels: list[str], composed, recs: list[Recording], cache,
                  batch: int) -> dict:
     """The gate's figures of `model` on the species `common` to both models (targets are in `labels` order):
     composed-window mAP and top-1, field-recording window mAP, recording mAP and recording top-1."""
     index = {lab: k for k, lab in enumerate(model.cfg.labels)}
     ours, theirs = [index[lab] for lab in common], [labels.index(lab) for lab in common]
-    items, tg, mk = composed
-    c = clip_metrics(predict_items(model, items, batch)[:, ours], tg[:, theirs], mk[:, theirs], common)
+    c = composed_figures(model, common, labels, composed, batch)
     rec_items, win_items, owner = recording_windows(recs, labels, cache, model.cfg.window_s)
     w_scores = predict_items(model, win_items, batch)[:, ours]
     r_scores = per_recording(w_scores, owner, len(rec_items))
