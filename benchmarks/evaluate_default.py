@@ -41,18 +41,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # before torch: a spinning
 
 import argparse
 import csv
-import dataclasses
 import datetime
+import hashlib
 import json
-import math
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import unicodedata
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,26 +61,22 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-import hashlib
-
 from birdlive.model import load_checkpoint
 from birdlive.model.checkpoint import checkpoint_paths
 from birdlive.streamer import default_params, file_specs, make_runner
-from birdlive.train.augment import AugmentConfig, NoiseBank
 from birdlive.train.cache import AudioCache
-from birdlive.train.composer import Composer, SnippetPool
-from birdlive.train.datasets import AUDIO_EXTENSIONS, Holdout, Split, is_excluded, load_dataset, merge, select_species
-from birdlive.train.evaluate import RefEvent, clip_metrics, detect_events, event_metrics, noise_false_positives
+from birdlive.train.datasets import Holdout, Split
+from birdlive.train.evaluate import clip_metrics, noise_false_positives
+from birdlive.train.evaluation import (SubsetData, background_noise_stage, composed_stage, na_field_stage, norm,
+                                       per_recording, recordings_stage, resolve, slim, soundscape_stage,
+                                       subset_data, top1)
 from birdlive.train.loop import TrainConfig
 from birdlive.train.threads import cpu_threads
-from birdlive.train.windows import EvalItem, composed_items, predict_items, recording_items
 
 REPO = Path(__file__).resolve().parents[1]
 console = Console(width=140)
 
-SOUNDSCAPE_S = 60.0
-SOUNDSCAPE_SPECIES = (2, 4)      # species per soundscape
-SOUNDSCAPE_SEQUENCES = (3, 6)    # note sequences per species in one soundscape
+ALBERTA_DIR = "ovenbird-alberta"    # its test clips belong to the North American field test, not to "xc"
 BIRDNET_MIN_CONF = 0.25          # BirdNET's default detection confidence
 
 
@@ -123,160 +118,6 @@ def _cell(v) -> str:
         return f"{v:.3f}"
     return str(v)
 
-
-def norm(name: str) -> str:
-    s = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    return re.sub(r"[^a-z0-9]", "", s.lower())
-
-
-# ------------------------------------------------------------------------------------------- the run's data
-
-def resolve(p: str) -> str:
-    """A data path of train.json, relative to the working directory or else to the repository."""
-    q = Path(p)
-    return str(q if q.exists() or q.is_absolute() else REPO / q)
-
-
-def rebuild_data(cfg: TrainConfig, split: Split, holdout: Holdout, subset: str = "test"):
-    """The recordings, labels and names exactly as `train/loop.py` builds them, plus the parts of one subset (the
-    test groups here; `compare_validation.py` asks for the validation ones)."""
-    rec_sets = [load_dataset(resolve(d)) for d in cfg.data]
-    snip_sets = [load_dataset(resolve(d)) for d in cfg.snippets]
-    recs, labels, names = merge(rec_sets + snip_sets)
-    if cfg.species:
-        recs, labels, names = select_species(recs, labels, names, cfg.species)
-    snippet_paths = {r.path for d in snip_sets for r in d.recordings}
-    if not split.test:
-        raise SystemExit("the split has no test list (a two-way split from before): the figures need one")
-    part = split.select(recs, subset)
-    others = set().union(*(getattr(split, s) for s in ("train", "val", "test") if s != subset))
-    assert not any(r.group in others for r in part), f"split: a {subset} group is also in another subset"
-    assert not any(is_excluded(r.path, holdout.exclude) for r in part), f"split: an excluded file is in {subset}"
-    te_long = [r for r in part if r.path not in snippet_paths]
-    te_snip = [r for r in part if r.path in snippet_paths]
-    # raw `also` names (scientific) of the recordings datasets, for secondaries outside our label set
-    also: dict[str, list[str]] = {}
-    for d in cfg.data:
-        meta = Path(resolve(d)) / "metadata.csv"
-        if meta.is_file():
-            for row in csv.DictReader(open(meta, newline="", encoding="utf-8-sig")):
-                if "filepath" in row:
-                    also[str((Path(resolve(d)).resolve() / row["filepath"]))] = [
-                        a.strip() for a in (row.get("also") or "").split(";") if a.strip()]
-    return labels, names, te_long, te_snip, also
-
-
-# ------------------------------------------------------------------------------------------------ stages
-
-def composed_set(mc, cfg: TrainConfig, snips, cache, per_species: int, seed: int):
-    """`per_species` composed windows per species of `snips` (no augmentation, seeded), labelled in `mc.labels`:
-    items, targets, masks, runs per species, species."""
-    pool = SnippetPool(snips, cache, cfg.composer.min_note_s)
-    comp = Composer(pool, mc.labels, NoiseBank([], None), mc.sample_rate, mc.out_fps, mc.window_s, cfg.composer,
-                    AugmentConfig.none())
-    items = composed_items(comp, per_species * len(comp.species), seed)
-    targets = np.stack([it.target for it in items])
-    masks = np.stack([it.mask for it in items])
-    return items, targets, masks, {sp: len(rs) for sp, rs in pool.runs.items()}, comp.species
-
-
-def eval_composed(model, cfg: TrainConfig, te_snip, cache, per_species: int, seed: int, batch: int):
-    items, targets, masks, runs, species = composed_set(model.cfg, cfg, te_snip, cache, per_species, seed)
-    return items, predict_items(model, items, batch), targets, masks, runs, species
-
-
-def recording_windows(recs, labels: list[str], cache, window_s: float):
-    """Whole recordings cut into back-to-back windows: the recording items, one item per window (its
-    recording's labels), and which recording owns each window."""
-    rec_items = recording_items(recs, labels, cache, window_s, window_s, None)
-    win_items = [EvalItem(f"{it.name}#{j}", w[None], it.target, it.mask)
-                 for it in rec_items for j, w in enumerate(it.windows)]
-    owner = np.array([k for k, it in enumerate(rec_items) for _ in it.windows])
-    return rec_items, win_items, owner
-
-
-def per_recording(w_scores: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
-    """(n, K) recording scores: the max over each recording's windows."""
-    return np.stack([w_scores[owner == k].max(0) for k in range(n)])
-
-
-def make_soundscapes(model, cfg: TrainConfig, te_snip, cache, minutes: float, seed: int):
-    mc = model.cfg
-    pool = SnippetPool(te_snip, cache, cfg.composer.min_note_s)
-    ccfg = dataclasses.replace(cfg.composer, species=SOUNDSCAPE_SPECIES, sequences=SOUNDSCAPE_SEQUENCES)
-    comp = Composer(pool, mc.labels, NoiseBank([], None), mc.sample_rate, mc.out_fps, SOUNDSCAPE_S, ccfg,
-                    AugmentConfig.none())
-    rng = np.random.default_rng([seed, 60])
-    waves, refs = {}, []
-    for i in range(max(1, int(math.ceil(minutes * 60 / SOUNDSCAPE_S)))):
-        ex, events = comp.compose(rng)
-        key = f"soundscape-{i:02d}"
-        waves[key] = ex.wave
-        refs += [RefEvent(key, sp, float(a), float(b)) for sp, a, b in events]
-    return waves, refs, ccfg
-
-
-@torch.no_grad()
-def soundscape_peaks(model, waves: dict, refs: list[RefEvent], batch: int) -> tuple[float, float]:
-    """Highest framewise score in the soundscapes (5 s windows, hop 5 s), over all species and over the species
-    present in each soundscape: says how far the detector's threshold is from firing at all."""
-    n = model.cfg.window_samples
-    any_, present = 0.0, 0.0
-    for key, w in waves.items():
-        idx = sorted({model.cfg.labels.index(r.species) for r in refs if r.file == key})
-        x = np.stack([w[i:i + n] for i in range(0, len(w) - n + 1, n)])
-        for s in range(0, len(x), batch):
-            fw = model(torch.from_numpy(x[s:s + batch]))["framewise"].float().numpy()
-            any_ = max(any_, float(fw.max()))
-            if idx:
-                present = max(present, float(fw[..., idx].max()))
-    return any_, present
-
-
-def merge_bouts(refs: list[RefEvent], gap_s: float) -> list[RefEvent]:
-    """Notes of one species and file whose gap is <= gap_s (or that overlap) become one reference event."""
-    by = defaultdict(list)
-    for r in refs:
-        by[(r.file, r.species)].append(r)
-    out = []
-    for (f, sp), rs in sorted(by.items()):
-        rs = sorted(rs, key=lambda r: r.onset)
-        on, off = rs[0].onset, rs[0].offset
-        for r in rs[1:]:
-            if r.onset - off <= gap_s + 1e-9:
-                off = max(off, r.offset)
-            else:
-                out.append(RefEvent(f, sp, on, off))
-                on, off = r.onset, r.offset
-        out.append(RefEvent(f, sp, on, off))
-    return out
-
-
-def background_files(noise_dir: Path) -> list[Path]:
-    """Every audio file in blanket/ and audiomentations/background_noises/ (impulse responses and the short
-    transients of audiomentations/short_noises are not backgrounds)."""
-    out = []
-    for sub in ("blanket", "audiomentations/background_noises"):
-        d = noise_dir / sub
-        if d.is_dir():
-            out += sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
-    return out
-
-
-def replay_rtf(model, path: Path, threads: int) -> dict:
-    """Our replay real-time factor, the `birdlive replay` path without sinks: FileSource (decode + soxr to the
-    model's rate, 16 s blocks) -> runner (log-mel once per hop, 5 s windows every 1 s, shared scorer)."""
-    with cpu_threads(threads):
-        (st,) = make_runner(model, []).run(file_specs([path], model.cfg.sample_rate))
-    return {"audio_s": st.audio_s, "wall_s": st.wall_s, "rtf": st.realtime_factor, "events": st.events,
-            "threads": threads, "windows": st.windows}
-
-
-def classify_events(species: list[str], primary: str, secondary: set[str]) -> Counter:
-    c = Counter()
-    for s in species:
-        c["right" if s == primary else "secondary" if s in secondary else "wrong"] += 1
-    return c
 
 
 # ------------------------------------------------------------------------------------------------- BirdNET
@@ -334,9 +175,274 @@ def write_wav(path: Path, x: np.ndarray, sr: int) -> None:
     sf.write(str(path), np.asarray(x, np.float32), sr, subtype="FLOAT")
 
 
+# ------------------------------------------------------------------------------------------------ setup
+
+@dataclass
+class Context:
+    """What every stage reads: the arguments, the model, the run's config, its test subset and the cache."""
+    a: argparse.Namespace
+    model: object
+    cfg: TrainConfig
+    split: Split
+    holdout: Holdout
+    holdout_file: str | None
+    test: SubsetData
+    pr_test: list            # the test field recordings of the recordings data sets but the Alberta clips
+    alberta_test: list       # the Alberta Ovenbird clips of the test split (North American field test)
+    cache: AudioCache
+    data_root: Path          # ../shared/data: where xc-north-america and soundscapes-na lie
+
+    @property
+    def mc(self):
+        return self.model.cfg
+
+
+def setup(a: argparse.Namespace) -> Context:
+    model = load_checkpoint(a.model)
+    run = Path(a.run)
+    train_json = json.loads((run / "train.json").read_text())
+    cfg = TrainConfig.from_dict(train_json)
+    split = Split.load(a.split or run / "split.json")
+    holdout_file = a.holdout or train_json.get("holdout")
+    holdout = Holdout.load(resolve(holdout_file) if holdout_file else None)
+    test = subset_data(cfg, split, holdout)
+    if test.labels != model.cfg.labels:
+        raise SystemExit(f"the model's {len(model.cfg.labels)} labels are not the run's {len(test.labels)}: wrong --run?")
+    if a.max_species:
+        keep = sorted({r.primary for r in test.snippets})[: a.max_species]
+        test.snippets = [r for r in test.snippets if r.primary in keep]
+    alberta = test.from_source(ALBERTA_DIR)
+    pr = [r for r in test.long if r.group.split(":", 1)[0] != ALBERTA_DIR][: a.max_xc]
+    if a.data_root:
+        data_root = Path(a.data_root)
+    else:       # the recordings data sets' folder (../shared/data)
+        data_root = Path(resolve(cfg.data[0] if cfg.data else "../shared/data/x")).parent
+    return Context(a, model, cfg, split, holdout, holdout_file, test, pr, alberta,
+                   AudioCache(cfg.cache_dir, model.cfg.sample_rate), data_root)
+
+
+def settings_of(ctx: Context, argv) -> dict:
+    a, mc = ctx.a, ctx.mc
+    params = default_params(mc)
+    extra = mc.extra or {}
+    tr = extra.get("training", {})
+    weights = checkpoint_paths(a.model)[0]
+    return {
+        "model": str(a.model), "weights_sha1": hashlib.sha1(weights.read_bytes()).hexdigest()[:12], "run": str(a.run),
+        "labels": len(mc.labels), "backbone": mc.backbone, "step": tr.get("step"), "total_steps": tr.get("total_steps"),
+        "training_cpu_hours": tr.get("cpu_hours"), "validation_map_at_save": extra.get("heldout", {}).get("macro_map"),
+        "threshold_on": mc.threshold_on, "threshold_off": mc.threshold_off,
+        "species_thresholds": dict(mc.thresholds or {}), "median_s": params.median_s,
+        "min_duration_s": params.min_duration_s, "merge_gap_s": params.merge_gap_s,
+        "max_event_s": params.max_event_s, "hop_s": 1.0, "window_s": mc.window_s, "out_fps": mc.out_fps,
+        "sample_rate": mc.sample_rate, "seed": a.seed, "split_seed": ctx.split.seed,
+        "per_species": a.per_species, "test_snippet_runs": len({r.group for r in ctx.test.snippets}),
+        "test_snippet_species": len({r.primary for r in ctx.test.snippets}), "test_recordings": len(ctx.pr_test),
+        "test_alberta_clips": len(ctx.alberta_test),
+        "split": str(a.split or Path(a.run) / "split.json"), "holdout": ctx.holdout_file,
+        "torch_threads": a.threads or max(1, (os.cpu_count() or 1) - 1), "cpu_count": os.cpu_count(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]) if argv is None else " ".join(argv),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ our stages
+
+def our_stages(ctx: Context, result: dict, lap) -> dict:
+    """Every figure of our model (train/evaluation.py, one function per stage) into `result`; returns what the
+    BirdNET and speed stages reuse."""
+    a, model, cfg, cache = ctx.a, ctx.model, ctx.cfg, ctx.cache
+    shared = {}
+    with cpu_threads(a.threads):
+        t0 = time.perf_counter()
+        result["composed_windows"], shared["composed"] = composed_stage(model, cfg, ctx.test.snippets, cache,
+                                                                        a.per_species, a.seed, a.batch)
+        lap("composed windows (ours)", t0)
+        t0 = time.perf_counter()
+        result["soundscapes"], shared["waves"] = soundscape_stage(model, cfg, ctx.test.snippets, cache, a.minutes,
+                                                                  a.seed, a.batch, default_params(ctx.mc).merge_gap_s)
+        lap("soundscapes + detect_offline", t0)
+        t0 = time.perf_counter()
+        result["coloured_noise"] = noise_false_positives(model, a.noise_minutes, seed=a.seed)
+        lap("coloured noise", t0)
+        t0 = time.perf_counter()
+        noise_root = Path(resolve(cfg.noise_dir or "../shared/data/noise"))
+        result["background_noise"] = background_noise_stage(model, noise_root, ctx.holdout, cache, a.max_noise_files)
+        result["background_noise"]["used_in_training_as_background"] = bool(cfg.noise_dir)
+        lap("background noise files", t0)
+        t0 = time.perf_counter()
+        result["xc"], shared["xc"] = recordings_stage(model, ctx.pr_test, cache, ctx.test.also, a.batch)
+        lap("xc recordings (ours)", t0)
+        if not a.no_na_field:
+            t0 = time.perf_counter()
+            result["na_field"], shared["na_field"] = na_field_stage(model, ctx.data_root, ctx.alberta_test,
+                                                                    ctx.test.snippet_labels, cache, a.batch)
+            lap("North American field test (ours)", t0)
+    return shared
+
+
+def replay_rtf(model, path: Path, threads: int) -> dict:
+    """Our replay real-time factor, the `birdlive replay` path without sinks: FileSource (decode + soxr to the
+    model's rate, 16 s blocks) -> runner (log-mel once per hop, 5 s windows every 1 s, shared scorer)."""
+    with cpu_threads(threads):
+        (st,) = make_runner(model, []).run(file_specs([path], model.cfg.sample_rate))
+    return {"audio_s": st.audio_s, "wall_s": st.wall_s, "rtf": st.realtime_factor, "events": st.events,
+            "threads": threads, "windows": st.windows}
+
+
+def speed_stage(ctx: Context, waves: dict, tmp: Path, lap) -> tuple[Path, dict]:
+    """The soundscapes end to end as one 48 kHz FLAC, replayed by our whole streaming path."""
+    mc = ctx.mc
+    replay_flac = tmp / "replay" / "soundscapes_48k.flac"
+    replay_flac.parent.mkdir(parents=True)
+    long = soxr.resample(np.concatenate(list(waves.values())), mc.sample_rate, 48000, quality="HQ")
+    sf.write(str(replay_flac), np.clip(long / max(1.0, float(np.abs(long).max())), -1, 1), 48000, subtype="PCM_16")
+    t0 = time.perf_counter()
+    ours = replay_rtf(ctx.model, replay_flac, ctx.a.rtf_threads)
+    lap("replay speed (ours)", t0)
+    return replay_flac, {"ours_replay": ours, "file_s": ours["audio_s"]}
+
+
+# ------------------------------------------------------------------------------------------------- BirdNET
+
+def birdnet_stage(ctx: Context, shared: dict, replay_flac: Path, tmp: Path, result: dict, lap) -> dict:
+    """BirdNET V2.4 on the same windows (composed, test recordings, North American field test) and on the test
+    recordings' files (detections → events), on the species both know."""
+    a, mc = ctx.a, ctx.mc
+    t0 = time.perf_counter()
+    groups = {"a_composed": [it.windows[0] for it in shared["composed"]["items"]],
+              "b_xc": [it.windows[0] for it in shared["xc"].win_items]}
+    for key, scored in shared.get("na_field", {}).items():
+        groups[f"c_{key}"] = [it.windows[0] for it in scored.win_items]
+    for group, windows in groups.items():
+        for i, w in enumerate(windows):
+            write_wav(tmp / "windows" / group / f"{i:06d}.wav", w, mc.sample_rate)
+    scores, meta = run_birdnet_windows(a.peers_python, tmp / "windows", mc.labels, tmp / "bn" / "scores.npy",
+                                       a.rtf_threads)
+    rows = {g: [meta["files"].index(f"{g}/{i:06d}.wav") for i in range(len(w))] for g, w in groups.items()}
+    lap("BirdNET windows", t0)
+    t0 = time.perf_counter()
+    det_rows, per_file = run_birdnet_recordings(a.peers_python, [Path(r.path) for r in ctx.pr_test] + [replay_flac],
+                                                tmp / "bn" / "detections.csv", a.rtf_threads)
+    lap("BirdNET recordings", t0)
+    bn = {"windows_meta": {k: meta[k] for k in ("unknown_labels", "overlap_s", "timing")},
+          "birdnet_label": dict(zip(mc.labels, meta["birdnet_label"]))}
+    common = [k for k, lab in enumerate(mc.labels) if meta["birdnet_label"][k] is not None]
+    bn["common_labels"] = [mc.labels[k] for k in common]
+    bn["unknown_names"] = [mc.display_name(k) for k, lab in enumerate(meta["birdnet_label"]) if lab is None]
+    c = shared["composed"]
+    bn["composed"] = {"birdnet": _common_metrics(ctx, scores[rows["a_composed"]], c["targets"], c["masks"], common),
+                      "ours": _common_metrics(ctx, c["scores"], c["targets"], c["masks"], common)}
+    bn["xc"] = birdnet_recordings(ctx, shared["xc"], scores[rows["b_xc"]], det_rows, meta, common, result["xc"])
+    bn["na_field"] = {key: birdnet_top1(ctx, scored, scores[rows[f"c_{key}"]], common)
+                      for key, scored in shared.get("na_field", {}).items()}
+    speed = result["speed"]
+    xc_audio = sum(v["audio_s"] for f, v in per_file.items() if f != str(replay_flac))
+    xc_wall = sum(v["audio_s"] / v["rtf"] for f, v in per_file.items() if f != str(replay_flac) and v["rtf"])
+    speed["birdnet_recordings_same_file"] = per_file.get(str(replay_flac))
+    speed["birdnet_recordings_xc"] = {"audio_s": xc_audio, "rtf": xc_audio / xc_wall if xc_wall else None}
+    speed["birdnet_windows"] = meta["timing"]
+    # our RTF once more after BirdNET, so that both sit between the same two points in time
+    speed["ours_replay_after"] = replay_rtf(ctx.model, replay_flac, a.rtf_threads)
+    return bn
+
+
+def _common_metrics(ctx: Context, scores, targets, masks, common: list[int], rows=None) -> dict:
+    """clip_metrics on the species both models know (columns `common`), on `rows` (default all)."""
+    mc = ctx.mc
+    rows = list(range(len(scores))) if rows is None else rows
+    return slim(clip_metrics(scores[np.ix_(rows, common)], targets[np.ix_(rows, common)],
+                             masks[np.ix_(rows, common)], [mc.labels[k] for k in common], mc.threshold_on,
+                             [mc.names[k] for k in common]))
+
+
+def birdnet_top1(ctx: Context, scored, bn_windows: np.ndarray, common: list[int]) -> dict:
+    """Recording top-1 of both models among the species both know, on the recordings whose species both know."""
+    labels = [ctx.mc.labels[k] for k in common]
+    bn_rec = np.nan_to_num(per_recording(bn_windows, scored.owner, len(scored.recs)), nan=-1.0)
+    keep = [k for k, r in enumerate(scored.recs) if r.primary in labels]
+    recs = [scored.recs[k] for k in keep]
+    return {"n_recordings_common": len(keep), "species_common": len({r.primary for r in recs}),
+            "recording_top1_common": {"ours": top1(scored.r_scores[np.ix_(keep, common)], recs, labels),
+                                      "birdnet": top1(bn_rec[np.ix_(keep, common)], recs, labels)}}
+
+
+def birdnet_recordings(ctx: Context, scored, bw: np.ndarray, det_rows: list[dict], meta: dict, common: list[int],
+                       ours: dict) -> dict:
+    """Both models on the test recordings, species both know: window and recording AP, recording top-1, and
+    events (ours: detect_offline; BirdNET: its detections ≥ BIRDNET_MIN_CONF merged into events)."""
+    mc = ctx.mc
+    common_l = [mc.labels[k] for k in common]
+    xcr = [k for k, r in enumerate(scored.recs) if r.primary in set(common_l)]
+    wr = [j for j in range(len(scored.win_items)) if scored.owner[j] in set(xcr)]
+    br = per_recording(bw, scored.owner, len(scored.recs))
+    (w_tg, w_mk), (r_tg, r_mk) = scored.targets("window"), scored.targets("recording")
+    recs = [scored.recs[k] for k in xcr]
+    bn_recs = birdnet_recording_events(ctx, det_rows, meta, ours["recordings"], common_l, br, common)
+    sel, ours_sel = [bn_recs[k] for k in xcr], [ours["recordings"][k] for k in xcr]
+    return {
+        "n_recordings_common": len(xcr), "n_windows_common": len(wr),
+        "window_level": {"birdnet": _common_metrics(ctx, bw, w_tg, w_mk, common, wr),
+                         "ours": _common_metrics(ctx, scored.w_scores, w_tg, w_mk, common, wr)},
+        "recording_level": {"birdnet": _common_metrics(ctx, br, r_tg, r_mk, common, xcr),
+                            "ours": _common_metrics(ctx, scored.r_scores, r_tg, r_mk, common, xcr)},
+        "recording_top1_common": {
+            "birdnet": top1(np.nan_to_num(br[np.ix_(xcr, common)], nan=-1), recs, common_l) if xcr else None,
+            "ours": top1(scored.r_scores[np.ix_(xcr, common)], recs, common_l) if xcr else None},
+        "recording_top1_all_classes_birdnet": float(np.mean([x["top1_all_classes_right"] for x in sel]))
+        if sel else None,
+        "ours_common": {"recordings_with_right_event": sum(x["events_right"] > 0 for x in ours_sel),
+                        **{k: sum(x[k] for x in ours_sel) for k in ("events_right", "events_secondary",
+                                                                     "events_wrong")}},
+        "birdnet_common": {"recordings_with_right_event": sum(x["events_right"] > 0 for x in sel),
+                           **{k: sum(x[k] for x in sel) for k in (
+                               "events_right", "events_secondary", "events_wrong_in_our_set",
+                               "events_wrong_outside_our_set", "detections")}},
+        "birdnet_all": {"recordings_with_right_event": sum(x["events_right"] > 0 for x in bn_recs),
+                        "events_wrong": sum(x["events_wrong_in_our_set"] + x["events_wrong_outside_our_set"]
+                                            for x in bn_recs)},
+        "recordings": bn_recs, "min_conf": BIRDNET_MIN_CONF,
+        "events": "consecutive 3 s detections (overlap 0) of one species merged into one event",
+    }
+
+
+def birdnet_recording_events(ctx: Context, det_rows: list[dict], meta: dict, ours_rows: list[dict],
+                             common_l: list[str], br: np.ndarray, common: list[int]) -> list[dict]:
+    """Per test recording: BirdNET's events sorted into right / background / wrong (in our label set or not)."""
+    to_ours = {v: k for k, v in zip(ctx.mc.labels, meta["birdnet_label"]) if v}
+    evs_bn = merge_detections(det_rows)
+    cpos = set(common_l)
+    out = []
+    for k, r in enumerate(ctx.pr_test):
+        also_names = {norm(x) for x in ctx.test.also.get(str(Path(r.path).resolve()), [])}
+        sec = set(ours_rows[k]["secondary"])
+        mine = [e for e in evs_bn if Path(e["file"]).resolve() == Path(r.path).resolve()]
+        c, wrong_sp = Counter(), Counter()
+        for e in mine:
+            ours_lab = to_ours.get(f"{e['sci']}_{e['common']}")
+            if ours_lab == r.primary:
+                c["right"] += 1
+            elif ours_lab in sec or norm(e["sci"]) in also_names:
+                c["secondary"] += 1
+            else:
+                c["wrong_in_our_set" if ours_lab else "wrong_outside_our_set"] += 1
+                wrong_sp[e["common"]] += 1
+        best = max(mine, key=lambda e: e["conf"], default=None)
+        raw = [d for d in det_rows if Path(d["file"]).resolve() == Path(r.path).resolve()]
+        out.append({
+            "file": ours_rows[k]["file"], "species": r.primary, "birdnet_knows": r.primary in cpos,
+            "detections": len(raw), "events_right": c["right"], "events_secondary": c["secondary"],
+            "events_wrong_in_our_set": c["wrong_in_our_set"], "events_wrong_outside_our_set": c["wrong_outside_our_set"],
+            "wrong_species": dict(wrong_sp), "top1_all_classes": f"{best['sci']} ({best['common']})" if best else None,
+            "top1_all_classes_right": bool(best and to_ours.get(f"{best['sci']}_{best['common']}") == r.primary),
+            "top1_common": common_l[int(np.nan_to_num(br[k, common], nan=-1).argmax())],
+        })
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- main
 
-def main(argv=None) -> int:
+def arguments(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="checkpoint (STEM, STEM.safetensors or a run folder)")
     ap.add_argument("--run", required=True, help="training run folder (train.json, split.json)")
@@ -345,6 +451,9 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default=None, help="the run's split.json with a test list (default: RUN/split.json)")
     ap.add_argument("--holdout", default=None, help="hold-out JSON naming the noise files never trained on "
                                                     "(default: the run's train.json `holdout`)")
+    ap.add_argument("--data-root", default=None, help="folder of xc-north-america/ and soundscapes-na/ (default: "
+                                                      "the folder of the run's first recordings data set)")
+    ap.add_argument("--no-na-field", action="store_true", help="skip the North American field test")
     ap.add_argument("--per-species", type=int, default=8, help="composed windows per test species")
     ap.add_argument("--noise-minutes", type=float, default=2.0, help="minutes of each noise colour")
     ap.add_argument("--max-species", type=int, default=None, help="development: only the first N test "
@@ -360,8 +469,11 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temporary audio folder (printed)")
     ap.add_argument("--out", required=True, help="JSON output")
     ap.add_argument("--md", default=None, help="markdown output (default: --out with .md)")
-    a = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def main(argv=None) -> int:
+    a = arguments(argv)
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
 
@@ -371,302 +483,32 @@ def main(argv=None) -> int:
 
     np.random.seed(a.seed)
     torch.manual_seed(a.seed)
-    model = load_checkpoint(a.model)
-    weights = checkpoint_paths(a.model)[0]
     load_start = os.getloadavg()[0]
-    mc = model.cfg
-    run = Path(a.run)
-    train_json = json.loads((run / "train.json").read_text())
-    cfg = TrainConfig.from_dict(train_json)
-    split = Split.load(a.split or run / "split.json")
-    holdout_file = a.holdout or train_json.get("holdout")
-    holdout = Holdout.load(resolve(holdout_file) if holdout_file else None)
     t0 = time.perf_counter()
-    labels, names, te_long, te_snip, also_raw = rebuild_data(cfg, split, holdout)
-    if labels != mc.labels:
-        raise SystemExit(f"the model's {len(mc.labels)} labels are not the run's {len(labels)}: wrong --run?")
-    if a.max_species:
-        keep = sorted({r.primary for r in te_snip})[: a.max_species]
-        te_snip = [r for r in te_snip if r.primary in keep]
-    if a.max_xc:
-        te_long = te_long[: a.max_xc]
-    cache = AudioCache(cfg.cache_dir, mc.sample_rate)
+    ctx = setup(a)
     lap("data", t0)
-    params = default_params(model.cfg)
-    extra = mc.extra or {}
-    tr = extra.get("training", {})
-    settings = {
-        "model": str(a.model), "weights_sha1": hashlib.sha1(weights.read_bytes()).hexdigest()[:12], "run": str(run), "labels": len(mc.labels), "backbone": mc.backbone,
-        "step": tr.get("step"), "total_steps": tr.get("total_steps"),
-        "training_cpu_hours": tr.get("cpu_hours"), "validation_map_at_save": extra.get("heldout", {}).get(
-            "macro_map"),
-        "threshold_on": mc.threshold_on, "threshold_off": mc.threshold_off,
-        "species_thresholds": dict(mc.thresholds or {}), "median_s": params.median_s,
-        "min_duration_s": params.min_duration_s, "merge_gap_s": params.merge_gap_s,
-        "max_event_s": params.max_event_s, "hop_s": 1.0, "window_s": mc.window_s, "out_fps": mc.out_fps,
-        "sample_rate": mc.sample_rate, "seed": a.seed, "split_seed": split.seed,
-        "per_species": a.per_species, "test_snippet_runs": len({r.group for r in te_snip}),
-        "test_snippet_species": len({r.primary for r in te_snip}), "test_recordings": len(te_long),
-        "split": str(a.split or run / "split.json"), "holdout": holdout_file,
-        "torch_threads": a.threads or max(1, (os.cpu_count() or 1) - 1), "cpu_count": os.cpu_count(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]) if argv is None else " ".join(argv),
-    }
-    result: dict = {"settings": settings}
+    if a.birdnet and not Path(a.peers_python).is_file():
+        raise SystemExit(f"--birdnet: no {a.peers_python} (see benchmarks/README.md)")
+    result: dict = {"settings": settings_of(ctx, argv)}
     tmp = Path(tempfile.mkdtemp(prefix="birdlive-eval-"))
-    bn_py = a.peers_python
-    if a.birdnet and not Path(bn_py).is_file():
-        raise SystemExit(f"--birdnet: no {bn_py} (see benchmarks/README.md)")
-
     try:
-        with cpu_threads(a.threads):
-            # 1 ---------------------------------------------------------------- composed test windows
-            t0 = time.perf_counter()
-            items, c_scores, c_tg, c_mk, c_runs, c_species = eval_composed(model, cfg, te_snip, cache,
-                                                                           a.per_species, a.seed, a.batch)
-            comp = clip_metrics(c_scores, c_tg, c_mk, mc.labels, mc.threshold_on, mc.names)
-            comp.pop("worst", None)
-            comp["species"] = [sp for sp in comp["species"] if sp["n_pos"] > 0]
-            result["composed_windows"] = comp
-            lap("composed windows (ours)", t0)
-
-            # 2 ---------------------------------------------------------------- soundscapes, event F1
-            t0 = time.perf_counter()
-            waves, refs, ccfg = make_soundscapes(model, cfg, te_snip, cache, a.minutes, a.seed)
-            est = []
-            t_det = time.perf_counter()
-            for key, w in waves.items():
-                est += [RefEvent(key, e.species, float(e.onset_s), float(e.offset_s))
-                        for e in detect_events(model, w, source=key)]
-            det_s = time.perf_counter() - t_det
-            peak_any, peak_present = soundscape_peaks(model, waves, refs, a.batch)
-            bouts = merge_bouts(refs, params.merge_gap_s)
-            ev_notes = event_metrics(refs, est, 0.5)
-            ev_bouts = event_metrics(bouts, est, 0.5)
-            audio_s = sum(len(w) for w in waves.values()) / mc.sample_rate
-            result["soundscapes"] = {
-                "n": len(waves), "seconds_each": SOUNDSCAPE_S, "audio_s": audio_s,
-                "composer": ccfg.to_dict(), "n_notes": len(refs), "n_bouts": len(bouts), "n_estimated": len(est),
-                "species_present": len({r.species for r in refs}),
-                "notes": ev_notes, "bouts": ev_bouts, "detect_rtf_1thread": audio_s / det_s,
-                "max_frame_score_any_species": peak_any, "max_frame_score_present_species": peak_present,
-            }
-            lap("soundscapes + detect_offline", t0)
-
-            # 3 ---------------------------------------------------------------- coloured noise
-            t0 = time.perf_counter()
-            result["coloured_noise"] = noise_false_positives(model, a.noise_minutes, seed=a.seed)
-            lap("coloured noise", t0)
-
-            # 6 ---------------------------------------------------------------- real background noise files
-            t0 = time.perf_counter()
-            noise_root = Path(resolve(cfg.noise_dir or "../shared/data/noise"))
-            held = holdout.heldout_noise(noise_root)          # never training backgrounds
-            held_set = {p.resolve() for p in held}
-            trained = [p for p in background_files(noise_root) if p.resolve() not in held_set]
-            bg = {}
-            for p in held[: a.max_noise_files] + trained[: a.max_noise_files]:
-                x = cache.load(p)
-                evs = detect_events(model, x, source=str(p))
-                bg[p.relative_to(noise_root).as_posix()] = {
-                    "seconds": round(len(x) / mc.sample_rate, 1), "events": len(evs),
-                    "species": dict(Counter(e.name for e in evs)), "heldout": p.resolve() in held_set}
-
-            def noise_total(heldout: bool) -> dict:
-                vs = [v for v in bg.values() if v["heldout"] == heldout]
-                return {"files": len(vs), "events": sum(v["events"] for v in vs),
-                        "seconds": round(sum(v["seconds"] for v in vs), 1)}
-            result["background_noise"] = {"files": bg, "total": sum(v["events"] for v in bg.values()),
-                                          "seconds": round(sum(v["seconds"] for v in bg.values()), 1),
-                                          "heldout": noise_total(True), "training": noise_total(False),
-                                          "used_in_training_as_background": bool(cfg.noise_dir)}
-            lap("background noise files", t0)
-
-            # 5 ---------------------------------------------------------------- xc field recordings
-            t0 = time.perf_counter()
-            index = {lab: i for i, lab in enumerate(mc.labels)}
-            rec_items, win_items, owner = recording_windows(te_long, mc.labels, cache, mc.window_s)
-            w_scores = predict_items(model, win_items, a.batch)
-            w_tg = np.stack([it.target for it in win_items])
-            w_mk = np.stack([it.mask for it in win_items])
-            r_scores = per_recording(w_scores, owner, len(rec_items))
-            r_tg = np.stack([it.target for it in rec_items])
-            r_mk = np.stack([it.mask for it in rec_items])
-            xc_win = clip_metrics(w_scores, w_tg, w_mk, mc.labels, mc.threshold_on, mc.names)
-            xc_rec = clip_metrics(r_scores, r_tg, r_mk, mc.labels, mc.threshold_on, mc.names)
-            prim = np.array([index[r.primary] for r in te_long])
-            recs_out = []
-            for k, r in enumerate(te_long):
-                also_names = also_raw.get(str(Path(r.path).resolve()), [])
-                sec = set(r.secondary) | {lab for lab in mc.labels if norm(lab) in {norm(x) for x in also_names}}
-                wave = cache.load(r.path)
-                evs = detect_events(model, wave, source=r.path)
-                cls = classify_events([e.species for e in evs], r.primary, sec)
-                recs_out.append({
-                    "file": Path(r.path).relative_to(Path(r.path).parents[1]).as_posix(), "species": r.primary,
-                    "seconds": round(len(wave) / mc.sample_rate, 1), "windows": len(rec_items[k].windows),
-                    "secondary": sorted(sec), "also": also_names,
-                    "top1": mc.labels[int(r_scores[k].argmax())], "top1_score": float(r_scores[k].max()),
-                    "events_right": cls["right"], "events_secondary": cls["secondary"],
-                    "events_wrong": cls["wrong"],
-                    "wrong_species": dict(Counter(e.species for e in evs if e.species != r.primary
-                                                  and e.species not in sec)),
-                })
-            xc = {
-                "n_recordings": len(te_long), "audio_s": round(sum(x["seconds"] for x in recs_out), 1),
-                "n_windows": len(win_items),
-                "window_level": _slim(xc_win), "recording_level": _slim(xc_rec),
-                "recording_top1": float((r_scores.argmax(1) == prim).mean()) if len(prim) else None,
-                "recordings_with_right_event": sum(x["events_right"] > 0 for x in recs_out),
-                "events_right": sum(x["events_right"] for x in recs_out),
-                "events_secondary": sum(x["events_secondary"] for x in recs_out),
-                "events_wrong": sum(x["events_wrong"] for x in recs_out),
-                "recordings": recs_out,
-                "secondaries": "masked: neither positive nor negative in AP (a background species may or may not "
-                               "be audible in a window); events of them counted apart, not as wrong",
-            }
-            result["xc"] = xc
-            lap("xc recordings (ours)", t0)
-
-        # 4 -------------------------------------------------------------------- BirdNET + replay speed
-        replay_flac = tmp / "replay" / "soundscapes_48k.flac"
-        replay_flac.parent.mkdir(parents=True)
-        long = np.concatenate(list(waves.values()))
-        long = soxr.resample(long, mc.sample_rate, 48000, quality="HQ")
-        sf.write(str(replay_flac), np.clip(long / max(1.0, float(np.abs(long).max())), -1, 1), 48000,
-                 subtype="PCM_16")
-        t0 = time.perf_counter()
-        ours_rtf = replay_rtf(model, replay_flac, a.rtf_threads)
-        lap("replay speed (ours)", t0)
-        result["speed"] = {"ours_replay": ours_rtf, "file_s": ours_rtf["audio_s"]}
-
-        bn = None
+        shared = our_stages(ctx, result, lap)
+        replay_flac, result["speed"] = speed_stage(ctx, shared["waves"], tmp, lap)
         if a.birdnet:
-            t0 = time.perf_counter()
-            wdir = tmp / "windows"
-            for i, it in enumerate(items):
-                write_wav(wdir / "a_composed" / f"{i:06d}.wav", it.windows[0], mc.sample_rate)
-            for i, it in enumerate(win_items):
-                write_wav(wdir / "b_xc" / f"{i:06d}.wav", it.windows[0], mc.sample_rate)
-            bn_scores, bn_meta = run_birdnet_windows(bn_py, wdir, mc.labels, tmp / "bn" / "scores.npy",
-                                                     a.rtf_threads)
-            files = bn_meta["files"]
-            ci = [files.index(f"a_composed/{i:06d}.wav") for i in range(len(items))]
-            xi = [files.index(f"b_xc/{i:06d}.wav") for i in range(len(win_items))]
-            lap("BirdNET windows", t0)
-            t0 = time.perf_counter()
-            xc_paths = [Path(r.path) for r in te_long]
-            det_rows, per_file = run_birdnet_recordings(bn_py, xc_paths + [replay_flac],
-                                                        tmp / "bn" / "detections.csv", a.rtf_threads)
-            lap("BirdNET recordings", t0)
-            bn = {"windows_meta": {k: bn_meta[k] for k in ("unknown_labels", "overlap_s", "timing")},
-                  "birdnet_label": dict(zip(mc.labels, bn_meta["birdnet_label"]))}
-            common = [k for k, lab in enumerate(mc.labels) if bn_meta["birdnet_label"][k] is not None]
-            bn["common_labels"] = [mc.labels[k] for k in common]
-            bn["unknown_names"] = [mc.display_name(k) for k, lab in enumerate(bn_meta["birdnet_label"]) if lab is None]
-            common_l = [mc.labels[k] for k in common]
-            common_n = [mc.names[k] for k in common]
-
-            def sub(scores, tg, mk, rows):
-                return clip_metrics(scores[np.ix_(rows, common)], tg[np.ix_(rows, common)],
-                                    mk[np.ix_(rows, common)], common_l, mc.threshold_on, common_n)
-
-            allr = list(range(len(items)))
-            bc = sub(bn_scores[ci], c_tg, c_mk, allr)
-            oc = sub(c_scores, c_tg, c_mk, allr)
-            bn["composed"] = {"birdnet": _slim(bc), "ours": _slim(oc)}
-            # xc: windows, recordings (common species; recordings whose primary BirdNET knows)
-            bw = bn_scores[xi]
-            xcr = [k for k, r in enumerate(te_long) if r.primary in set(common_l)]
-            wr = [j for j in range(len(win_items)) if owner[j] in set(xcr)]
-            br = np.stack([bw[owner == k].max(0) for k in range(len(rec_items))])
-            bn_xw, our_xw = sub(bw, w_tg, w_mk, wr), sub(w_scores, w_tg, w_mk, wr)
-            bn_xr, our_xr = sub(br, r_tg, r_mk, xcr), sub(r_scores, r_tg, r_mk, xcr)
-            cpos = {lab: j for j, lab in enumerate(common_l)}
-            cprim = np.array([cpos[te_long[k].primary] for k in xcr])
-            top_bn = float((np.nan_to_num(br[np.ix_(xcr, common)], nan=-1).argmax(1) == cprim).mean()) if xcr else None
-            top_ours_c = float((r_scores[np.ix_(xcr, common)].argmax(1) == cprim).mean()) if xcr else None
-            # BirdNET detections at its default confidence, merged into events
-            to_ours = {v: k for k, v in zip(mc.labels, bn_meta["birdnet_label"]) if v}
-            evs_bn = merge_detections(det_rows)
-            bn_recs = []
-            for k, r in enumerate(te_long):
-                also_names = {norm(x) for x in also_raw.get(str(Path(r.path).resolve()), [])}
-                sec = set(recs_out[k]["secondary"])
-                mine = [e for e in evs_bn if Path(e["file"]).resolve() == Path(r.path).resolve()]
-                c = Counter()
-                wrong_sp = Counter()
-                for e in mine:
-                    ours_lab = to_ours.get(f"{e['sci']}_{e['common']}")
-                    if ours_lab == r.primary:
-                        c["right"] += 1
-                    elif ours_lab in sec or norm(e["sci"]) in also_names:
-                        c["secondary"] += 1
-                    else:
-                        c["wrong_in_our_set" if ours_lab else "wrong_outside_our_set"] += 1
-                        wrong_sp[e["common"]] += 1
-                best = max(mine, key=lambda e: e["conf"], default=None)
-                raw = [d for d in det_rows if Path(d["file"]).resolve() == Path(r.path).resolve()]
-                bn_recs.append({
-                    "file": recs_out[k]["file"], "species": r.primary, "birdnet_knows": r.primary in cpos,
-                    "detections": len(raw), "events_right": c["right"], "events_secondary": c["secondary"],
-                    "events_wrong_in_our_set": c["wrong_in_our_set"],
-                    "events_wrong_outside_our_set": c["wrong_outside_our_set"],
-                    "wrong_species": dict(wrong_sp),
-                    "top1_all_classes": f"{best['sci']} ({best['common']})" if best else None,
-                    "top1_all_classes_right": bool(best and to_ours.get(f"{best['sci']}_{best['common']}")
-                                                   == r.primary),
-                    "top1_common": common_l[int(np.nan_to_num(br[k, common], nan=-1).argmax())],
-                })
-            sel = [bn_recs[k] for k in xcr]
-            ours_sel = [recs_out[k] for k in xcr]
-            bn["xc"] = {
-                "n_recordings_common": len(xcr), "n_windows_common": len(wr),
-                "window_level": {"birdnet": _slim(bn_xw), "ours": _slim(our_xw)},
-                "recording_level": {"birdnet": _slim(bn_xr), "ours": _slim(our_xr)},
-                "recording_top1_common": {"birdnet": top_bn, "ours": top_ours_c},
-                "recording_top1_all_classes_birdnet": float(np.mean([x["top1_all_classes_right"] for x in sel]))
-                if sel else None,
-                "ours_common": {
-                    "recordings_with_right_event": sum(x["events_right"] > 0 for x in ours_sel),
-                    "events_right": sum(x["events_right"] for x in ours_sel),
-                    "events_secondary": sum(x["events_secondary"] for x in ours_sel),
-                    "events_wrong": sum(x["events_wrong"] for x in ours_sel)},
-                "birdnet_common": {
-                    "recordings_with_right_event": sum(x["events_right"] > 0 for x in sel),
-                    "events_right": sum(x["events_right"] for x in sel),
-                    "events_secondary": sum(x["events_secondary"] for x in sel),
-                    "events_wrong_in_our_set": sum(x["events_wrong_in_our_set"] for x in sel),
-                    "events_wrong_outside_our_set": sum(x["events_wrong_outside_our_set"] for x in sel),
-                    "detections": sum(x["detections"] for x in sel)},
-                "birdnet_all": {
-                    "recordings_with_right_event": sum(x["events_right"] > 0 for x in bn_recs),
-                    "events_wrong": sum(x["events_wrong_in_our_set"] + x["events_wrong_outside_our_set"]
-                                        for x in bn_recs)},
-                "recordings": bn_recs, "min_conf": BIRDNET_MIN_CONF,
-                "events": "consecutive 3 s detections (overlap 0) of one species merged into one event",
-            }
-            rf = per_file.get(str(replay_flac))
-            xc_audio = sum(v["audio_s"] for f, v in per_file.items() if f != str(replay_flac))
-            xc_wall = sum(v["audio_s"] / v["rtf"] for f, v in per_file.items() if f != str(replay_flac) and v["rtf"])
-            result["speed"]["birdnet_recordings_same_file"] = rf
-            result["speed"]["birdnet_recordings_xc"] = {"audio_s": xc_audio, "rtf": xc_audio / xc_wall if xc_wall
-                                                        else None}
-            result["speed"]["birdnet_windows"] = bn_meta["timing"]
-            result["birdnet"] = bn
-            # our RTF once more after BirdNET, so that both sit between the same two points in time
-            with cpu_threads(a.rtf_threads):
-                result["speed"]["ours_replay_after"] = replay_rtf(model, replay_flac, a.rtf_threads)
+            result["birdnet"] = birdnet_stage(ctx, shared, replay_flac, tmp, result, lap)
     finally:
         if a.keep_tmp:
             console.print(f"temporary audio kept in {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-
     timing["total"] = round(time.perf_counter() - t_start, 1)
-    settings["load_average_1min"] = {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)}
+    result["settings"]["load_average_1min"] = {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)}
     result["timing_s"] = timing
-    tables = build_tables(result, mc, c_runs, te_long)
+    write_outputs(a, result, build_tables(result, ctx.mc, shared["composed"]["runs"]))
+    return 0
+
+
+def write_outputs(a: argparse.Namespace, result: dict, tables: list) -> None:
     for t in tables:
         console.print(t.rich())
         console.print()
@@ -676,21 +518,13 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(result, indent=1))
     md = Path(a.md) if a.md else out.with_suffix(".md")
     md.write_text(render_md(result, tables))
-    console.print(f"wrote {out} and {md} in {timing['total']:.0f} s")
-    return 0
+    console.print(f"wrote {out} and {md} in {result['timing_s']['total']:.0f} s")
 
-
-def _slim(m: dict) -> dict:
-    """clip_metrics without the per-species entries that have no positive (they carry no AP)."""
-    m = dict(m)
-    m.pop("worst", None)
-    m["species"] = [sp for sp in m["species"] if sp["n_pos"] > 0]
-    return m
 
 
 # ------------------------------------------------------------------------------------------------ tables
 
-def build_tables(res: dict, mc, c_runs: dict, te_long) -> list[Tab]:
+def build_tables(res: dict, mc, c_runs: dict) -> list[Tab]:
     s, comp, bn = res["settings"], res["composed_windows"], res.get("birdnet")
     name = {lab: (nm or lab) for lab, nm in zip(mc.labels, mc.names)}
     tabs = []
@@ -823,6 +657,9 @@ def build_tables(res: dict, mc, c_runs: dict, te_long) -> list[Tab]:
         t.add(*row)
     tabs.append(t)
 
+    if res.get("na_field"):
+        tabs += na_field_tables(res["na_field"], bn, name)
+
     # speed
     sp = res["speed"]
     t = Tab("Replay speed, same machine, same run (audio seconds per wall second)",
@@ -853,6 +690,43 @@ def build_tables(res: dict, mc, c_runs: dict, te_long) -> list[Tab]:
     for k, v in res["timing_s"].items():
         t.add(k, f"{v:.1f}")
     tabs.append(t)
+    return tabs
+
+
+def na_field_tables(na: dict, bn: dict | None, name: dict) -> list[Tab]:
+    """The North American field test: recording top-1 (all species, North American species only, and beside
+    BirdNET on the species both know), events, and the dawn chorus."""
+    t = Tab("North American field test (real recordings, never trained or tuned on)",
+            ["set", "recordings", "species", "recording mAP", "top-1 (all our species)",
+             f"top-1 (our {na['na_labels']} North American species)", "recs with right event", "wrong events"]
+            + (["top-1, species both know: ours / BirdNET (recordings)"] if bn else []),
+            note="xc-north-america: xeno-canto recordings from the USA and Canada of the species the model knows "
+                 f"(it does not know {sum(na['xc_north_america_unknown_species'].values())} more recordings: "
+                 f"{', '.join(sorted(na['xc_north_america_unknown_species']))}); alberta: the Ovenbird clips of "
+                 "the run's test split (birds never trained on). Top-1: the highest max-over-windows score.")
+    for key in ("xc_north_america", "alberta_ovenbird"):
+        f = na.get(key)
+        if not f:
+            continue
+        row = [key.replace("_", " "), f["n_recordings"], f["species"], f["recording_level"]["macro_map"],
+               f["recording_top1"], f["recording_top1_na_only"],
+               f"{f['recordings_with_right_event']}/{f['n_recordings']}", f["events_wrong"]]
+        if bn:
+            b = bn["na_field"].get(key, {})
+            t1 = b.get("recording_top1_common", {})
+            row.append(f"{_cell(t1.get('ours'))} / {_cell(t1.get('birdnet'))} ({b.get('n_recordings_common')})")
+        t.add(*row)
+    tabs = [t]
+    ch = na.get("chorus")
+    if ch:
+        t = Tab("Pennsylvania dawn chorus (10 s, Raven boxes)", ["figure", "value"])
+        t.add("species in the boxes that the model knows", ", ".join(name.get(x, x) for x in ch["species_present"]))
+        t.add("their rank among all our species (max over windows)",
+              ", ".join(f"{name.get(k, k)} {v}" for k, v in ch["rank_of_present"].items()))
+        t.add(f"present among our top {len(ch['species_present'])}", ch["present_in_top_k"])
+        t.add("events (species ×n)", _species(ch["event_species"]) or "none")
+        t.add("event F1 vs the boxes (onset ±0.5 s)", ch["events"]["f1"])
+        tabs.append(t)
     return tabs
 
 

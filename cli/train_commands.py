@@ -74,6 +74,11 @@ def train(
     no_stretch: bool = typer.Option(False, "--no-stretch"),
     no_pitch: bool = typer.Option(False, "--no-pitch"),
     no_specaug: bool = typer.Option(False, "--no-specaug"),
+    no_field_background: bool = typer.Option(False, "--no-field-background", help="Composed windows over noise "
+                                             "only, not over quiet stretches of the training recordings."),
+    no_distance: bool = typer.Option(False, "--no-distance", help="No low-pass and attenuation of composed calls."),
+    no_reverb: bool = typer.Option(False, "--no-reverb", help="No impulse responses on composed calls."),
+    no_eq: bool = typer.Option(False, "--no-eq", help="No random microphone EQ on the log-mel."),
     snr: str = typer.Option("0,20", "--snr", help="Noise SNR range in dB (whole window)."),
     pitch: float = typer.Option(0.5, "--pitch", help="Pitch shift range, ± semitones."),
     frame_weight: float = typer.Option(0.5, "--frame-weight", help="Weight of the framewise loss."),
@@ -109,7 +114,8 @@ def train(
     aug.snr_db = _range(snr, "snr")
     aug.pitch_semitones = pitch
     for flag, fields in ((no_mix, ["mix_prob"]), (no_noise, ["noise_prob"]), (no_stretch, ["stretch_prob"]),
-                         (no_pitch, ["pitch_prob"])):
+                         (no_pitch, ["pitch_prob"]), (no_field_background, ["field_background_prob"]),
+                         (no_distance, ["distance_prob"]), (no_reverb, ["reverb_prob"]), (no_eq, ["eq_prob"])):
         if flag:
             for f in fields:
                 setattr(aug, f, 0.0)
@@ -206,8 +212,10 @@ def calibrate(
     floor: Optional[float] = typer.Option(None, "--floor", help="Lowest on threshold (default: the checkpoint's "
                                                                 "global on, checked noise-safe)."),
     min_positives: int = typer.Option(3, "--min-positives", help="Fewer validation positives: the global pair."),
+    beta: float = typer.Option(1.0, "--beta", help="F-beta the thresholds maximise: 1 weighs recall as much as "
+                               "precision (the default model v3), 0.5 twice less (v2)."),
     noise_dir: Optional[Path] = typer.Option(None, "--noise-dir", help="Also choose the global pair: the best "
-                                             "F0.5 with no event on coloured noise and this folder's backgrounds."),
+                                             "F-beta with no event on coloured noise and this folder's backgrounds."),
     holdout: Optional[Path] = typer.Option(None, "--holdout", help="With --noise-dir: the hold-out JSON whose "
                                            "noise files are kept for the test (not used here)."),
     composed: int = typer.Option(4, "--composed-per-species", help="Composed validation windows per snippet "
@@ -217,7 +225,7 @@ def calibrate(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: cores - 1)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
 ):
-    """Per-species on/off thresholds from the model's validation split (best F0.5 per species; see
+    """Per-species on/off thresholds from the model's validation split (best F-beta per species; see
     birdlive/train/calibrate.py), written into the checkpoint's JSON (--in-place) or a copy (--out)."""
     from birdlive.model import DEFAULT_CHECKPOINT, load_checkpoint
     from birdlive.model.checkpoint import checkpoint_paths, load_config
@@ -233,6 +241,8 @@ def calibrate(
         _fail("say where the thresholds go: --out STEM (a new checkpoint) or --in-place")
     if not data and not snippets:
         _fail("give the datasets the model was trained on (DATA and/or --snippets)")
+    if beta <= 0:
+        _fail(f"--beta must be positive, not {beta:g}")
     if floor is not None and noise_dir:
         _fail("--floor or --noise-dir, not both: with --noise-dir the chosen global on threshold is the floor")
     for p in list(data or []) + list(snippets) + [p for p in (split, noise_dir, holdout) if p]:
@@ -256,7 +266,7 @@ def calibrate(
         noise = noise_items(net.cfg, files, cache, seed=seed)
         console.print(f"global pair: chosen with {len(noise)} noise items (coloured noise, {len(files)} files)")
     with cpu_threads(threads):
-        table, summary = run_calibration(net, items, floor, min_positives, noise=noise)
+        table, summary = run_calibration(net, items, floor, min_positives, noise=noise, beta=beta)
     command = "birdlive " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     record = record_for(summary, info, command, n_rec, len(items) - n_rec, seed)
     written = write_calibrated(path, net.cfg, table, record, out)

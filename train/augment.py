@@ -17,6 +17,21 @@
   matter).
 - SpecAugment (time and mel-band masks) is the model's own (`LogMelFrontend`, training mode only); here it is
   only switched on or off (`specaugment`), its strength lives in the `ModelConfig`.
+
+Field realism (v3), for composed snippet windows, whose clean Macaulay notes over coloured noise taught v2 that
+"a field recording means Puerto Rico":
+- field backgrounds (`FieldBackgrounds`): the bed of a composed window is, with `field_background_prob`, the
+  quieter part of a real training recording (Puerto Rican forest, Alberta forest); the species of that recording
+  are masked out of the loss (they may be faintly there), so the background no longer tells the region.
+- distance (`propagate`): a bird farther away is quieter (its SNR lowered by up to `distance_db`) and duller
+  (a second-order low-pass at `lowpass_hz`: air absorbs high frequencies first).
+- reverberation (`propagate`): the track convolved with a real impulse response (`impulse_responses/` of the
+  noise folder) or a synthetic one (exponentially decaying noise, RT60 in `reverb_rt60_s`), wet/dry mixed.
+- microphone EQ (`eq_curve`): a random smooth gain curve in dB over the mel bands, added to the log-mel (free;
+  recorders and microphones colour the spectrum, Macaulay's gear differs from xeno-canto's and an AudioMoth's).
+- codec round trips (MP3/Opus at low bit rates) are not simulated: every training file is already lossy (the
+  snippets and the Alberta clips Opus, the Puerto Rican recordings MP3 or Opus), and encoding per window in the
+  data worker would cost more than the network's step on the other core.
 """
 from __future__ import annotations
 
@@ -51,12 +66,25 @@ class AugmentConfig:
     gain_prob: float = 0.8
     gain_db: tuple[float, float] = (-12.0, 6.0)
     specaugment: bool = True
+    # field realism of composed windows (module docstring); a run recorded before these existed resumes with them
+    # off (`ADDED_OFF`)
+    field_background_prob: float = 0.5             # bed from a real training recording, its species masked
+    distance_prob: float = 0.5                     # per species track: quieter and low-passed
+    distance_db: float = 12.0                      # up to this much below the drawn SNR
+    lowpass_hz: tuple[float, float] = (2500.0, 12000.0)
+    reverb_prob: float = 0.4                       # per species track
+    reverb_rt60_s: tuple[float, float] = (0.15, 1.2)   # synthetic impulse responses
+    reverb_wet_db: tuple[float, float] = (-12.0, 0.0)  # reverberant part against the direct sound
+    eq_prob: float = 0.5                           # per window: a smooth dB curve over the mel bands
+    eq_db: float = 6.0                             # its largest excursion
+
+    ADDED_OFF = {"field_background_prob": 0.0, "distance_prob": 0.0, "reverb_prob": 0.0, "eq_prob": 0.0}
 
     @classmethod
     def none(cls) -> "AugmentConfig":
         """Everything off: uniform crops, no mixing, noise, stretch, pitch, gain or SpecAugment."""
         return cls(energy_crop=0.0, mix_prob=0.0, noise_prob=0.0, stretch_prob=0.0, pitch_prob=0.0,
-                   gain_prob=0.0, specaugment=False)
+                   gain_prob=0.0, specaugment=False, **cls.ADDED_OFF)
 
     @classmethod
     def preset(cls, name: str) -> "AugmentConfig":
@@ -79,7 +107,10 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "AugmentConfig":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+        given = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
+        if d and "field_background_prob" not in d:     # a run recorded before v3's augmentations
+            given = {**cls.ADDED_OFF, **given}
+        return cls(**given)
 
 
 def db_to_gain(db: float) -> float:
@@ -128,6 +159,19 @@ def crop(x: np.ndarray, n: int, rng: np.random.Generator, energy_prob: float = 0
             return np.array(x[start:start + n]), start
     start = int(rng.integers(0, max_start + 1))
     return np.array(x[start:start + n]), start
+
+
+def crop_around(x: np.ndarray, n: int, rng: np.random.Generator, span_s: tuple[float, float],
+                sample_rate: int) -> np.ndarray:
+    """A window of `n` samples that holds the known call at `span_s` (seconds), placed at random around it (the
+    call centred when it is longer than the window)."""
+    x = np.asarray(x, np.float32)
+    if len(x) <= n:
+        return crop(x, n, rng)[0]
+    a, b = (int(t * sample_rate) for t in span_s)
+    lo, hi = max(0, b - n), min(a, len(x) - n)
+    start = int(rng.integers(lo, hi + 1)) if hi >= lo else int(np.clip((a + b - n) // 2, 0, len(x) - n))
+    return np.array(x[start:start + n])
 
 
 def fix_length(x: np.ndarray, n: int) -> np.ndarray:
@@ -228,6 +272,138 @@ class NoiseBank:
                 return out
         colors = tuple(colors) or NOISE_COLORS
         return self.colored(n, colors[int(rng.integers(len(colors)))], rng)
+
+
+class FieldBackgrounds:
+    """Beds for composed windows cut from real training recordings: of a few random stretches of one recording,
+    the quietest (by the high-passed energy profile that energy crops use), at unit RMS, with the labels of the
+    species that recording holds (primary and background): a window laid over it must not be told they are
+    absent. Only training recordings: validation and test backgrounds stay unheard."""
+
+    CANDIDATES = 4          # stretches looked at per draw: quieter beds, still varied
+
+    def __init__(self, recordings: list, cache, labels: list[str]):
+        self.recordings, self.cache = list(recordings), cache
+        self.index = {lab: i for i, lab in enumerate(labels)}
+        self._energy: dict[int, np.ndarray] = {}    # per recording: cumulative energy at 100 frames a second
+
+    def __len__(self) -> int:
+        return len(self.recordings)
+
+    def prepare(self) -> None:
+        """Energy profiles, once, before DataLoader workers fork and share them."""
+        for i in range(len(self.recordings)):
+            self._cumulative_energy(i)
+
+    def _cumulative_energy(self, i: int) -> np.ndarray:
+        if i not in self._energy:
+            e = energy_profile(self.cache.load(self.recordings[i].path), self.cache.sample_rate)
+            self._energy[i] = np.concatenate([[0.0], np.cumsum(e)])
+        return self._energy[i]
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[int]] | None:
+        i = int(rng.integers(len(self.recordings)))
+        rec, x = self.recordings[i], self.cache.load(self.recordings[i].path)
+        if len(x) < n:
+            return None
+        hop = max(1, self.cache.sample_rate // 100)
+        cum, frames = self._cumulative_energy(i), max(1, n // hop)
+        starts = rng.integers(0, max(1, len(cum) - frames), size=self.CANDIDATES)
+        start = int(starts[np.argmin(cum[np.minimum(starts + frames, len(cum) - 1)] - cum[starts])]) * hop
+        out = np.array(x[start:start + n], np.float32)
+        if len(out) < n or power(out) < 1e-12:
+            return None
+        masked = [self.index[lab] for lab in rec.labels + rec.secondary if lab in self.index]
+        return out / np.sqrt(power(out)), masked
+
+
+class ImpulseResponses:
+    """Room and forest reverberation: real impulse responses (files under an `impulse*` folder of the noise
+    folder, which `NoiseBank` leaves out of backgrounds) or synthetic ones — a direct path, then Gaussian noise
+    decaying by 60 dB over RT60 (a diffuse tail, as under a canopy)."""
+
+    def __init__(self, files: list[str], cache):
+        self.files, self.cache = list(files), cache
+
+    @classmethod
+    def from_dir(cls, noise_dir: str | Path | None, cache) -> "ImpulseResponses":
+        if not noise_dir or not Path(noise_dir).is_dir():
+            return cls([], cache)
+        from .datasets import AUDIO_EXTENSIONS
+        root = Path(noise_dir)
+        files = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                       and any("impulse" in part.lower() for part in p.relative_to(root).parts))
+        return cls(files, cache)
+
+    def sample(self, rng: np.random.Generator, sample_rate: int, rt60_s: tuple[float, float]) -> np.ndarray:
+        if self.files and self.cache is not None and rng.random() < 0.3:
+            ir = np.asarray(self.cache.load(self.files[int(rng.integers(len(self.files)))]), np.float32)
+            ir = ir[int(np.argmax(np.abs(ir))):][:sample_rate]          # from its direct path, at most 1 s
+        else:
+            rt60 = float(rng.uniform(*rt60_s))
+            t = np.arange(int(min(rt60, 1.0) * sample_rate)) / sample_rate
+            ir = (rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60)).astype(np.float32)
+            ir[0] = 0.0
+        return ir
+
+
+@functools.lru_cache(maxsize=256)
+def _lowpass_sos(cutoff_hz: int, sample_rate: int) -> np.ndarray:
+    from scipy.signal import butter
+    return butter(2, cutoff_hz, fs=sample_rate, output="sos")
+
+
+def lowpass(x: np.ndarray, cutoff_hz: float, sample_rate: int) -> np.ndarray:
+    """Second-order Butterworth low-pass (the design cached per 50 Hz of cut-off: designing cost as much as
+    filtering)."""
+    from scipy.signal import sosfilt
+    if cutoff_hz >= 0.45 * sample_rate:
+        return x
+    return sosfilt(_lowpass_sos(int(round(cutoff_hz / 50)) * 50, sample_rate), x).astype(np.float32)
+
+
+def _active_span(track: np.ndarray) -> tuple[int, int]:
+    """[first, last + 1) of the nonzero samples: filters and convolutions need not run over the silence before
+    the first note (a track is silent where its species does not call)."""
+    nz = np.flatnonzero(track)
+    return (int(nz[0]), int(nz[-1]) + 1) if len(nz) else (0, 0)
+
+
+def propagate(track: np.ndarray, rng: np.random.Generator, aug: AugmentConfig, sample_rate: int,
+              irs: ImpulseResponses | None) -> tuple[np.ndarray, float]:
+    """One species' track as heard from farther away and in a reverberant place: low-passed (distance) and/or
+    convolved with an impulse response (`ImpulseResponses`; the tail past the window is dropped). Both run from
+    the first note on only. Returns the track and the extra attenuation in dB that distance asks for (the
+    caller lowers the call's SNR by it)."""
+    attenuation = 0.0
+    a, _ = _active_span(track)
+    if aug.distance_prob > 0 and rng.random() < aug.distance_prob:
+        cutoff = float(np.exp(rng.uniform(*np.log(aug.lowpass_hz))))
+        track = np.concatenate([track[:a], lowpass(track[a:], cutoff, sample_rate)]).astype(np.float32)
+        attenuation = float(rng.uniform(0.0, aug.distance_db))
+    if irs is not None and aug.reverb_prob > 0 and rng.random() < aug.reverb_prob:
+        from scipy.signal import fftconvolve
+        ir = irs.sample(rng, sample_rate, aug.reverb_rt60_s)
+        _, b = _active_span(track)
+        wet = np.zeros_like(track)
+        tail = fftconvolve(track[a:b], ir)[:len(track) - a]
+        wet[a:a + len(tail)] = tail
+        wet *= np.sqrt(power(track) / max(power(wet), 1e-12)) * db_to_gain(float(rng.uniform(*aug.reverb_wet_db)))
+        track = (track + wet).astype(np.float32)
+    return track, attenuation
+
+
+def eq_curve(rng: np.random.Generator, aug: AugmentConfig, n_mels: int) -> np.ndarray:
+    """A microphone's colour as a smooth random gain in dB over the mel bands (three cosines and a tilt, scaled
+    so its largest excursion is up to `eq_db`), zeros when not drawn. Added to the log-mel (dB) in training."""
+    if aug.eq_prob <= 0 or rng.random() >= aug.eq_prob:
+        return np.zeros(n_mels, np.float32)
+    x = np.linspace(0.0, 1.0, n_mels)
+    curve = rng.uniform(-1, 1) * (x - 0.5)
+    for k in (1, 2, 3):
+        curve += rng.uniform(-1, 1) / k * np.cos(np.pi * k * x + rng.uniform(0, 2 * np.pi))
+    curve *= rng.uniform(0, aug.eq_db) / max(np.abs(curve).max(), 1e-6)
+    return curve.astype(np.float32)
 
 
 COLOR_BANK_SAMPLES = 1 << 20                     # 33 s at 32 kHz of each colour, made once per process

@@ -9,6 +9,12 @@ files). Because the composer knows where every note is, it returns framewise tar
 frame j (covering [j, j+1)/out_fps) is 1 for a species when one of its notes covers at least half of the frame,
 or half of the note when the note is shorter than a frame. Every target of a composed window is known (masks 1).
 
+The bed is coloured noise or a real noise file, or (v3, `AugmentConfig.field_background_prob`) the quieter
+stretch of a real training recording (`augment.FieldBackgrounds`), whose own species are then masked out of the
+loss: unknown, not absent. Each species' track may be heard from farther away and in a reverberant place
+(`augment.propagate`: low-pass, lower SNR, impulse response) before it is added; targets keep the notes' direct
+times.
+
 A run shorter than the number of notes drawn is repeated from its start (birds repeat their notes). Tempo and
 pitch changes act later, on the whole training window, in the log-mel domain (`augment.TempoPitchLogMel`): the
 composer only makes a window of the length and the frame rate it is asked for (`compose(..., n, fps)`).
@@ -20,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .augment import AugmentConfig, Example, NoiseBank, db_to_gain, power
+from .augment import (AugmentConfig, Example, FieldBackgrounds, ImpulseResponses, NoiseBank, db_to_gain, power,
+                      propagate)
 from .datasets import Recording
 
 
@@ -113,8 +120,11 @@ class SnippetPool:
 
 class Composer:
     def __init__(self, pool: SnippetPool, labels: list[str], noise: NoiseBank, sample_rate: int, out_fps: float,
-                 window_s: float, cfg: ComposerConfig | None = None, augment: AugmentConfig | None = None):
+                 window_s: float, cfg: ComposerConfig | None = None, augment: AugmentConfig | None = None,
+                 backgrounds: FieldBackgrounds | None = None, irs: ImpulseResponses | None = None):
         self.pool, self.labels, self.noise = pool, list(labels), noise
+        self.backgrounds = backgrounds if backgrounds is not None and len(backgrounds) else None
+        self.irs = irs
         self.index = {lab: i for i, lab in enumerate(self.labels)}
         self.sr, self.out_fps, self.window_s = sample_rate, out_fps, window_s
         self.cfg = cfg or ComposerConfig()
@@ -180,7 +190,8 @@ class Composer:
         k = n_species or int(rng.integers(cfg.species[0], cfg.species[1] + 1))
         chosen = list(rng.choice(choices, size=min(k, len(choices)), replace=False))
         noise_rms = db_to_gain(float(rng.uniform(*cfg.background_dbfs)))
-        wave = self.noise.sample(n, rng, self.aug.noise_colors, self.aug.noise_file_prob) * noise_rms
+        bed, masked = self.bed(n, rng)
+        wave = bed * noise_rms
         ct = np.zeros(K, np.float32)
         ft = np.zeros((self.n_out, K), np.float32)
         events = []
@@ -190,12 +201,24 @@ class Composer:
             if not intervals or not n_active:
                 continue
             call_rms = np.sqrt(power(track) * len(track) / n_active)   # RMS over the samples its notes occupy
-            target_rms = noise_rms * db_to_gain(float(rng.uniform(*cfg.snr_db)))
+            track, attenuation_db = propagate(track, rng, self.aug, self.sr, self.irs)
+            target_rms = noise_rms * db_to_gain(float(rng.uniform(*cfg.snr_db)) - attenuation_db)
             wave += track * (target_rms / (call_rms + 1e-12))
             act = frame_activity(self.n_out, fps, intervals)
             k = self.index[sp]
             ft[:, k] = np.maximum(ft[:, k], act)
             ct[k] = 1.0 if act.any() else ct[k]
             events += [(sp, a, b) for a, b in intervals]
-        ones = np.ones(K, np.float32)
-        return Example(wave.astype(np.float32), ct, ones, ft, np.ones_like(ft)), events
+        cm, fm = np.ones(K, np.float32), np.ones_like(ft)
+        for k in masked:      # the bed's own species: unknown, except where a composed note of it is
+            cm[k] = ct[k]
+            fm[:, k] = ft[:, k]
+        return Example(wave.astype(np.float32), ct, cm, ft, fm), events
+
+    def bed(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+        """The window's background at unit RMS, and the labels it may hold (a field recording's species)."""
+        if self.backgrounds is not None and rng.random() < self.aug.field_background_prob:
+            got = self.backgrounds.sample(n, rng)
+            if got is not None:
+                return got
+        return self.noise.sample(n, rng, self.aug.noise_colors, self.aug.noise_file_prob), []

@@ -13,6 +13,10 @@ Three layouts are read (`load_dataset` tells them apart):
 (c) xeno-canto (`../shared/data/xc-puerto-rico`): folder per species + `metadata.csv` with
     `filepath, label, also, ...`; `also` holds scientific names separated by ';', mapped to labels present
     (labels are scientific names with '_' for ' ').
+(d) the Alberta Ovenbird clips (`../shared/data/ovenbird-alberta`): `labels.csv` with `file`, `final_label`
+    (the individual bird) and `localization_event_id`; each 10-s clip holds one Ovenbird song at 3.5-6.5 s
+    (`Recording.call_s`: crops keep it). The group is the individual, so one bird's songs never sit on two
+    sides of a split.
 
 A *group* is what the split never cuts across: one file, or one recording run of snippets. Group ids are
 prefixed with the dataset folder's name so that several datasets can be split together.
@@ -37,6 +41,7 @@ from birdlive.errors import BirdliveError
 from birdlive.files import AUDIO_EXTENSIONS, is_audio
 
 RUN_IN_NAME = re.compile(r"_run(\d+)_\d+$")      # essential-set file names: <species>_runRRRR_IIIII
+SUBSPECIES_NAME = re.compile(r"^(?P<species>[^()]+?)\s*\((?P<subspecies>[^()]+)\)\s*$")   # "Fox Sparrow (Sooty)"
 
 
 class DatasetError(BirdliveError):
@@ -50,6 +55,7 @@ class Recording:
     secondary: list[str] = field(default_factory=list)  # species heard in the background (weak, uncertain)
     group: str = ""                             # split unit: file, or recording run
     duration_s: float | None = None             # when the layout says so (snippets.csv)
+    call_s: tuple[float, float] | None = None   # a call of the primary species known to lie here: crops keep it
 
     @property
     def primary(self) -> str:
@@ -98,6 +104,20 @@ def parse_label_list(text: str | None) -> list[str]:
     return out
 
 
+def species_of(code: str, common_name: str) -> tuple[str, str]:
+    """(species code, common name) of a subspecies code, as birders (and BirdNET) name the bird: the essential set
+    files Dark-eyed Junco under `dark_eyed_junco_slate_colored`, "Dark-eyed Junco (Slate-colored)"; it becomes
+    `dark_eyed_junco`, "Dark-eyed Junco". A code is merged only when it is the species' code plus a suffix, so a
+    name with parentheses that is not a subspecies stays as it is."""
+    m = SUBSPECIES_NAME.match(common_name or "")
+    if not m:
+        return code, common_name
+    species_code = re.sub(r"[^a-z0-9]+", "_", m["species"].lower()).strip("_")
+    if code.startswith(species_code + "_"):
+        return species_code, m["species"]
+    return code, common_name
+
+
 def read_folder_per_species(root: str | Path) -> Dataset:
     root = Path(root).resolve()
     species_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -112,13 +132,17 @@ def read_folder_per_species(root: str | Path) -> Dataset:
                                      float(dur) if dur not in (None, "") else None)
                 if row.get("common_name"):
                     names[row["species_code"]] = row["common_name"]
+    # subspecies codes → their species; run numbers restart per code, so a group keeps the code it was filed under
+    species_code = {code: species_of(code, nm) for code, nm in names.items()}
+    names = {sp: nm for sp, nm in species_code.values()}
     for d in species_dirs:
         for f in sorted(p for p in d.rglob("*") if _is_audio(p)):
             rel = f.relative_to(root).as_posix()
-            species, run, dur = runs.get(rel, (d.name, "", None))
+            code, run, dur = runs.get(rel, (d.name, "", None))
+            species = species_code.get(code, (code, ""))[0]
             if run == "" and (m := RUN_IN_NAME.search(f.stem)):
                 run = str(int(m.group(1)))
-            group = f"{root.name}:{species}/run{run}" if run != "" else f"{root.name}:{rel}"
+            group = f"{root.name}:{code}/run{run}" if run != "" else f"{root.name}:{rel}"
             recs.append(Recording(str(f), [species], [], group, dur))
     if not recs:
         raise DatasetError(f"{root}: no audio files ({'/'.join(e[1:] for e in AUDIO_EXTENSIONS)}) in species folders")
@@ -188,6 +212,22 @@ def read_xeno_canto(root: str | Path) -> Dataset:
     return Dataset(str(root), recs, names)
 
 
+OVENBIRD_SONG_S = (3.5, 6.5)       # where every Alberta clip's localized song lies (the data set's README)
+
+
+def read_ovenbird_alberta(root: str | Path) -> Dataset:
+    root = Path(root).resolve()
+    recs = []
+    for row in _read_csv(root / "labels.csv"):
+        path = root / row["file"]
+        if _is_audio(path):
+            recs.append(Recording(str(path), ["ovenbird"], [], f"{root.name}:bird{row['final_label']}",
+                                  call_s=OVENBIRD_SONG_S))
+    if not recs:
+        raise DatasetError(f"{root / 'labels.csv'}: lists no audio file that exists")
+    return Dataset(str(root), recs, {"ovenbird": "Ovenbird"})
+
+
 def load_dataset(path: str | Path) -> Dataset:
     """Reads any of the three layouts; `path` is a folder, or a BirdCLEF-style CSV file."""
     p = Path(path)
@@ -207,6 +247,10 @@ def load_dataset(path: str | Path) -> Dataset:
             return read_xeno_canto(p)
     if (p / "train.csv").is_file():
         return read_birdclef_csv(p / "train.csv")
+    labels = p / "labels.csv"
+    if labels.is_file() and {"file", "final_label", "localization_event_id"} <= set(
+            next(csv.reader(open(labels, newline="", encoding="utf-8-sig")), [])):
+        return read_ovenbird_alberta(p)
     return read_folder_per_species(p)
 
 
@@ -351,6 +395,22 @@ def split_groups(recs: list[Recording], val_fraction: float = 0.2, seed: int = 0
     pick = {s: sorted(g for sub in out.values() for g in sub[s]) for s in SUBSETS}
     return Split(seed, val_fraction, pick["train"], pick["val"], test=pick["test"], test_fraction=test_fraction,
                  excluded=sorted(excluded))
+
+
+def extend_split(split: Split, recs: list[Recording], exclude: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Adds to `split` the groups of `recs` it does not know (a new data set, or species the split was made
+    without), split among themselves by `split_groups` with the split's seed and fractions; the groups it knows
+    stay where they are, so a validation set stays unseen by every model trained on the old split. Returns the
+    new group ids."""
+    known = set(split.train) | set(split.val) | set(split.test) | set(split.excluded)
+    new = [r for r in recs if r.group not in known]
+    if not new:
+        return []
+    more = split_groups(new, split.val_fraction, split.seed, split.test_fraction, exclude)
+    for subset in SUBSETS + ("excluded",):
+        getattr(split, subset).extend(getattr(more, subset))
+        getattr(split, subset).sort()
+    return sorted({r.group for r in new})
 
 
 def split_counts(recs: list[Recording], split: Split) -> dict[str, dict[str, dict[str, int]]]:

@@ -63,11 +63,12 @@ from birdlive.errors import BirdliveError
 from birdlive.files import atomic_path
 from birdlive.model import BirdSED, create_config, load_checkpoint, pick_device, save_checkpoint
 
-from .augment import AugmentConfig, NoiseBank, TempoPitchLogMel
+from .augment import AugmentConfig, FieldBackgrounds, ImpulseResponses, NoiseBank, TempoPitchLogMel
 from .cache import AudioCache
 from .composer import Composer, ComposerConfig, SnippetPool
-from .datasets import Holdout, Split, load_dataset, merge, select_species, split_groups
+from .datasets import Holdout, Split, extend_split, split_groups
 from .evaluate import clip_metrics
+from .evaluation import load_recordings
 from .threads import cpu_threads
 from .windows import WindowSet, composed_items, predict_items, recording_items
 
@@ -295,17 +296,18 @@ class RunData:
 def load_data(cfg: TrainConfig, run: Path, resuming: bool, console) -> tuple[list, list, list, set, Split]:
     """Recordings, labels, common names, snippet paths and the split (the run's own on --resume; else the given
     split file; else a new seeded group split, saved)."""
-    rec_sets = [load_dataset(d) for d in cfg.data]      # DatasetError: the user's one line, as it is
-    snip_sets = [load_dataset(d) for d in cfg.snippets]
-    recs, labels, names = merge(rec_sets + snip_sets)
-    if cfg.species:
-        recs, labels, names = select_species(recs, labels, names, cfg.species)
-        if not labels:
-            raise TrainError(f"none of the {len(cfg.species)} species asked for is in the data")
-    snippet_paths = {r.path for d in snip_sets for r in d.recordings}
+    run_recs = load_recordings(cfg.data, cfg.snippets, cfg.species)   # DatasetError: the user's one line, as it is
+    recs, labels, names, snippet_paths = run_recs.recs, run_recs.labels, run_recs.names, run_recs.snippet_paths
+    if cfg.species and not labels:
+        raise TrainError(f"none of the {len(cfg.species)} species asked for is in the data")
     given = run / "split.json" if resuming and (run / "split.json").is_file() else cfg.split_file
     if given:
         split = Split.load(given)
+        added = extend_split(split, recs, Holdout.load(cfg.holdout).exclude)
+        if added:
+            split.sources = list(dict.fromkeys(split.sources + [str(d) for d in cfg.data + cfg.snippets]))
+            console.print(f"{len(added)} groups the split {given} did not know (new data or species) split among "
+                          f"themselves with its seed and fractions")
     else:
         holdout = Holdout.load(cfg.holdout)
         split = split_groups(recs, cfg.val_fraction, cfg.seed, cfg.test_fraction, holdout.exclude)
@@ -331,8 +333,11 @@ def build_data(cfg: TrainConfig, recs: list, labels: list[str], names: list[str]
     va_long, va_snip = sources(split.select(recs, "val"))
     composer = None
     if tr_snip:
+        irs = ImpulseResponses.from_dir(cfg.noise_dir, cache)
+        _warm(cache, irs.files, console, show, 0)
         composer = Composer(SnippetPool(tr_snip, cache, cfg.composer.min_note_s), labels, noise, mcfg.sample_rate,
-                            mcfg.out_fps, cfg.window_s, cfg.composer, cfg.augment)
+                            mcfg.out_fps, cfg.window_s, cfg.composer, cfg.augment,
+                            FieldBackgrounds(tr_long, cache, labels), irs)
     epoch_size = cfg.epoch_size or max(8 * cfg.batch_size, len(tr_long) + (len(composer.pool) if composer else 0))
     trainset = WindowSet(tr_long, labels, cache, noise, cfg.augment, cfg.window_s, mcfg.out_fps, epoch_size,
                          cfg.seed, composer, cfg.snippet_share, cfg.balance, TempoPitchLogMel(mcfg))
@@ -407,6 +412,8 @@ class Stepper:
             g["lr"] = lr
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             logmel = self.warp(batch["wave"], batch["hop"], batch["semitones"])
+            if "eq_db" in batch and batch["eq_db"].shape[-1] == logmel.shape[-1]:
+                logmel = logmel + batch["eq_db"][:, None, None, :].to(logmel.dtype)   # microphone EQ (dB)
             out = self.model.forward_logmel(logmel)
         loss, _ = sed_loss(out, batch, self.cfg.frame_weight, self.cfg.focal_gamma)
         self.opt.zero_grad(set_to_none=True)

@@ -11,7 +11,8 @@ composed into windows with strong labels (`composer.py`). Each training window:
      uniformly, and make one component: an energy crop of a recording or a composed window;
   2. with probability `mix_prob`, add further components of species not yet in the window with random gains,
      until `mix_max` species (labels: the union, `augment.mix`);
-  3. random overall gain, then noise at a random SNR (coloured or a real background file).
+  3. random overall gain, then noise at a random SNR (coloured or a real background file);
+  4. a microphone EQ curve (dB per mel band, `augment.eq_curve`), added to the log-mel by the training step.
 
 Window i is drawn from a generator seeded by (seed, i) alone: a run is reproducible, a resumed run sees exactly
 the windows it would have seen, whatever the DataLoader's workers, and windows are never repeated in order.
@@ -25,8 +26,8 @@ import torch
 
 from birdlive.errors import OptionError
 
-from .augment import (AugmentConfig, Example, NoiseBank, TempoPitchLogMel, add_noise, crop, db_to_gain,
-                      energy_profile, fix_length, mix, weak_example)
+from .augment import (AugmentConfig, Example, NoiseBank, TempoPitchLogMel, add_noise, crop, crop_around, db_to_gain,
+                      energy_profile, eq_curve, fix_length, mix, weak_example)
 from .composer import Composer, NoSpeciesLeft
 from .datasets import Recording
 
@@ -90,6 +91,8 @@ class WindowSet(torch.utils.data.Dataset):
             self._profile(i)
         if self.composer is not None:
             self.composer.pool.open()
+            if self.composer.backgrounds is not None:
+                self.composer.backgrounds.prepare()
 
     def _profile(self, i: int) -> np.ndarray:
         if i not in self._profiles:
@@ -123,7 +126,10 @@ class WindowSet(torch.utils.data.Dataset):
                 return None
             i = pool[int(rng.integers(len(pool)))]
         rec = self.recs[i]
-        w, _ = crop(self.cache.load(rec.path), g.n, rng, self.aug.energy_crop, self.sr, self._profile(i))
+        if rec.call_s is not None:     # a clip whose call time is known (Alberta): the crop must hold it
+            w = crop_around(self.cache.load(rec.path), g.n, rng, rec.call_s, self.sr)
+        else:
+            w, _ = crop(self.cache.load(rec.path), g.n, rng, self.aug.energy_crop, self.sr, self._profile(i))
         pos = [self.index[lab] for lab in rec.labels if lab in self.index]
         unk = [self.index[lab] for lab in rec.secondary if lab in self.index]
         return weak_example(w, pos, unk, len(self.labels), self.n_out)
@@ -181,7 +187,9 @@ class WindowSet(torch.utils.data.Dataset):
         ex = self.example(rng, g)
         wave = np.zeros(self.max_samples, np.float32)
         wave[:len(ex.wave)] = ex.wave
+        eq_db = eq_curve(rng, self.aug, self.warp.cfg.n_mels if self.warp is not None else 1)
         return {"wave": torch.from_numpy(wave), "hop": torch.tensor(g.hop), "semitones": torch.tensor(g.semitones),
+                "eq_db": torch.from_numpy(eq_db),
                 "clip_target": torch.from_numpy(ex.clip_target), "clip_mask": torch.from_numpy(ex.clip_mask),
                 "frame_target": torch.from_numpy(ex.frame_target), "frame_mask": torch.from_numpy(ex.frame_mask)}
 

@@ -253,7 +253,7 @@ def test_candidates_start_at_the_floor():
     assert candidates(0.32)[:2].tolist() == pytest.approx([0.32, 0.35])
 
 
-def test_choose_best_f05_then_fewer_false_alarms_then_lower_and_falls_back():
+def test_choose_best_fbeta_then_fewer_false_alarms_then_lower_and_falls_back():
     on = np.array([0.3, 0.4, 0.5])
     # 4 items; species 0 present in items 0-2, species 1 in item 3 only, species 2 in 0-2 but never detected
     target = np.array([[1, 0, 1], [1, 0, 1], [1, 0, 1], [0, 1, 0]], bool)
@@ -263,18 +263,19 @@ def test_choose_best_f05_then_fewer_false_alarms_then_lower_and_falls_back():
     det[1, :, 0] = [1, 1, 0, 0]     # 0.4: two right, no false alarm → F0.5 = 2.5/(2.5+0.25) beats 3.75/(3.75+1)
     det[2, :, 0] = [1, 0, 0, 0]
     det[:, 3, 1] = True             # species 1: one positive only → fallback
-    rows = choose(det, target, known, on, min_positives=3)
+    assert choose(det, target, known, on, min_positives=3)[0]["on"] == 0.3   # F1 (the default): 6/7 beats 4/5
+    rows = choose(det, target, known, on, min_positives=3, beta=0.5)
     assert rows[0]["on"] == 0.4 and rows[0]["chosen"] == {"tp": 2, "fp": 0, "f": pytest.approx(2.5 / 2.75)}
     assert rows[0]["floor"]["f"] == pytest.approx(fbeta_score(target[:, 0], det[0, :, 0], beta=0.5))
     assert rows[1]["on"] is None and "fewer than 3" in rows[1]["reason"]
     assert rows[2]["on"] is None and rows[2]["reason"] == "no events at any candidate"
     det[:, :, 2] = [[0, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0]]    # never right, a false alarm up to 0.4
-    assert choose(det, target, known, on)[2]["on"] == 0.5
+    assert choose(det, target, known, on, beta=0.5)[2]["on"] == 0.5
     known[3, 2] = False                                           # … that item's a background species: no evidence
-    assert choose(det, target, known, on)[2]["reason"] == "no events at any candidate"
+    assert choose(det, target, known, on, beta=0.5)[2]["reason"] == "no events at any candidate"
 
 
-def test_global_pair_is_the_best_f05_of_the_thresholds_that_keep_noise_silent_with_a_margin():
+def test_global_pair_is_the_best_fbeta_of_the_thresholds_that_keep_noise_silent_with_a_margin():
     on = np.array([0.1, 0.2, 0.3, 0.4])
     target = np.array([[1, 0], [0, 1], [1, 0]], bool)
     known = np.ones_like(target)
@@ -285,12 +286,12 @@ def test_global_pair_is_the_best_f05_of_the_thresholds_that_keep_noise_silent_wi
     det[3] = [[1, 0], [0, 0], [0, 0]]      # 0.4: one right
     noise = np.zeros((4, 2, 2), bool)
     noise[0, 1, 0] = True                  # a noise item has an event at 0.1
-    g, rows = choose_global(det, target, known, noise, on, margin=1.0)
+    g, rows = choose_global(det, target, known, noise, on, beta=0.5, margin=1.0)
     assert on[g] == 0.2 and rows[g] == {"on": 0.2, "tp": 3, "fp": 0, "f": 1.0, "noise_items_with_events": 0,
                                         "noise_items_with_events_at_margin": 0}
     assert [r["noise_items_with_events"] for r in rows] == [1, 0, 0, 0]
     # margin 0.5: 0.2 and 0.3 are judged at 0.1 (noisy), 0.4 at 0.2 (silent) → 0.4, though its F0.5 is lower
-    g, rows = choose_global(det, target, known, noise, on)
+    g, rows = choose_global(det, target, known, noise, on, beta=0.5)
     assert on[g] == 0.4 and [r["noise_items_with_events_at_margin"] for r in rows] == [1, 1, 1, 0]
     assert rows[g]["f"] == pytest.approx(1.25 / (1.25 + 0.25 * 2))
     noise[:] = False

@@ -2,6 +2,8 @@
 the composer's strong targets sit where its notes are."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -305,7 +307,10 @@ def test_training_windows_carry_their_tempo_and_pitch_and_fit_the_batch(tmp_path
         assert np.abs(it["wave"][n:].numpy()).max(initial=0) == 0           # padding after the window's samples
     batch = torch.utils.data.default_collate(items[:8])
     assert warp(batch["wave"], batch["hop"], batch["semitones"]).shape == (8, 1, 201, 64)
+    assert batch["eq_db"].shape == (8, 64) and not batch["eq_db"].any()     # EQ off in AugmentConfig.none()
     assert ws[5]["wave"].equal(items[5]["wave"])                            # window i is a function of i
+    ws.aug = dataclasses.replace(aug, eq_prob=1.0)
+    assert ws[5]["eq_db"].abs().max() > 0
 
 
 # ------------------------------------------------------------------------------------- decoding and packing
@@ -331,3 +336,55 @@ def test_snippets_are_one_shared_memory_map(tmp_path):
     assert isinstance(audio, np.memmap) and len(offsets) == len(ds.recordings) + 1 and offsets[-1] == len(audio)
     again = SnippetPool(ds.recordings, AudioCache(tmp_path / "cache", SR))
     assert again.audio(ds.recordings[0].path).base is not None             # a view of the packed map, no copy
+
+
+# ------------------------------------------------------------------------------------ field realism (v3)
+
+def test_composed_window_over_a_field_recording_masks_that_recordings_species(tmp_path):
+    from birdlive.train.augment import FieldBackgrounds
+    from birdlive.train.datasets import Recording
+    write_snippets(tmp_path / "snip", species=("up", "down"), runs=1, notes=6)
+    ds = load_dataset(tmp_path / "snip")
+    labels = ["down", "field_bird", "other", "up"]
+    field = tmp_path / "field.wav"
+    sf.write(field, colored_noise(4 * SR, "pink", np.random.default_rng(0)) * 0.1, SR)
+    cache = AudioCache(tmp_path / "cache", SR)
+    backgrounds = FieldBackgrounds([Recording(str(field), ["field_bird"], ["other"], "g")], cache, labels)
+    aug = dataclasses.replace(AugmentConfig.none(), field_background_prob=1.0)
+    comp = Composer(SnippetPool(ds.recordings, cache), labels, NoiseBank(), SR, 10.0, 2.0,
+                    ComposerConfig(species=(1, 1)), aug, backgrounds)
+    ex, _ = comp.compose(np.random.default_rng(3))
+    assert ex.clip_mask.tolist() == [1, 0, 0, 1] and not ex.frame_mask[:, [1, 2]].any()
+    assert ex.frame_mask[:, [0, 3]].all() and ex.clip_target[[0, 3]].sum() == 1
+    # the noise bed when not drawn: every target known
+    comp.aug = AugmentConfig.none()
+    assert comp.compose(np.random.default_rng(3))[0].clip_mask.all()
+
+
+def test_distance_dulls_and_reverb_lengthens_a_call():
+    from birdlive.train.augment import ImpulseResponses, propagate
+    x = np.zeros(SR, np.float32)
+    x[:3200] = tone(6000, 0.1)
+    far = dataclasses.replace(AugmentConfig.none(), distance_prob=1.0, lowpass_hz=(1000.0, 1000.0))
+    y, att = propagate(x, np.random.default_rng(0), far, SR, None)
+    assert 0 <= att <= far.distance_db and power(y) < 0.01 * power(x)          # 6 kHz well above the cut-off
+    wet = dataclasses.replace(AugmentConfig.none(), reverb_prob=1.0, reverb_rt60_s=(0.8, 0.8), reverb_wet_db=(0, 0))
+    y, att = propagate(x, np.random.default_rng(0), wet, SR, ImpulseResponses([], None))
+    assert att == 0 and power(y[6400:]) > 1e-3 * power(x) and not x[6400:].any()   # a tail after the call
+
+
+def test_eq_curve_is_smooth_bounded_and_off_when_not_drawn():
+    from birdlive.train.augment import eq_curve
+    rng = np.random.default_rng(0)
+    on = dataclasses.replace(AugmentConfig.none(), eq_prob=1.0, eq_db=6.0)
+    for _ in range(20):
+        c = eq_curve(rng, on, 64)
+        assert c.shape == (64,) and np.abs(c).max() <= 6.0 + 1e-5 and np.abs(np.diff(c)).max() < 1.5
+    assert not eq_curve(rng, AugmentConfig.none(), 64).any()
+
+
+def test_a_run_recorded_before_the_field_augmentations_resumes_without_them():
+    old = {k: v for k, v in AugmentConfig().to_dict().items() if k not in AugmentConfig.ADDED_OFF
+           and k not in ("distance_db", "lowpass_hz", "reverb_rt60_s", "reverb_wet_db", "eq_db")}
+    assert AugmentConfig.from_dict(old).field_background_prob == 0 and AugmentConfig.from_dict(old).eq_prob == 0
+    assert AugmentConfig.from_dict(AugmentConfig().to_dict()) == AugmentConfig()

@@ -106,3 +106,38 @@ def test_best_f1_threshold_hint():
     res = clip_metrics(scores, targets, None, ["a", "b"], threshold=0.5)
     assert res["f1_micro"] == 0.0 and res["macro_map"] == 1.0
     assert res["f1_best"] == 1.0 and 0.2 < res["f1_best_threshold"] <= 0.3
+
+
+# ------------------------------------------------------------------ train/evaluation.py (benchmarks and the gate)
+
+def test_top1_counts_the_primary_among_the_species_asked_for():
+    from birdlive.train.datasets import Recording
+    from birdlive.train.evaluation import top1
+    recs = [Recording(f"/{i}.wav", [sp], [], str(i)) for i, sp in enumerate("aab")]
+    scores = np.array([[0.9, 0.1, 0.8], [0.2, 0.3, 0.9], [0.1, 0.5, 0.6]])
+    assert top1(scores, recs, LABELS) == pytest.approx(1 / 3)           # c wins the last two
+    assert top1(scores, recs, LABELS, among=["a", "b"]) == pytest.approx(2 / 3)   # without c: a, b, b
+    assert top1(scores, recs, LABELS, among=["c"]) is None              # no recording of c
+
+
+def test_north_american_field_recordings_take_the_models_labels_by_common_name(tmp_path):
+    import soundfile as sf
+    from birdlive.train.evaluation import NA_FIELD_DIR, na_field_data, read_raven
+    root = tmp_path / NA_FIELD_DIR
+    rows = ["filepath,label,common_name,also"]
+    for k, (lab, name, also) in enumerate([("Setophaga_coronata", "Yellow-rumped Warbler", "Junco hyemalis"),
+                                           ("Junco_hyemalis", "Dark-eyed Junco", ""),
+                                           ("Aythya_collaris", "Ring-necked Duck", ""),
+                                           ("Sonus_naturalis", "Soundscape", "")]):
+        (root / lab).mkdir(parents=True)
+        sf.write(root / lab / f"XC{k}.wav", np.zeros(100, np.float32), 32000)
+        rows.append(f"{lab}/XC{k}.wav,{lab},{name},{also}")
+    (root / "metadata.csv").write_text("\n".join(rows) + "\n")
+    field = na_field_data(tmp_path, ["dark_eyed_junco", "yellow_rumped_warbler"],
+                          ["Dark-eyed Junco", "Yellow-rumped Warbler"])
+    assert [(r.primary, r.secondary) for r in field.recordings] == [
+        ("yellow_rumped_warbler", ["dark_eyed_junco"]), ("dark_eyed_junco", [])]
+    assert field.unknown == {"Ring-necked Duck": 1} and len(field.soundscapes) == 1
+    table = tmp_path / "t.selections.txt"
+    table.write_text("Selection\tBegin Time (s)\tEnd Time (s)\tSpecies\n1\t0.5\t1.5\tDEJU\n2\t2\t3\tXXXX\n")
+    assert read_raven(table, {"DEJU": "dark_eyed_junco"}, "f") == [RefEvent("f", "dark_eyed_junco", 0.5, 1.5)]

@@ -260,7 +260,51 @@ def test_select_species_by_label_or_common_name_keeps_only_those_labels():
     assert select_species(recs, labels, names, ["nothing"])[1] == []
 
 
-# ------------------------------------------------------------------------------------------- species v2
+# ------------------------------------------------------------------------------------------- species v3
+
+def test_subspecies_codes_are_read_as_their_species_with_runs_kept_apart(tmp_path):
+    from birdlive.train.datasets import species_of
+    assert species_of("dark_eyed_junco_slate_colored", "Dark-eyed Junco (Slate-colored)") == \
+        ("dark_eyed_junco", "Dark-eyed Junco")
+    assert species_of("yellow_rumped_warbler_audubons", "Yellow-rumped Warbler (Audubon's)") == \
+        ("yellow_rumped_warbler", "Yellow-rumped Warbler")
+    assert species_of("odd_code", "Some Bird (Odd)") == ("odd_code", "Some Bird (Odd)")    # not a suffix: kept
+    snippet_set(tmp_path, {"yellow_rumped_warbler_myrtle": ("Yellow-rumped Warbler (Myrtle)", 2),
+                           "yellow_rumped_warbler_audubons": ("Yellow-rumped Warbler (Audubon's)", 1)})
+    ds = load_dataset(tmp_path)
+    assert ds.labels == ["yellow_rumped_warbler"] and ds.names == {"yellow_rumped_warbler": "Yellow-rumped Warbler"}
+    assert len({r.group for r in ds.recordings}) == 3           # run 0 of each subspecies: two groups
+
+
+def test_ovenbird_clips_group_by_individual_and_keep_the_song_in_the_crop(tmp_path):
+    import numpy as np
+    from birdlive.train.augment import crop_around
+    for k in range(3):
+        wav(tmp_path / "clips" / f"c{k}.wav", seconds=0.02)
+    (tmp_path / "labels.csv").write_text("file,localization_event_id,array,final_label\n" + "".join(
+        f"clips/c{k}.wav,e{k},A,{bird}\n" for k, bird in enumerate((7, 7, 9))))
+    ds = load_dataset(tmp_path)
+    assert ds.labels == ["ovenbird"] and sorted({r.group for r in ds.recordings}) == [
+        f"{tmp_path.name}:bird7", f"{tmp_path.name}:bird9"]
+    x = np.zeros(10 * 100, np.float32)
+    x[350:650] = 1.0                                  # the song at 3.5-6.5 s (100 samples a second)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        assert crop_around(x, 500, rng, (3.5, 6.5), 100).sum() == 300
+
+
+def test_extend_split_places_new_groups_and_keeps_the_old_ones(tmp_path):
+    from birdlive.train.datasets import extend_split, split_groups
+    old = [Recording(f"/a/{sp}{i}.wav", [sp], [], f"a:{sp}{i}") for sp in "xy" for i in range(5)]
+    split = split_groups(old, 0.2, 0, 0.2)
+    before = {s: list(getattr(split, s)) for s in ("train", "val", "test")}
+    new = [Recording(f"/b/z{i}.wav", ["z"], [], f"b:z{i}") for i in range(5)]
+    added = extend_split(split, old + new)
+    assert len(added) == 5 and extend_split(split, old + new) == []
+    for s, groups in before.items():
+        assert set(groups) <= set(getattr(split, s))
+    assert {g for s in ("train", "val", "test") for g in getattr(split, s) if g.startswith("b:")} == set(added)
+    assert all(any(g.startswith("b:") for g in getattr(split, s)) for s in ("train", "val", "test"))
 
 def xc_set(root, counts: dict[str, tuple[str, int]]):
     """A xeno-canto layout: {label: (common name, n recordings)}."""
@@ -291,16 +335,20 @@ def test_species_rule_takes_puerto_rico_by_count_and_north_america_by_list(tmp_p
     counts |= {"Rarus_avis": ("Rare Bird", 2), "Commonus_avis": ("Common Bird", 3),
                "Zenaida_macroura": ("Mourning Dove", 1)}
     xc_set(tmp_path / "xc", counts)
-    snippet_set(tmp_path / "ess", {"american_robin": ("American Robin", 2), "blue_jay": ("Blue Jay", 1),
-                                   "mourning_dove": ("Mourning Dove", 1),
-                                   "berylline_hummingbird": ("Berylline Hummingbird", 50)})
+    snippet_set(tmp_path / "ess", {"american_robin": ("American Robin", 2), "hooded_warbler": ("Hooded Warbler", 1),
+                                   "mourning_dove": ("Mourning Dove", 1), "blue_jay": ("Blue Jay", 1),
+                                   "berylline_hummingbird": ("Berylline Hummingbird", 50),
+                                   "fox_sparrow_sooty": ("Fox Sparrow (Sooty)", 1),
+                                   "fox_sparrow_red": ("Fox Sparrow (Red)", 1)})
     choice = choose_species(load_dataset(tmp_path / "xc"), load_dataset(tmp_path / "ess"))
     assert set(FIRST_RELEASE) | set(FROGS) | {"Commonus_avis"} <= set(choice.labels)
     assert "Rarus_avis" not in choice.labels                              # two recordings, not a frog
-    assert "american_robin" in choice.labels and "blue_jay" not in choice.labels      # 2 runs / 1 run
+    assert "american_robin" in choice.labels and "hooded_warbler" not in choice.labels   # 2 runs / 1 run
+    assert "blue_jay" in choice.labels                            # a yard bird (group 1): in with one run
+    assert "fox_sparrow" in choice.labels                         # two subspecies, one run each: two groups
     assert "Zenaida_macroura" in choice.labels                   # one run + one xeno-canto recording: two groups
     assert "berylline_hummingbird" not in choice.labels                   # many runs, but not a common bird
-    assert ("Blue Jay", "only one recording run") in choice.left_out
+    assert ("Hooded Warbler", "only one recording run") in choice.left_out
     del counts["Vireo_latimeri"]
     xc_set(tmp_path / "xc2", counts)
     with pytest.raises(ValueError, match="Vireo_latimeri"):
@@ -314,23 +362,18 @@ def test_committed_species_list_is_what_the_rule_gives():
     if not (data / "xc-puerto-rico").is_dir() or not (data / "essential-set").is_dir():
         pytest.skip("../shared/data is not on this machine")
     choice = choose_species(load_dataset(data / "xc-puerto-rico"), load_dataset(data / "essential-set"))
-    assert (root / "model" / "weights" / "default_species_v2.txt").read_text().split() == choice.labels
+    assert (root / "model" / "weights" / "default_species_v3.txt").read_text().split() == choice.labels
+    v2 = (root / "model" / "weights" / "default_species_v2.txt").read_text().split()
+    assert set(v2) <= set(choice.labels)                          # v3 adds species, drops none
+    assert {"dark_eyed_junco", "yellow_rumped_warbler"} <= set(choice.labels)
 
 
-def test_evaluate_default_scores_the_test_split_only(tmp_path):
-    """benchmarks/evaluate_default.py end to end on a made-up run (random tiny model, no BirdNET): it reads the
-    test groups and nothing else, refuses a split without them, and reports the never-trained-on noise apart."""
-    import importlib.util
-    from pathlib import Path
-
+def tiny_run(tmp_path):
+    """A made-up run: two xeno-canto species, two snippet species, noise files, a hold-out list, a three-way
+    split and a random tiny model as its best checkpoint. Returns (run folder, recordings, split)."""
     import torch
     from birdlive.model import BirdSED, create_config, save_checkpoint
     from birdlive.train.loop import TrainConfig
-    root = ROOT
-    spec = importlib.util.spec_from_file_location("evaluate_default", root / "benchmarks" / "evaluate_default.py")
-    ev = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ev)
-
     xc_set(tmp_path / "xc", {"Aus_bus": ("A Bird", 4), "Cus_dus": ("C Bird", 3)})
     for p in (tmp_path / "xc").rglob("*.wav"):
         wav(p, seconds=6.0, sr=32000, freq=2000.0 + 500 * len(p.stem))
@@ -350,6 +393,41 @@ def test_evaluate_default_scores_the_test_split_only(tmp_path):
     split.save(run / "split.json")
     torch.manual_seed(0)
     save_checkpoint(BirdSED(create_config("tiny", labels, names)), run / "best")
+    torch.manual_seed(1)
+    save_checkpoint(BirdSED(create_config("tiny", labels[:3], names[:3])), run / "other")
+    return run, recs, split
+
+
+def load_script(name: str):
+    import importlib.util
+    import sys
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module          # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gate_compares_two_models_on_the_validation_groups_of_the_species_both_know(tmp_path):
+    run, recs, split = tiny_run(tmp_path)
+    gate = load_script("compare_validation")
+    out = tmp_path / "gate.json"
+    assert gate.main(["--candidate", str(run / "best"), "--run", str(run), "--incumbent", str(run / "other"),
+                      "--per-species", "1", "--threads", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["settings"]["common_species"] == 3 and isinstance(res["candidate_wins"], bool)
+    val_xc = [r for r in split.select(recs, "val") if "/xc/" in r.path]
+    assert res["settings"]["xc_recordings"] == len(val_xc)
+    for who in ("candidate", "incumbent"):
+        assert 0 <= res[who]["composed_map"] <= 1 and 0 <= res[who]["xc_recording_top1"] <= 1
+
+
+def test_evaluate_default_scores_the_test_split_only(tmp_path):
+    """benchmarks/evaluate_default.py end to end on a made-up run (random tiny model, no BirdNET): it reads the
+    test groups and nothing else, refuses a split without them, and reports the never-trained-on noise apart."""
+    from pathlib import Path
+    run, recs, split = tiny_run(tmp_path)
+    ev = load_script("evaluate_default")
 
     args = ["--model", str(run / "best"), "--run", str(run), "--minutes", "0.2", "--per-species", "1",
             "--noise-minutes", "0.05", "--threads", "1", "--rtf-threads", "1", "--out", str(tmp_path / "r.json")]
