@@ -174,8 +174,8 @@ def slim(m: dict) -> dict:
     return m
 
 
-def classify_events(species: list[str], primary: str, secondary: set[str]) -> Counter:
-    c = Counter()
+def classify_events(species: list[str], primary: str, secondary: set[str]) -> Counter[str]:
+    c: Counter[str] = Counter()
     for s in species:
         c["right" if s == primary else "secondary" if s in secondary else "wrong"] += 1
     return c
@@ -393,13 +393,15 @@ def na_field_data(data_root: str | Path, labels: list[str], names: list[str]) ->
 
     def ours(lab: str) -> str | None:
         return by_name.get(name_key(ds.names.get(lab, "")))
-    known, unknown, soundscapes = [], Counter(), []
+    known: list[Recording] = []
+    unknown: Counter[str] = Counter()
+    soundscapes: list[str] = []
     for r in ds.recordings:
         if r.primary == "Sonus_naturalis":            # xeno-canto's name for a soundscape
             soundscapes.append(r.path)
-        elif ours(r.primary):
-            secondary = [x for x in map(ours, r.secondary) if x and x != ours(r.primary)]
-            known.append(Recording(r.path, [ours(r.primary)], secondary, r.group))
+        elif primary := ours(r.primary):
+            secondary = [x for x in map(ours, r.secondary) if x and x != primary]
+            known.append(Recording(r.path, [primary], secondary, r.group))
         else:
             unknown[ds.names.get(r.primary, r.primary)] += 1
     return NAField(known, dict(unknown), soundscapes)
@@ -450,7 +452,8 @@ def na_field_stage(model, data_root: str | Path, alberta: list[Recording], na_la
     figures and the scored recordings per set (for a side-by-side with another model)."""
     mc = model.cfg
     field = na_field_data(data_root, mc.labels, mc.names)
-    out, scores = {"na_labels": len(na_labels)}, {}
+    out: dict[str, object] = {"na_labels": len(na_labels)}
+    scores: dict[str, ScoredRecordings] = {}
     for key, recs in (("xc_north_america", field.recordings), ("alberta_ovenbird", alberta)):
         if recs:
             fig, scores[key] = recordings_stage(model, recs, cache, {}, batch)
