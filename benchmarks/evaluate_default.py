@@ -67,9 +67,8 @@ from birdlive.streamer import default_params, file_specs, make_runner
 from birdlive.train.cache import AudioCache
 from birdlive.train.datasets import Holdout, Split
 from birdlive.train.evaluate import clip_metrics, noise_false_positives
-from birdlive.train.evaluation import (SubsetData, background_noise_stage, composed_stage, na_field_stage, norm,
-                                       per_recording, recordings_stage, resolve, slim, soundscape_stage,
-                                       subset_data, top1)
+from birdlive.train.evaluation import (SubsetData, background_noise_stage, composed_stage, load_run, na_field_stage,
+                                       norm, per_recording, recordings_stage, resolve, slim, soundscape_stage, top1)
 from birdlive.train.loop import TrainConfig
 from birdlive.train.threads import cpu_threads
 
@@ -199,13 +198,8 @@ class Context:
 
 def setup(a: argparse.Namespace) -> Context:
     model = load_checkpoint(a.model)
-    run = Path(a.run)
-    train_json = json.loads((run / "train.json").read_text())
-    cfg = TrainConfig.from_dict(train_json)
-    split = Split.load(a.split or run / "split.json")
-    holdout_file = a.holdout or train_json.get("holdout")
-    holdout = Holdout.load(resolve(holdout_file) if holdout_file else None)
-    test = subset_data(cfg, split, holdout)
+    run = load_run(a.run, a.split, a.holdout)
+    cfg, test = run.cfg, run.subset()
     if test.labels != model.cfg.labels:
         raise SystemExit(f"the model's {len(model.cfg.labels)} labels are not the run's {len(test.labels)}: "
                          "wrong --run?")
@@ -218,7 +212,7 @@ def setup(a: argparse.Namespace) -> Context:
         data_root = Path(a.data_root)
     else:       # the recordings data sets' folder (../shared/data)
         data_root = Path(resolve(cfg.data[0] if cfg.data else "../shared/data/x")).parent
-    return Context(a, model, cfg, split, holdout, holdout_file, test, pr, alberta,
+    return Context(a, model, cfg, run.split, run.holdout, run.holdout_file, test, pr, alberta,
                    AudioCache(cfg.cache_dir, model.cfg.sample_rate), data_root)
 
 

@@ -34,8 +34,7 @@ from birdlive.model import load_checkpoint
 from birdlive.train.augment import AugmentConfig, FieldBackgrounds, NoiseBank, db_to_gain, power
 from birdlive.train.cache import AudioCache
 from birdlive.train.composer import Composer, SnippetPool
-from birdlive.train.datasets import Holdout, Split
-from birdlive.train.evaluation import resolve, subset_data
+from birdlive.train.evaluation import load_run
 from birdlive.train.loop import TrainConfig
 from birdlive.train.threads import cpu_threads
 from birdlive.train.windows import EvalItem, predict_items
@@ -103,9 +102,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--out", default=None, help="JSON output")
     a = ap.parse_args(argv)
-    run = Path(a.run)
-    cfg = TrainConfig.from_dict(json.loads((run / "train.json").read_text()))
-    test = subset_data(cfg, Split.load(run / "split.json"), Holdout.load(resolve(cfg.holdout) if cfg.holdout else None))
+    run = load_run(a.run)
+    cfg, test = run.cfg, run.subset()
     models = {m: load_checkpoint(m) for m in a.models}
     known = set.intersection(*(set(m.cfg.labels) for m in models.values()))
     na = [lab for lab in test.snippet_labels if lab in known and lab != "ovenbird"]

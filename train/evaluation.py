@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import re
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +37,9 @@ from .datasets import (AUDIO_EXTENSIONS, Holdout, Recording, Split, is_excluded,
                        select_species)
 from .evaluate import RefEvent, clip_metrics, detect_events, event_metrics
 from .windows import EvalItem, composed_items, predict_items, recording_items
+
+if TYPE_CHECKING:
+    from .loop import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,6 +114,29 @@ def subset_data(cfg, split: Split, holdout: Holdout, subset: str = "test") -> Su
     return SubsetData(run.labels, run.names, [r for r in part if r.path not in run.snippet_paths],
                       [r for r in part if r.path in run.snippet_paths], also,
                       sorted({r.primary for r in run.recs if r.path in run.snippet_paths}))
+
+
+@dataclass
+class Run:
+    """A training run folder as the evaluations read it back: its config, split and hold-out list."""
+    cfg: TrainConfig
+    split: Split
+    holdout: Holdout
+    holdout_file: str | None              # the hold-out JSON it was read from (None: none)
+
+    def subset(self, subset: str = "test") -> SubsetData:
+        return subset_data(self.cfg, self.split, self.holdout, subset)
+
+
+def load_run(run_dir: str | Path, split_file: str | Path | None = None, holdout_file: str | None = None) -> Run:
+    """A run folder's train.json, its split (`split_file`, default RUN/split.json) and its hold-out list
+    (`holdout_file`, default the one train.json names; a relative path is found by `resolve`)."""
+    from .loop import TrainConfig      # here, not at the top: the training loop imports this module
+    run = Path(run_dir)
+    cfg = TrainConfig.from_dict(json.loads((run / "train.json").read_text()))
+    split = Split.load(split_file or run / "split.json")
+    holdout_file = holdout_file or cfg.holdout
+    return Run(cfg, split, Holdout.load(resolve(holdout_file) if holdout_file else None), holdout_file)
 
 
 # ------------------------------------------------------------------------------------------ windows, scores
