@@ -117,12 +117,17 @@ class AugmentConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AugmentConfig":
-        """The config of a run's train.json (JSON: its ranges are lists; fields it does not know are dropped)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        given: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
+        given = config_fields(cls, d)
         if d and "field_background_prob" not in d:     # a run recorded before v3's augmentations
             given = {**cls.ADDED_OFF, **given}
         return cls(**given)
+
+
+def config_fields(config_class: type[Any], d: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `d` (a config section of a run's train.json) that are fields of the dataclass
+    `config_class`, its JSON lists back as the tuples (ranges) they were; entries it does not know are dropped."""
+    known = {f.name for f in dataclasses.fields(config_class)}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
 
 
 def db_to_gain(db: float) -> float:

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .augment import (AugmentConfig, Example, FieldBackgrounds, ImpulseResponses, NoiseBank, db_to_gain, power,
-                      propagate)
+from .augment import (AugmentConfig, Example, FieldBackgrounds, ImpulseResponses, NoiseBank, config_fields, db_to_gain,
+                      power, propagate)
 from .datasets import Recording
 
 
@@ -53,11 +53,7 @@ class ComposerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ComposerConfig":
-        """The config of a run's train.json (JSON: its ranges are lists; fields it does not know are dropped)."""
-        import dataclasses
-        known = {f.name for f in dataclasses.fields(cls)}
-        given: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
-        return cls(**given)
+        return cls(**config_fields(cls, d))
 
 
 def frame_activity(n_out: int, out_fps: float, intervals: list[tuple[float, float]]) -> np.ndarray:
