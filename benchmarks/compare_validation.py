@@ -34,8 +34,8 @@ from pathlib import Path
 from birdlive.model import load_checkpoint
 from birdlive.train.cache import AudioCache
 from birdlive.train.datasets import Split
-from birdlive.train.evaluation import (composed_figures, composed_set, gate_figures, load_run, per_recording,
-                                       recording_windows, top1)
+from birdlive.train.evaluation import (add_scoring_options, composed_figures, composed_set, gate_figures, load_run,
+                                       per_recording, recording_windows, top1)
 from birdlive.train.threads import cpu_threads
 from birdlive.train.windows import predict_items
 
@@ -68,10 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--incumbent-split", default=None, help="the incumbent's split.json: leave out the groups "
                     "it trained on")
     ap.add_argument("--per-species", type=int, default=4, help="composed windows per validation species")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--out", default=None, help="JSON output")
+    add_scoring_options(ap)
     a = ap.parse_args(argv)
     run = load_run(a.run)
     cfg, val = run.cfg, run.subset("val")

@@ -26,7 +26,7 @@ from evaluate_default import ALBERTA_DIR, REPO, birdnet_top1, run_birdnet_window
 
 from birdlive.model import load_checkpoint
 from birdlive.train.cache import AudioCache
-from birdlive.train.evaluation import load_run, na_field_stage, resolve
+from birdlive.train.evaluation import add_scoring_options, load_run, na_field_stage, resolve
 from birdlive.train.threads import cpu_threads
 
 
@@ -61,9 +61,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", default=None, help="folder of xc-north-america/ (default: beside the run's data)")
     ap.add_argument("--birdnet", action="store_true", help="BirdNET V2.4 (.venv-peers) beside each model")
     ap.add_argument("--peers-python", default=str(REPO / ".venv-peers" / "bin" / "python"))
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--out", default=None)
+    add_scoring_options(ap, seed=False)
     a = ap.parse_args(argv)
     run = load_run(a.run)
     cfg, test = run.cfg, run.subset()

@@ -17,6 +17,7 @@ Stages, each returning a JSON-able dict:
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import json
@@ -126,6 +127,15 @@ class Run:
 
     def subset(self, subset: str = "test") -> SubsetData:
         return subset_data(self.cfg, self.split, self.holdout, subset)
+
+
+def add_scoring_options(ap: argparse.ArgumentParser, seed: bool = True) -> None:
+    """The options of the benchmarks that score models on a run: --seed (with `seed`), --threads, --batch, --out."""
+    if seed:
+        ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--out", default=None, help="JSON output")
 
 
 def load_run(run_dir: str | Path, split_file: str | Path | None = None, holdout_file: str | None = None) -> Run:
