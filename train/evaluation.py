@@ -129,15 +129,6 @@ class Run:
         return subset_data(self.cfg, self.split, self.holdout, subset)
 
 
-def add_scoring_options(ap: argparse.ArgumentParser, seed: bool = True) -> None:
-    """The options of the benchmarks that score models on a run: --seed (with `seed`), --threads, --batch, --out."""
-    if seed:
-        ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--out", default=None, help="JSON output")
-
-
 def load_run(run_dir: str | Path, split_file: str | Path | None = None, holdout_file: str | None = None) -> Run:
     """A run folder's train.json, its split (`split_file`, default RUN/split.json) and its hold-out list
     (`holdout_file`, default the one train.json names; a relative path is found by `resolve`)."""
@@ -147,6 +138,15 @@ def load_run(run_dir: str | Path, split_file: str | Path | None = None, holdout_
     split = Split.load(split_file or run / "split.json")
     holdout_file = holdout_file or cfg.holdout
     return Run(cfg, split, Holdout.load(resolve(holdout_file) if holdout_file else None), holdout_file)
+
+
+def add_scoring_options(ap: argparse.ArgumentParser, seed: bool = True) -> None:
+    """The options of the benchmarks that score models on a run: --seed (with `seed`), --threads, --batch, --out."""
+    if seed:
+        ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--out", default=None, help="JSON output")
 
 
 # ------------------------------------------------------------------------------------------ windows, scores
