@@ -33,10 +33,9 @@ from pathlib import Path
 
 from birdlive.model import load_checkpoint
 from birdlive.train.cache import AudioCache
-from birdlive.train.datasets import Holdout, Split
-from birdlive.train.evaluation import (composed_figures, composed_set, gate_figures, per_recording,
-                                       recording_windows, resolve, subset_data, top1)
-from birdlive.train.loop import TrainConfig
+from birdlive.train.datasets import Split
+from birdlive.train.evaluation import (add_scoring_options, composed_figures, composed_set, gate_figures, load_run,
+                                       per_recording, recording_windows, top1)
 from birdlive.train.threads import cpu_threads
 from birdlive.train.windows import predict_items
 
@@ -69,16 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--incumbent-split", default=None, help="the incumbent's split.json: leave out the groups "
                     "it trained on")
     ap.add_argument("--per-species", type=int, default=4, help="composed windows per validation species")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--out", default=None, help="JSON output")
+    add_scoring_options(ap)
     a = ap.parse_args(argv)
-    run = Path(a.run)
-    cfg = TrainConfig.from_dict(json.loads((run / "train.json").read_text()))
-    split = Split.load(run / "split.json")
-    holdout = Holdout.load(resolve(cfg.holdout) if cfg.holdout else None)
-    val = subset_data(cfg, split, holdout, subset="val")
+    run = load_run(a.run)
+    cfg, val = run.cfg, run.subset("val")
     heard = set(Split.load(a.incumbent_split).train) if a.incumbent_split else set()
     left_out = {r.group for r in val.long + val.snippets if r.group in heard}
     va_long = [r for r in val.long if r.group not in heard]

@@ -67,9 +67,8 @@ from birdlive.streamer import default_params, file_specs, make_runner
 from birdlive.train.cache import AudioCache
 from birdlive.train.datasets import Holdout, Split
 from birdlive.train.evaluate import clip_metrics, noise_false_positives
-from birdlive.train.evaluation import (SubsetData, background_noise_stage, composed_stage, na_field_stage, norm,
-                                       per_recording, recordings_stage, resolve, slim, soundscape_stage,
-                                       subset_data, top1)
+from birdlive.train.evaluation import (SubsetData, background_noise_stage, composed_stage, load_run, na_field_stage,
+                                       norm, per_recording, recordings_stage, resolve, slim, soundscape_stage, top1)
 from birdlive.train.loop import TrainConfig
 from birdlive.train.threads import cpu_threads
 
@@ -199,15 +198,11 @@ class Context:
 
 def setup(a: argparse.Namespace) -> Context:
     model = load_checkpoint(a.model)
-    run = Path(a.run)
-    train_json = json.loads((run / "train.json").read_text())
-    cfg = TrainConfig.from_dict(train_json)
-    split = Split.load(a.split or run / "split.json")
-    holdout_file = a.holdout or train_json.get("holdout")
-    holdout = Holdout.load(resolve(holdout_file) if holdout_file else None)
-    test = subset_data(cfg, split, holdout)
+    run = load_run(a.run, a.split, a.holdout)
+    cfg, test = run.cfg, run.subset()
     if test.labels != model.cfg.labels:
-        raise SystemExit(f"the model's {len(model.cfg.labels)} labels are not the run's {len(test.labels)}: wrong --run?")
+        raise SystemExit(f"the model's {len(model.cfg.labels)} labels are not the run's {len(test.labels)}: "
+                         "wrong --run?")
     if a.max_species:
         keep = sorted({r.primary for r in test.snippets})[: a.max_species]
         test.snippets = [r for r in test.snippets if r.primary in keep]
@@ -217,7 +212,7 @@ def setup(a: argparse.Namespace) -> Context:
         data_root = Path(a.data_root)
     else:       # the recordings data sets' folder (../shared/data)
         data_root = Path(resolve(cfg.data[0] if cfg.data else "../shared/data/x")).parent
-    return Context(a, model, cfg, split, holdout, holdout_file, test, pr, alberta,
+    return Context(a, model, cfg, run.split, run.holdout, run.holdout_file, test, pr, alberta,
                    AudioCache(cfg.cache_dir, model.cfg.sample_rate), data_root)
 
 
@@ -432,7 +427,8 @@ def birdnet_recording_events(ctx: Context, det_rows: list[dict], meta: dict, our
         out.append({
             "file": ours_rows[k]["file"], "species": r.primary, "birdnet_knows": r.primary in cpos,
             "detections": len(raw), "events_right": c["right"], "events_secondary": c["secondary"],
-            "events_wrong_in_our_set": c["wrong_in_our_set"], "events_wrong_outside_our_set": c["wrong_outside_our_set"],
+            "events_wrong_in_our_set": c["wrong_in_our_set"],
+            "events_wrong_outside_our_set": c["wrong_outside_our_set"],
             "wrong_species": dict(wrong_sp), "top1_all_classes": f"{best['sci']} ({best['common']})" if best else None,
             "top1_all_classes_right": bool(best and to_ours.get(f"{best['sci']}_{best['common']}") == r.primary),
             "top1_common": common_l[int(np.nan_to_num(br[k, common], nan=-1).argmax())],
@@ -531,7 +527,8 @@ def build_tables(res: dict, mc, c_runs: dict) -> list[Tab]:
 
     t = Tab("Model and detector settings", ["setting", "value"])
     for k in ("model", "weights_sha1", "step", "total_steps", "training_cpu_hours", "validation_map_at_save",
-              "labels", "backbone", "threshold_on", "threshold_off", "median_s", "min_duration_s", "merge_gap_s", "max_event_s", "hop_s", "window_s",
+              "labels", "backbone", "threshold_on", "threshold_off", "median_s", "min_duration_s", "merge_gap_s",
+              "max_event_s", "hop_s", "window_s",
               "seed", "split", "test_snippet_species", "test_snippet_runs", "test_recordings", "holdout",
               "torch_threads"):
         t.add(k, s.get(k))
@@ -558,7 +555,8 @@ def build_tables(res: dict, mc, c_runs: dict) -> list[Tab]:
     t = Tab("Per-species AP, composed test windows (worst first)",
             ["species", "test runs", "windows+", "AP", "top-1", "confused with"] + (["BirdNET AP"] if bn else []))
     for sp in sorted(comp["species"], key=lambda sp: (sp["ap"] if sp["ap"] is not None else 2, sp["label"])):
-        row = [sp["name"] or sp["label"], c_runs.get(sp["label"], "-"), sp["n_pos"], sp["ap"], sp["top1"], ", ".join(f"{name.get(lab, lab)} ×{c}" for lab, c in sp["confused_with"])]
+        row = [sp["name"] or sp["label"], c_runs.get(sp["label"], "-"), sp["n_pos"], sp["ap"], sp["top1"],
+               ", ".join(f"{name.get(lab, lab)} ×{c}" for lab, c in sp["confused_with"])]
         if bn:
             row.append(bn_ap.get(sp["label"]) if sp["label"] in bn["common_labels"] else "n/a")
         t.add(*row)
@@ -570,7 +568,8 @@ def build_tables(res: dict, mc, c_runs: dict) -> list[Tab]:
             ["reference", "ref events", "detected", "TP", "precision", "recall", "F1 (micro)", "F1 (macro)"],
             note=f"{sc['species_present']} species; notes = every snippet; bouts = a species' notes merged when "
                  f"the gap ≤ {s['merge_gap_s']:g} s (the smoother's merge gap: one detector event). Highest raw "
-                 f"framewise score (5 s windows, before stitching and smoothing) in these soundscapes: {sc['max_frame_score_any_species']:.3f} (any species), "
+                 "framewise score (5 s windows, before stitching and smoothing) in these soundscapes: "
+                 f"{sc['max_frame_score_any_species']:.3f} (any species), "
                  f"{sc['max_frame_score_present_species']:.3f} (species present); threshold_on "
                  f"{s['threshold_on']:g}.")
     for key, lab in (("bouts", "bouts"), ("notes", "notes")):
@@ -784,7 +783,8 @@ def render_md(res: dict, tables: list[Tab]) -> str:
     s = res["settings"]
     head = [f"## Test-split evaluation of `{s['model']}`", "",
             f"Generated {s['date']} by `{s['command']}` (run `{s['run']}`, step {s['step']} of {s['total_steps']}, "
-            f"weights sha1 {s['weights_sha1']}; split seed {s['split_seed']}, evaluation seed {s['seed']}; {s['cpu_count']} CPU "
+            f"weights sha1 {s['weights_sha1']}; split seed {s['split_seed']}, evaluation seed {s['seed']}; "
+            f"{s['cpu_count']} CPU "
             "cores).", "", "Caveats:", ""] + [f"- {x}" for x in caveats(res)] + [""]
     return "\n".join(head) + "\n" + "\n".join(t.md() for t in tables)
 

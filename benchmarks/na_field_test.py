@@ -26,9 +26,7 @@ from evaluate_default import ALBERTA_DIR, REPO, birdnet_top1, run_birdnet_window
 
 from birdlive.model import load_checkpoint
 from birdlive.train.cache import AudioCache
-from birdlive.train.datasets import Holdout, Split
-from birdlive.train.evaluation import na_field_stage, resolve, subset_data
-from birdlive.train.loop import TrainConfig
+from birdlive.train.evaluation import add_scoring_options, load_run, na_field_stage, resolve
 from birdlive.train.threads import cpu_threads
 
 
@@ -63,13 +61,10 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", default=None, help="folder of xc-north-america/ (default: beside the run's data)")
     ap.add_argument("--birdnet", action="store_true", help="BirdNET V2.4 (.venv-peers) beside each model")
     ap.add_argument("--peers-python", default=str(REPO / ".venv-peers" / "bin" / "python"))
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--out", default=None)
+    add_scoring_options(ap, seed=False)
     a = ap.parse_args(argv)
-    run = Path(a.run)
-    cfg = TrainConfig.from_dict(json.loads((run / "train.json").read_text()))
-    test = subset_data(cfg, Split.load(run / "split.json"), Holdout.load(resolve(cfg.holdout) if cfg.holdout else None))
+    run = load_run(a.run)
+    cfg, test = run.cfg, run.subset()
     root = Path(a.data_root) if a.data_root else Path(resolve(cfg.data[0])).parent
     res = {}
     for m in a.models:

@@ -34,8 +34,7 @@ from birdlive.model import load_checkpoint
 from birdlive.train.augment import AugmentConfig, FieldBackgrounds, NoiseBank, db_to_gain, power
 from birdlive.train.cache import AudioCache
 from birdlive.train.composer import Composer, SnippetPool
-from birdlive.train.datasets import Holdout, Split
-from birdlive.train.evaluation import resolve, subset_data
+from birdlive.train.evaluation import add_scoring_options, load_run
 from birdlive.train.loop import TrainConfig
 from birdlive.train.threads import cpu_threads
 from birdlive.train.windows import EvalItem, predict_items
@@ -98,14 +97,10 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", required=True, help="checkpoints to probe")
     ap.add_argument("--windows", type=int, default=200)
     ap.add_argument("--snr", type=float, default=10.0, help="whole-window SNR of the notes over the background")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--out", default=None, help="JSON output")
+    add_scoring_options(ap)
     a = ap.parse_args(argv)
-    run = Path(a.run)
-    cfg = TrainConfig.from_dict(json.loads((run / "train.json").read_text()))
-    test = subset_data(cfg, Split.load(run / "split.json"), Holdout.load(resolve(cfg.holdout) if cfg.holdout else None))
+    run = load_run(a.run)
+    cfg, test = run.cfg, run.subset()
     models = {m: load_checkpoint(m) for m in a.models}
     known = set.intersection(*(set(m.cfg.labels) for m in models.values()))
     na = [lab for lab in test.snippet_labels if lab in known and lab != "ovenbird"]

@@ -39,14 +39,24 @@ import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar, TypedDict
 
 import numpy as np
 
 from birdlive.errors import OptionError
 
+from .cache import AudioCache
 from .synthetic import colored_noise
 
 NOISE_COLORS = ("white", "pink", "brown")
+
+
+class FieldRealismOff(TypedDict):
+    """`AugmentConfig.ADDED_OFF`: the field-realism probabilities (v3) switched off."""
+    field_background_prob: float
+    distance_prob: float
+    reverb_prob: float
+    eq_prob: float
 
 
 @dataclass
@@ -78,7 +88,8 @@ class AugmentConfig:
     eq_prob: float = 0.5                           # per window: a smooth dB curve over the mel bands
     eq_db: float = 6.0                             # its largest excursion
 
-    ADDED_OFF = {"field_background_prob": 0.0, "distance_prob": 0.0, "reverb_prob": 0.0, "eq_prob": 0.0}
+    ADDED_OFF: ClassVar[FieldRealismOff] = {"field_background_prob": 0.0, "distance_prob": 0.0, "reverb_prob": 0.0,
+                                            "eq_prob": 0.0}
 
     @classmethod
     def none(cls) -> "AugmentConfig":
@@ -105,12 +116,18 @@ class AugmentConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AugmentConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        given = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
+    def from_dict(cls, d: dict[str, Any]) -> "AugmentConfig":
+        given = config_fields(cls, d)
         if d and "field_background_prob" not in d:     # a run recorded before v3's augmentations
             given = {**cls.ADDED_OFF, **given}
         return cls(**given)
+
+
+def config_fields(config_class: type[Any], d: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `d` (a config section of a run's train.json) that are fields of the dataclass
+    `config_class`, its JSON lists back as the tuples (ranges) they were; entries it does not know are dropped."""
+    known = {f.name for f in dataclasses.fields(config_class)}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
 
 
 def db_to_gain(db: float) -> float:
@@ -185,19 +202,19 @@ def fix_length(x: np.ndarray, n: int) -> np.ndarray:
 def time_stretch(x: np.ndarray, factor: float) -> np.ndarray:
     """Duration × `factor` (1.1 = 10 % longer), pitch unchanged (librosa phase vocoder). For listening
     (`augment-demo`); training changes tempo in the log-mel domain (`TempoPitchLogMel`)."""
-    import librosa
+    import librosa.effects as librosa_effects   # the submodule: librosa's stub does not re-export it
     if abs(factor - 1.0) < 1e-6 or len(x) < 4096:
         return np.asarray(x, np.float32)
-    return librosa.effects.time_stretch(np.asarray(x, np.float32), rate=1.0 / factor).astype(np.float32)
+    return librosa_effects.time_stretch(np.asarray(x, np.float32), rate=1.0 / factor).astype(np.float32)
 
 
 def pitch_shift(x: np.ndarray, sample_rate: int, semitones: float) -> np.ndarray:
     """Frequencies × 2^(semitones/12), duration unchanged (phase vocoder + soxr resampling). For listening
     (`augment-demo`); training shifts pitch in the log-mel domain (`TempoPitchLogMel`)."""
-    import librosa
+    import librosa.effects as librosa_effects   # the submodule: librosa's stub does not re-export it
     if abs(semitones) < 1e-6 or len(x) < 4096:
         return np.asarray(x, np.float32)
-    return librosa.effects.pitch_shift(np.asarray(x, np.float32), sr=sample_rate, n_steps=float(semitones),
+    return librosa_effects.pitch_shift(np.asarray(x, np.float32), sr=sample_rate, n_steps=float(semitones),
                                        res_type="soxr_hq").astype(np.float32)
 
 
@@ -222,10 +239,10 @@ class NoiseBank:
     Files shorter than half the request are placed once at a random offset (a transient: a tap, a bark),
     longer ones are cropped at random (looped when shorter than the request)."""
     files: list[str] = field(default_factory=list)
-    cache: object | None = None                   # AudioCache (decodes + resamples the files once)
+    cache: AudioCache | None = None               # decodes + resamples the files once
 
     @classmethod
-    def from_dir(cls, noise_dir: str | Path | None, cache=None) -> "NoiseBank":
+    def from_dir(cls, noise_dir: str | Path | None, cache: AudioCache | None = None) -> "NoiseBank":
         if not noise_dir:
             return cls([], cache)
         from birdlive.files import is_audio
@@ -247,6 +264,8 @@ class NoiseBank:
         return (out * (1.0 / np.sqrt(max(power(out), 1e-12)))).astype(np.float32)
 
     def from_file(self, n: int, rng: np.random.Generator) -> np.ndarray | None:
+        if self.cache is None:              # nothing to read files with (`sample` then draws coloured noise)
+            return None
         path = self.files[int(rng.integers(len(self.files)))]
         x = self.cache.load(path)
         if len(x) == 0:
@@ -501,7 +520,7 @@ def weak_example(wave: np.ndarray, positives: list[int], unknown: list[int], num
 def mix(examples: list[Example], gains_db: list[float]) -> Example:
     """Sum of the waves with the given gains; targets are the union. A target is known in the mix when it is known
     in every part, or present (known positive) in some part."""
-    wave = sum(db_to_gain(g) * e.wave for e, g in zip(examples, gains_db)).astype(np.float32)
+    wave = np.asarray(sum(db_to_gain(g) * e.wave for e, g in zip(examples, gains_db)), np.float32)
 
     def union(targets, masks):
         pos = np.max([t * m for t, m in zip(targets, masks)], axis=0)

@@ -22,12 +22,14 @@ composer only makes a window of the length and the frame rate it is asked for (`
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from .augment import (AugmentConfig, Example, FieldBackgrounds, ImpulseResponses, NoiseBank, db_to_gain, power,
-                      propagate)
+from .augment import (AugmentConfig, Example, FieldBackgrounds, ImpulseResponses, NoiseBank, config_fields, db_to_gain,
+                      power, propagate)
 from .datasets import Recording
 
 
@@ -50,10 +52,8 @@ class ComposerConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ComposerConfig":
-        import dataclasses
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+    def from_dict(cls, d: dict[str, Any]) -> "ComposerConfig":
+        return cls(**config_fields(cls, d))
 
 
 def frame_activity(n_out: int, out_fps: float, intervals: list[tuple[float, float]]) -> np.ndarray:
@@ -97,13 +97,17 @@ class SnippetPool:
 
     def open(self) -> None:
         """Pack (the first time) and map the snippets' audio; done before DataLoader workers fork."""
+        self._packed()
+
+    def _packed(self) -> tuple[np.ndarray, dict[str, tuple[int, int]]]:
+        """(all snippets' audio, path → (start, end) in it), packed the first time."""
         if self._audio is None:
             audio, offsets = self.cache.pack(self._paths)
             self._audio = audio, {p: (int(a), int(b)) for p, a, b in zip(self._paths, offsets[:-1], offsets[1:])}
+        return self._audio
 
     def audio(self, path: str) -> np.ndarray:
-        self.open()
-        audio, where = self._audio
+        audio, where = self._packed()
         a, b = where[path]
         return audio[a:b]
 
@@ -176,7 +180,7 @@ class Composer:
                     intervals.append((lo / sr, hi / sr))
         return track, intervals
 
-    def compose(self, rng: np.random.Generator, exclude: set[str] = frozenset(), n_species: int | None = None,
+    def compose(self, rng: np.random.Generator, exclude: AbstractSet[str] = frozenset(), n_species: int | None = None,
                 n: int | None = None, fps: float | None = None) -> tuple[Example, list[tuple[str, float, float]]]:
         """A composed window: (Example with strong targets, [(species, onset_s, offset_s)] of every note).
         `n` samples (default: the window's) with framewise targets `fps` frames a second (default: the model's

@@ -127,9 +127,9 @@ def read_folder_per_species(root: str | Path) -> Dataset:
     if snippets.is_file():
         for row in _read_csv(snippets):
             if "file" in row and "species_code" in row:
-                dur = row.get("duration_s")
+                dur_text = row.get("duration_s")
                 runs[row["file"]] = (row["species_code"], row.get("recording_run", ""),
-                                     float(dur) if dur not in (None, "") else None)
+                                     float(dur_text) if dur_text not in (None, "") else None)
                 if row.get("common_name"):
                     names[row["species_code"]] = row["common_name"]
     # subspecies codes → their species; run numbers restart per code, so a group keeps the code it was filed under

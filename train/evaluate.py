@@ -27,6 +27,7 @@ import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, precision_recall_fscore_support
@@ -35,6 +36,22 @@ from birdlive.errors import OptionError
 
 
 # ------------------------------------------------------------------------------------------ clip metrics
+
+class SpeciesMetrics(TypedDict):
+    """One species' entry in `clip_metrics`' "species" (None: no positive, or none known, to compute it on)."""
+    label: str
+    name: str
+    n_pos: int
+    n: int
+    ap: float | None
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    top1: float | None
+    n_single: int
+    confused_with: list[list[str | int]]     # [[label, files of this species it won on], ...], most first
+    false_alarms: int
+
 
 def clip_metrics(scores: np.ndarray, targets: np.ndarray, masks: np.ndarray | None, labels: list[str],
                  threshold: float = 0.5, names: list[str] | None = None, worst: int = 5) -> dict:
@@ -46,7 +63,7 @@ def clip_metrics(scores: np.ndarray, targets: np.ndarray, masks: np.ndarray | No
     pred = scores >= threshold
     top = scores.argmax(axis=1) if K else np.zeros(N, int)
     single = (targets.sum(axis=1) == 1) & masks.all(axis=1)
-    species = []
+    species: list[SpeciesMetrics] = []
     for k in range(K):
         m = masks[:, k]
         y, s = targets[m, k], scores[m, k]
@@ -67,11 +84,12 @@ def clip_metrics(scores: np.ndarray, targets: np.ndarray, masks: np.ndarray | No
             "confused_with": [[labels[j], c] for j, c in wrong.most_common(3)],
             "false_alarms": int((pred[m, k] & ~y).sum()),
         })
-    aps = [sp["ap"] for sp in species if sp["ap"] is not None]
-    f1s = [sp["f1"] for sp in species if sp["f1"] is not None]
+    with_ap = [(sp, ap) for sp in species if (ap := sp["ap"]) is not None]
+    aps = [ap for _, ap in with_ap]
+    f1s = [f1 for sp in species if (f1 := sp["f1"]) is not None]
     known = masks.ravel()
     f1_micro = float(f1_score(targets.ravel()[known], pred.ravel()[known], zero_division=0)) if known.any() else None
-    ranked = sorted((sp for sp in species if sp["ap"] is not None), key=lambda sp: sp["ap"])
+    ranked = [sp for sp, _ in sorted(with_ap, key=lambda pair: pair[1])]
     # the threshold that would maximise micro F1 here (a hint for calibrating threshold_on; not used by the model)
     best_f1, best_thr = None, None
     if known.any() and targets.ravel()[known].any():
@@ -156,7 +174,7 @@ def event_metrics(reference: list[RefEvent], estimated: list[RefEvent], onset_to
         return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
                 "tp": c["tp"], "fp": c["fp"], "fn": c["fn"]}
 
-    total = Counter()
+    total: Counter[str] = Counter()
     for c in counts.values():
         total.update(c)
     per = {sp: prf(c) for sp, c in sorted(counts.items())}
@@ -191,12 +209,16 @@ def noise_false_positives(model, minutes: float = 1.0, colors=("white", "pink", 
                           seed: int = 0) -> dict:
     """Events the detector reports, at the model's default thresholds, on `minutes` of pure coloured noise each."""
     from .synthetic import noise_check_waves
-    out = {"minutes_each": minutes, "dbfs": dbfs, "events": {}}
+    n_events: dict[str, int] = {}
+    species: dict[str, dict[str, int]] = {}
     for c, x in noise_check_waves(minutes, model.cfg.sample_rate, dbfs, seed, colors):
         events = detect_events(model, x, source=f"{c}-noise")
-        out["events"][c] = len(events)
-        out.setdefault("species", {})[c] = dict(Counter(e.species for e in events))
-    out["total"] = sum(out["events"].values())
+        n_events[c] = len(events)
+        species[c] = dict(Counter(e.species for e in events))
+    out: dict[str, object] = {"minutes_each": minutes, "dbfs": dbfs, "events": n_events}
+    if species:                 # no colours, no "species"
+        out["species"] = species
+    out["total"] = sum(n_events.values())
     return out
 
 

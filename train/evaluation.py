@@ -17,14 +17,17 @@ Stages, each returning a JSON-able dict:
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
+import json
 import math
 import re
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +38,9 @@ from .datasets import (AUDIO_EXTENSIONS, Holdout, Recording, Split, is_excluded,
                        select_species)
 from .evaluate import RefEvent, clip_metrics, detect_events, event_metrics
 from .windows import EvalItem, composed_items, predict_items, recording_items
+
+if TYPE_CHECKING:
+    from .loop import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,6 +117,38 @@ def subset_data(cfg, split: Split, holdout: Holdout, subset: str = "test") -> Su
                       sorted({r.primary for r in run.recs if r.path in run.snippet_paths}))
 
 
+@dataclass
+class Run:
+    """A training run folder as the evaluations read it back: its config, split and hold-out list."""
+    cfg: TrainConfig
+    split: Split
+    holdout: Holdout
+    holdout_file: str | None              # the hold-out JSON it was read from (None: none)
+
+    def subset(self, subset: str = "test") -> SubsetData:
+        return subset_data(self.cfg, self.split, self.holdout, subset)
+
+
+def load_run(run_dir: str | Path, split_file: str | Path | None = None, holdout_file: str | None = None) -> Run:
+    """A run folder's train.json, its split (`split_file`, default RUN/split.json) and its hold-out list
+    (`holdout_file`, default the one train.json names; a relative path is found by `resolve`)."""
+    from .loop import TrainConfig      # here, not at the top: the training loop imports this module
+    run = Path(run_dir)
+    cfg = TrainConfig.from_dict(json.loads((run / "train.json").read_text()))
+    split = Split.load(split_file or run / "split.json")
+    holdout_file = holdout_file or cfg.holdout
+    return Run(cfg, split, Holdout.load(resolve(holdout_file) if holdout_file else None), holdout_file)
+
+
+def add_scoring_options(ap: argparse.ArgumentParser, seed: bool = True) -> None:
+    """The options of the benchmarks that score models on a run: --seed (with `seed`), --threads, --batch, --out."""
+    if seed:
+        ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--out", default=None, help="JSON output")
+
+
 # ------------------------------------------------------------------------------------------ windows, scores
 
 def composed_set(mc, cfg, snips, cache, per_species: int, seed: int, backgrounds: list[Recording] | None = None):
@@ -174,8 +212,8 @@ def slim(m: dict) -> dict:
     return m
 
 
-def classify_events(species: list[str], primary: str, secondary: set[str]) -> Counter:
-    c = Counter()
+def classify_events(species: list[str], primary: str, secondary: set[str]) -> Counter[str]:
+    c: Counter[str] = Counter()
     for s in species:
         c["right" if s == primary else "secondary" if s in secondary else "wrong"] += 1
     return c
@@ -393,13 +431,15 @@ def na_field_data(data_root: str | Path, labels: list[str], names: list[str]) ->
 
     def ours(lab: str) -> str | None:
         return by_name.get(name_key(ds.names.get(lab, "")))
-    known, unknown, soundscapes = [], Counter(), []
+    known: list[Recording] = []
+    unknown: Counter[str] = Counter()
+    soundscapes: list[str] = []
     for r in ds.recordings:
         if r.primary == "Sonus_naturalis":            # xeno-canto's name for a soundscape
             soundscapes.append(r.path)
-        elif ours(r.primary):
-            secondary = [x for x in map(ours, r.secondary) if x and x != ours(r.primary)]
-            known.append(Recording(r.path, [ours(r.primary)], secondary, r.group))
+        elif primary := ours(r.primary):
+            secondary = [x for x in map(ours, r.secondary) if x and x != primary]
+            known.append(Recording(r.path, [primary], secondary, r.group))
         else:
             unknown[ds.names.get(r.primary, r.primary)] += 1
     return NAField(known, dict(unknown), soundscapes)
@@ -450,7 +490,8 @@ def na_field_stage(model, data_root: str | Path, alberta: list[Recording], na_la
     figures and the scored recordings per set (for a side-by-side with another model)."""
     mc = model.cfg
     field = na_field_data(data_root, mc.labels, mc.names)
-    out, scores = {"na_labels": len(na_labels)}, {}
+    out: dict[str, object] = {"na_labels": len(na_labels)}
+    scores: dict[str, ScoredRecordings] = {}
     for key, recs in (("xc_north_america", field.recordings), ("alberta_ovenbird", alberta)):
         if recs:
             fig, scores[key] = recordings_stage(model, recs, cache, {}, batch)

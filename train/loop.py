@@ -396,7 +396,8 @@ class Stepper:
     def __init__(self, model: BirdSED, cfg: TrainConfig, device):
         self.model, self.cfg, self.device = model, cfg, device
         self.warp = TempoPitchLogMel(model.cfg)
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for p in model.parameters():
             if p.requires_grad:
                 (no_decay if p.ndim <= 1 else decay).append(p)
@@ -564,6 +565,13 @@ def _fix_schedule(cfg: TrainConfig, model: BirdSED, trainset: WindowSet, device,
         cfg.total_steps = cfg.epochs * per_val
 
 
+def _total_steps(cfg: TrainConfig) -> int:
+    """The run's schedule length: set by `_fix_schedule` when the run started, read back from train.json since."""
+    if cfg.total_steps is None:
+        raise TrainError(f"{cfg.run_dir}: train.json has no total_steps (the run's schedule); start the run afresh")
+    return cfg.total_steps
+
+
 def _steps_per_val(cfg: TrainConfig, trainset: WindowSet) -> int:
     return max(1, trainset.epoch_size // cfg.batch_size)
 
@@ -571,21 +579,22 @@ def _steps_per_val(cfg: TrainConfig, trainset: WindowSet) -> int:
 def _loop(cfg: TrainConfig, run: Path, stepper: Stepper, data: RunData, prog: Progress, rows: list[dict], device,
           console, show: bool, stop, t_start: float) -> dict:
     model, B, per_val = stepper.model, cfg.batch_size, _steps_per_val(cfg, data.trainset)
-    warmup = max(1, int(cfg.warmup * cfg.total_steps))
+    total_steps = _total_steps(cfg)
+    warmup = max(1, int(cfg.warmup * total_steps))
     budget_end = t_start + cfg.max_minutes * 60 if cfg.max_minutes else None
     t0, c0, time0, cpu0 = time.time(), cpu_seconds(), prog.time_s, prog.cpu_s
     saved_at, last_save, losses, ended = prog.step, time.time(), [], "done"
-    lr = lr_at(prog.step, cfg.total_steps, warmup, cfg.lr, cfg.lr_floor)
+    lr = lr_at(prog.step, total_steps, warmup, cfg.lr, cfg.lr_floor)
     model.train()
     with _progress(console, show) as bar, _worker_exit_on_stop(stop):
-        task = bar.add_task("train", total=cfg.total_steps, completed=prog.step, info="")
-        for batch in loader(data.trainset, cfg, prog.step * B, cfg.total_steps * B, device):
-            lr = lr_at(prog.step, cfg.total_steps, warmup, cfg.lr, cfg.lr_floor)
+        task = bar.add_task("train", total=total_steps, completed=prog.step, info="")
+        for batch in loader(data.trainset, cfg, prog.step * B, total_steps * B, device):
+            lr = lr_at(prog.step, total_steps, warmup, cfg.lr, cfg.lr_floor)
             losses.append(stepper(batch, lr))
             prog.step += 1
             prog.time_s, prog.cpu_s = time0 + time.time() - t0, cpu0 + cpu_seconds() - c0
             bar.update(task, advance=1, info=f"loss {np.mean(losses[-20:]):.4f}  lr {lr:.2e}")
-            if prog.step % per_val == 0 or prog.step == cfg.total_steps:
+            if prog.step % per_val == 0 or prog.step == total_steps:
                 row = {"step": prog.step, "windows": prog.step * B, "time_s": round(prog.time_s, 1),
                        "cpu_s": round(prog.cpu_s, 1), "lr": lr, "train_loss": float(np.mean(losses)),
                        **validate(model, data, cfg, device)}
@@ -598,16 +607,16 @@ def _loop(cfg: TrainConfig, run: Path, stepper: Stepper, data: RunData, prog: Pr
             if stop.is_set() or (budget_end and time.time() >= budget_end):
                 ended = "stopped" if stop.is_set() else "time"
                 break
-    ended = "stopped" if stop.is_set() and ended == "done" and prog.step < cfg.total_steps else ended
+    ended = "stopped" if stop.is_set() and ended == "done" and prog.step < total_steps else ended
     if saved_at != prog.step:
         _save(run, stepper, cfg, data, prog, console, show)
     if ended != "done":
         console.print(f"[yellow]{'stopped' if ended == 'stopped' else 'time budget spent'} at step {prog.step} of "
-                      f"{cfg.total_steps}; `--resume` continues from there[/]")
+                      f"{total_steps}; `--resume` continues from there[/]")
     best = prog.best
     return {"run_dir": str(run), "best": str(run / "best"), "best_step": best["step"],
             "val_map": None if best["val_map"] < 0 else best["val_map"], "val_f1": best.get("val_f1"),
-            "val_top1": best.get("val_top1"), "steps": prog.step, "total_steps": cfg.total_steps,
+            "val_top1": best.get("val_top1"), "steps": prog.step, "total_steps": total_steps,
             "time_s": round(prog.time_s, 1), "cpu_s": round(prog.cpu_s, 1), "interrupted": ended == "stopped",
             "stopped_for_time": ended == "time", "labels": data.labels, "n_train_groups": len(data.split.train),
             "n_val_groups": len(data.split.val), "n_test_groups": len(data.split.test)}

@@ -150,24 +150,24 @@ def choose_species(xc: Dataset, snippets: Dataset) -> SpeciesChoice:
     by_key = {name_key(nm): lab for lab, nm in name.items() if nm}
     n_na = 0
     for nm in COMMON_NORTH_AMERICA:
-        lab = by_key.get(name_key(nm))
-        if lab is None:
+        candidate = by_key.get(name_key(nm))
+        if candidate is None:
             left_out.append((nm, "not in the data"))
-        elif lab in reasons:
-            reasons[lab] += "; also a common North American bird"
-        elif sum(groups[lab].values()) < NA_MIN_GROUPS and nm not in YARD_BIRDS:
+        elif candidate in reasons:
+            reasons[candidate] += "; also a common North American bird"
+        elif sum(groups[candidate].values()) < NA_MIN_GROUPS and nm not in YARD_BIRDS:
             left_out.append((nm, "only one recording run"))
-        elif sum(groups[lab].values()) < NA_MIN_GROUPS:
-            chosen.append(lab)
-            reasons[lab] = "North American yard bird, kept with one recording run (training only)"
+        elif sum(groups[candidate].values()) < NA_MIN_GROUPS:
+            chosen.append(candidate)
+            reasons[candidate] = "North American yard bird, kept with one recording run (training only)"
         elif n_na >= NA_MAX:
             left_out.append((nm, f"beyond the first {NA_MAX}"))
         else:
-            chosen.append(lab)
+            chosen.append(candidate)
             n_na += 1
-            reasons[lab] = "North America: " + ", ".join(
+            reasons[candidate] = "North America: " + ", ".join(
                 f"{n} {'recording' if s == xc_source else 'run'}{'s' * (n != 1)} ({s})"
-                for s, n in sorted(groups[lab].items()))
+                for s, n in sorted(groups[candidate].items()))
     return SpeciesChoice(chosen, {lab: name.get(lab, "") for lab in chosen}, {lab: groups[lab] for lab in chosen},
                          reasons, left_out)
 
@@ -189,7 +189,7 @@ def split_table_md(recs: list[Recording], split: Split, names: dict[str, str], s
     counts = split_counts(recs, split)
     head = ["species", "label"] + [f"{s} rec/runs" for s in SUBSETS]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * len(SUBSETS)]
-    totals = {s: Counter() for s in SUBSETS}
+    totals: dict[str, Counter[str]] = {s: Counter() for s in SUBSETS}
 
     def cell(c: dict) -> str:                              # xeno-canto recordings / snippet recording runs
         runs = c.get(snippet_source, 0)

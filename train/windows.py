@@ -19,6 +19,7 @@ the windows it would have seen, whatever the DataLoader's workers, and windows a
 """
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,7 +114,7 @@ class WindowSet(torch.utils.data.Dataset):
         n = warp.samples(hop)
         return Geometry(n, hop, self.out_fps * self.n / n, semis)
 
-    def _recording_example(self, rng: np.random.Generator, exclude: set[str], g: Geometry) -> Example | None:
+    def _recording_example(self, rng: np.random.Generator, exclude: AbstractSet[str], g: Geometry) -> Example | None:
         if self.balance:
             species = [s for s in self.by_species if s not in exclude]
             if not species:
@@ -134,7 +135,7 @@ class WindowSet(torch.utils.data.Dataset):
         unk = [self.index[lab] for lab in rec.secondary if lab in self.index]
         return weak_example(w, pos, unk, len(self.labels), self.n_out)
 
-    def component(self, rng: np.random.Generator, g: Geometry, exclude: set[str] = frozenset(),
+    def component(self, rng: np.random.Generator, g: Geometry, exclude: AbstractSet[str] = frozenset(),
                   max_species: int | None = None) -> Example | None:
         if self.composer is not None and rng.random() < self.snippet_share:
             k = None
@@ -235,7 +236,7 @@ def recording_items(recordings: list[Recording], labels: list[str], cache, windo
 
 def composed_items(composer: Composer, count: int, seed: int) -> list[EvalItem]:
     """A fixed set of composed windows (same seed → same windows), for validation on held-out snippet runs."""
-    items = []
+    items: list[EvalItem] = []
     rng = np.random.default_rng([seed, 7919])
     while len(items) < count:
         ex, _ = composer.compose(rng)

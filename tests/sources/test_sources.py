@@ -675,39 +675,45 @@ def test_mic_stop_from_other_thread_ends_quickly(pa):
     assert src._stream is None
 
 
-def test_mic_reconnects_when_device_vanishes(pa, tone_wav):
+def _capture_through_outage(pa, tone_wav, start_outage, end_outage, after_blocks: int, outage_s: float):
+    """Captures from a MicSource (reconnect window 20 s) through an outage: `start_outage()` once `after_blocks`
+    blocks have arrived, `end_outage()` `outage_s` later (from a thread: no blocks flow meanwhile), a tone played
+    once the source has reconnected. Checks what every recovery keeps: a reconnect, the stream contiguous and
+    locked to the wall clock, the tone captured. Returns (source, blocks)."""
     src = MicSource(pa.device, SR, block_s=0.1, reconnect_s=20)
     src.retry_s = 0.5
-    ev = {}
+    began = threading.Event()
 
-    def bring_back():  # no blocks flow during the outage, so do it from a thread
-        while "unloaded" not in ev:
-            time.sleep(0.05)
-        time.sleep(1.5)
-        pa.load_sink()
-        ev["loaded"] = True
+    def bring_back():
+        began.wait()
+        time.sleep(outage_s)
+        end_outage()
 
     player = TonePlayer(pa, src, tone_wav, start_when=lambda b, blocks: src.stats["reconnects"] >= 1)
 
     def on_block(b, blocks):
-        if "unloaded" not in ev and len(blocks) >= 5:
-            ev["unloaded"] = b.end_sample
-            pa.unload_sink()
+        if not began.is_set() and len(blocks) >= after_blocks:
+            began.set()
+            start_outage()
         player(b, blocks)
 
     th = threading.Thread(target=bring_back, daemon=True)
     th.start()
     blocks = _capture(src, 30.0, on_block)
-    th.join(5)
-    assert src.stats["reconnects"] >= 1, src.stats
-    assert player.finished(), src.stats
+    th.join(20)
+    assert src.stats["reconnects"] >= 1 and player.finished(), src.stats
     check_contiguous(blocks)
     # stream time covers the outage (zeros): it stays locked to the wall clock
     _assert_wall_follows_stream(blocks)
-    assert src.stats["gap_samples"] > 1.0 * SR, src.stats
     # and the tone played after reconnecting is captured
     x = np.concatenate([b.samples for b in blocks])
     _assert_tone(x[player.play_pos :], SR)
+    return src, blocks
+
+
+def test_mic_reconnects_when_device_vanishes(pa, tone_wav):
+    src, _ = _capture_through_outage(pa, tone_wav, pa.unload_sink, pa.load_sink, after_blocks=5, outage_s=1.5)
+    assert src.stats["gap_samples"] > 1.0 * SR, src.stats
 
 
 def test_mic_gives_up_after_reconnect_window(pa):
@@ -731,33 +737,7 @@ def test_mic_gives_up_after_reconnect_window(pa):
 def test_mic_survives_sound_server_crash(pa, tone_wav):
     """The whole server dies (every PortAudio device vanishes) and comes back:
     PortAudio is re-initialised, the device found again by name, and reopened."""
-    src = MicSource(pa.device, SR, block_s=0.1, reconnect_s=20)
-    src.retry_s = 0.5
-    ev = {}
-
-    def bring_back():
-        while "crashed" not in ev:
-            time.sleep(0.05)
-        time.sleep(1.0)
-        pa.restart_server()
-
-    player = TonePlayer(pa, src, tone_wav, start_when=lambda b, blocks: src.stats["reconnects"] >= 1)
-
-    def on_block(b, blocks):
-        if "crashed" not in ev and len(blocks) >= 3:
-            ev["crashed"] = True
-            pa.crash_server()
-        player(b, blocks)
-
-    th = threading.Thread(target=bring_back, daemon=True)
-    th.start()
-    blocks = _capture(src, 30.0, on_block)
-    th.join(20)
-    assert src.stats["reconnects"] >= 1 and player.finished(), src.stats
-    check_contiguous(blocks)
-    _assert_wall_follows_stream(blocks)
-    x = np.concatenate([b.samples for b in blocks])
-    _assert_tone(x[player.play_pos :], SR)
+    _capture_through_outage(pa, tone_wav, pa.crash_server, pa.restart_server, after_blocks=3, outage_s=1.0)
 
 
 def _wait_for(cond, timeout, what):

@@ -128,7 +128,26 @@ def weights(run):
     return load_file(str(run / "last.safetensors"))
 
 
-def test_time_budget_becomes_steps_once_and_resume_keeps_the_schedule(tmp_path):
+class SteppedClock:
+    """The training loop's wall clock, advancing 10 ms per reading: a time budget then gives the same
+    steps on an idle and on a loaded machine (the real step time is replaced by `STEP_S`)."""
+    STEP_S = 0.25
+
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __getattr__(self, name):                                            # perf_counter, sleep, …: the real ones
+        return getattr(time, name)
+
+    def time(self) -> float:
+        self.now += 0.01
+        return self.now
+
+
+def test_time_budget_becomes_steps_once_and_resume_keeps_the_schedule(tmp_path, monkeypatch):
+    import birdlive.train.loop as loop
+    monkeypatch.setattr(loop, "time", SteppedClock())
+    monkeypatch.setattr(loop, "measure_step_s", lambda *a: SteppedClock.STEP_S)
     first = train(TrainConfig(run_dir=str(tmp_path / "r"), max_minutes=0.1, **small_run(tmp_path)),
                   show_progress=False)
     saved = json.loads((tmp_path / "r" / "train.json").read_text())
