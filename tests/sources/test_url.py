@@ -1,0 +1,231 @@
+"""`--url`: network streams through PyAV. Fast tests against a local HTTP server (Python's) and a closed port; the
+real-time ones (marked `network`, ≥ 40 s each) against GStreamer's RTSP server and Icecast2 fed by `ffmpeg -re`
+(tests/streams.py), with the shipped recording XC737279 and the default model, compared with `replay` of the file."""
+from __future__ import annotations
+
+import functools
+import http.server
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from birdlive.audio import FileSource
+from birdlive.streamer.sinks.mqtt import stream_topic_name
+from birdlive.streamer.sources import UrlSource, redact
+from birdlive.streamer.sources.url import check_url, open_options
+from birdlive.errors import OptionError
+from tests.broker import free_port, wait_until
+from tests.common import BIRDLIVE, RECORDING, ROOT, birdlive, match_events, read_events_csv
+from tests.sources.test_listen import best_alignment
+
+REAL = ROOT / "recordings" / "XC737279.mp3"
+
+
+def test_redact_hides_passwords_and_secret_query_values_everywhere_in_a_text():
+    assert redact("rtsp://admin:hunter2@cam.local:554/Streaming/101") == "rtsp://admin:***@cam.local:554/Streaming/101"
+    assert redact("rtsp://admin:p@ss@cam/x") == "rtsp://admin:***@cam/x"      # an '@' in the password
+    assert redact("http://host/live.mp3?user=a&password=s3cret&x=1") == "http://host/live.mp3?user=a&password=***&x=1"
+    assert redact("rtsp://cam/x?token=abc") == "rtsp://cam/x?token=***"
+    msg = "cannot open 'rtsp://u:pw1@a/x' nor 'http://v:pw2@b:8000/y'"
+    assert redact(msg) == "cannot open 'rtsp://u:***@a/x' nor 'http://v:***@b:8000/y'"
+    assert redact("rtsp://cam.local/x") == "rtsp://cam.local/x"
+    # a URL's MQTT topic level names its host and path, never its user or password
+    assert stream_topic_name(redact("rtsp://admin:pw@cam.local:554/Streaming/101")) == "cam.local:554_Streaming_101"
+
+
+def test_url_is_checked_with_its_password_redacted():
+    assert check_url(" rtsp://cam/x ") == "rtsp://cam/x"
+    with pytest.raises(OptionError) as e:
+        check_url("cam:secret@host")
+    assert "secret" not in str(e.value)
+    assert open_options("rtsp://cam/x", 10)["rtsp_transport"] == "tcp"
+    assert open_options("http://h/x", 2.5)["rw_timeout"] == "2500000"
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_server():
+    """Python's HTTP server over recordings/ on 127.0.0.1 (a finite file: the stream ends where it does)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler,
+                                                                                 directory=str(RECORDING.parent)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_a_file_over_http_gives_the_samples_the_file_decoder_gives(http_server):
+    url = UrlSource(f"{http_server}/{RECORDING.name}", 32000)
+    got = np.concatenate([b.samples for b in url])
+    want = np.concatenate([b.samples for b in FileSource(RECORDING, 32000)])
+    assert len(got) == len(want)
+    assert np.abs(got - want).max() < 1e-4          # FLAC is lossless; the same soxr resampler follows
+    assert url.finite and url.warnings == [] and url.stats["outages"] == 0
+
+
+def test_a_closed_port_is_one_warning_however_many_attempts_and_stop_ends_it_soon():
+    port = free_port()
+    source = UrlSource(f"rtsp://user:pw@127.0.0.1:{port}/cam", 32000)
+    source.first_retry_s = 0.05         # attempts every 0.05, 0.1, 0.2, … s: several within the test
+    attempts = []
+    real_connection = source._connection
+
+    def counted(gen):
+        attempts.append(gen)
+        return real_connection(gen)
+    source._connection = counted
+    blocks = []
+    reader = threading.Thread(target=lambda: blocks.extend(source))
+    reader.start()
+    wait_until(lambda: len(attempts) >= 4, 30, "four connection attempts")
+    t = time.monotonic()
+    source.stop()
+    reader.join(10)
+    assert not reader.is_alive() and time.monotonic() - t < 5
+    assert blocks == [] and source.stats["outages"] == 1
+    [warning] = source.warnings
+    assert warning.startswith(f"rtsp://user:***@127.0.0.1:{port}/cam: cannot open the stream (")
+    assert "pw" not in warning
+
+
+# ---- real time, against real servers
+
+streams = pytest.importorskip("tests.streams")
+needs_servers = pytest.mark.skipif(streams.missing_tools() is not None, reason=str(streams.missing_tools()))
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory) -> list[tuple[str, float, float]]:
+    """`birdlive replay` of the recording with the default model: the events a stream of it must give."""
+    out = tmp_path_factory.mktemp("replay") / "replay.csv"
+    r = birdlive("replay", REAL, "--no-live", "--csv", out)
+    assert r.returncode == 0, r.stderr
+    events = [(e["species"], float(e["onset_s"]), float(e["offset_s"])) for e in read_events_csv(out)]
+    assert len({sp for sp, _, _ in events}) >= 2, events
+    return events
+
+
+def _listen(args: list, csv: Path, tmp_path: Path) -> subprocess.Popen:
+    err = open(tmp_path / "stderr.txt", "w")
+    proc = subprocess.Popen([*BIRDLIVE, "listen", *map(str, args), "--csv", str(csv), "--no-live"],
+                            stdout=subprocess.DEVNULL, stderr=err, text=True, env={"PYTHONUNBUFFERED": "1",
+                                                                                    **_environ()})
+    wait_until(lambda: "listening on" in _stderr(tmp_path) or proc.poll() is not None, 120, "listen to start")
+    return proc
+
+
+def _environ() -> dict:
+    import os
+    return {k: v for k, v in os.environ.items() if k != "BIRDLIVE_DEBUG"}
+
+
+def _stderr(tmp_path: Path) -> str:
+    return (tmp_path / "stderr.txt").read_text()
+
+
+def _events(csv: Path, source: str) -> list[tuple[str, float, float]]:
+    return [(r["species"], float(r["onset_s"]), float(r["offset_s"])) for r in read_events_csv(csv)
+            if r["source"] == source]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _matches_replay(replayed, got, within_s: float):
+    """Stream events against replay's: one offset (when the stream started within the recording), then each of
+    replay's events must have one of its species with an onset within 0.5 s; none may be left over."""
+    got = [e for e in got if e[1] < within_s]
+    d = best_alignment(replayed, got, tol=0.5)
+    shifted = [(s, a - d, b - d) for s, a, b in got]
+    return d, match_events(replayed, shifted, tol=0.5)
+
+
+@pytest.mark.network
+@needs_servers
+def test_listen_to_rtsp_and_icecast_beside_a_closed_port(replayed, tmp_path):
+    rtsp = streams.RtspServer(tmp_path / "rtsp", REAL).start()
+    icecast = streams.IcecastServer(tmp_path / "icecast", REAL).start()
+    closed = f"rtsp://birder:s3cret@127.0.0.1:{free_port()}/nothing"
+    csv = tmp_path / "live.csv"
+    try:
+        icecast.start_feed()        # a radio station: on the air before the listener comes
+        proc = _listen(["--url", rtsp.url, "--url", icecast.url, "--url", closed, "--duration", "41"], csv,
+                       tmp_path)
+        proc.wait(timeout=180)
+    finally:
+        rtsp.stop()
+        icecast.stop()
+    err = _stderr(tmp_path)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "s3cret" not in err and "s3cret" not in csv.read_text()
+    # every stream of the recording finds replay's events at the same times (the RTSP server starts each client
+    # at the recording's start; Icecast's burst gives a late listener the station's sound from its start)
+    for url in (rtsp.url, icecast.url):
+        d, (pairs, missed, extra) = _matches_replay(replayed, _events(csv, url), 41.0)
+        assert not missed and not extra, (url, d, missed, extra, replayed)
+        assert abs(d) < 1.0, (url, d)
+    # the closed port: one warning, however many attempts 41 s held; the other streams went on
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, err
+    assert warnings[0].startswith("warning: rtsp://birder:***@127.0.0.1:") and "cannot open the stream" in warnings[0]
+    assert "error:" not in err
+
+
+@pytest.mark.network
+@needs_servers
+def test_rtsp_server_killed_and_restarted_resumes_with_the_gap_counted(replayed, tmp_path):
+    rtsp = streams.RtspServer(tmp_path / "rtsp", REAL).start()
+    csv = tmp_path / "live.csv"
+    second = sorted(on for _, on, _ in replayed)[1]          # kill once replay's second event is in the CSV
+    proc = _listen(["--url", rtsp.url], csv, tmp_path)
+    try:
+        wait_until(lambda: len(_events(csv, rtsp.url)) >= 2, 120, "the first two events")
+        rtsp.stop()
+        killed = time.time()
+        wait_until(lambda: "stream lost" in _stderr(tmp_path), 60, "the outage warning")
+        wait_until(lambda: time.time() - killed > 3, 10, "an outage of a few seconds")
+        rtsp.start()
+        before = len(_events(csv, rtsp.url))
+        wait_until(lambda: len(_events(csv, rtsp.url)) > before, 120, "an event after the restart")
+    finally:
+        _stop(proc)
+        rtsp.stop()
+    err = _stderr(tmp_path)
+    assert proc.returncode == 0, err
+    rows = read_events_csv(csv)
+    events = _events(csv, rtsp.url)
+    # the first connection: every event replay has before the kill, at its time
+    first = [e for e in events if e[1] < second + 2.0]
+    d, (pairs, missed, extra) = _matches_replay([e for e in replayed if e[1] <= second], first, second + 2.0)
+    assert not missed and not extra and abs(d) < 1.0, (d, missed, extra)
+    # after the restart the recording starts again: its first event, later by the gap on the stream clock too
+    after = [r for r in rows if float(r["onset_s"]) > second + 2.0]
+    assert after, rows
+    wall = lambda r: _iso(r["wall_onset"]) - float(r["onset_s"])     # noqa: E731 - when stream time 0 was
+    assert abs(wall(after[0]) - wall(rows[0])) < 1.0, rows       # the outage is in stream time: both clocks agree
+    assert float(after[0]["onset_s"]) > second + 3.0 + replayed[0][1] - 0.5
+    assert [w for w in err.splitlines() if w.startswith("warning:")] == [
+        next(w for w in err.splitlines() if "stream lost" in w)]
+    summary = next(line for line in err.splitlines() if line.startswith(rtsp.url))
+    assert re.search(r"outages 1, reconnects 1", summary), summary
+
+
+def _iso(text: str) -> float:
+    from datetime import datetime
+    return datetime.fromisoformat(text).timestamp()
