@@ -7,6 +7,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 from tests.broker import free_port, wait_until
@@ -27,12 +28,17 @@ def missing_tools() -> str | None:
     return None
 
 
-def _accepting(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
+def _wait_serving(proc: subprocess.Popen, port: int, log: Path, what: str) -> None:
+    """Until `proc` accepts connections on `port`; its log's end if it exits instead."""
+    def accepting() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log.read_text()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+    wait_until(accepting, 30, f"{what} on port {port} (log: {log})")
 
 
 def _stop(proc: subprocess.Popen | None) -> None:
@@ -60,13 +66,8 @@ class RtspServer:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([SYSTEM_PYTHON, str(RTSP_SCRIPT), str(self.port), self.mount,
                                           str(self.recording)], stdout=log, stderr=log)
-        wait_until(lambda: self._check() and _accepting(self.port), 20, f"the RTSP server (log: {self.log})")
+        _wait_serving(self.proc, self.port, self.log, "the RTSP server")
         return self
-
-    def _check(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"the RTSP server exited: {self.log.read_text()[-2000:]}")
-        return True
 
     def stop(self) -> None:
         _stop(self.proc)
@@ -83,8 +84,7 @@ class IcecastServer:
     def __init__(self, workdir: Path, recording: Path, mount: str = "/birds.mp3"):
         self.workdir, self.recording, self.mount = Path(workdir), Path(recording), mount
         self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "log").mkdir(exist_ok=True)
-        shutil.chown(self.workdir / "log", "nobody", "nogroup")     # icecast2 will not run as root: it drops to nobody
+        self.logdir: Path | None = None
         self.port = free_port()
         self.password = secrets.token_hex(12)
         self.proc: subprocess.Popen | None = None
@@ -104,7 +104,7 @@ class IcecastServer:
   <hostname>127.0.0.1</hostname>
   <listen-socket><port>{self.port}</port><bind-address>127.0.0.1</bind-address></listen-socket>
   <fileserve>0</fileserve>
-  <paths><basedir>/usr/share/icecast2</basedir><logdir>{self.workdir}/log</logdir>
+  <paths><basedir>/usr/share/icecast2</basedir><logdir>{self.logdir}</logdir>
     <webroot>/usr/share/icecast2/web</webroot><adminroot>/usr/share/icecast2/admin</adminroot></paths>
   <logging><accesslog>access.log</accesslog><errorlog>error.log</errorlog><loglevel>3</loglevel></logging>
   <security><chroot>0</chroot><changeowner><user>nobody</user><group>nogroup</group></changeowner></security>
@@ -114,15 +114,16 @@ class IcecastServer:
         return path
 
     def start(self) -> "IcecastServer":
-        self.proc = subprocess.Popen(["icecast2", "-c", str(self._config())], stdout=subprocess.DEVNULL,
-                                     stderr=open(self.workdir / "icecast.stderr", "ab"))
-        wait_until(lambda: self._check() and _accepting(self.port), 20, "icecast2")
+        # icecast2 will not run as root: it drops to nobody, who cannot enter pytest's private tmp_path
+        self.logdir = Path(tempfile.mkdtemp(prefix="birdlive-icecast-"))
+        self.logdir.chmod(0o755)
+        shutil.chown(self.logdir, "nobody", "nogroup")
+        log = self.workdir / "icecast.stderr"
+        with open(log, "ab") as err:
+            self.proc = subprocess.Popen(["icecast2", "-c", str(self._config())], stdout=subprocess.DEVNULL,
+                                         stderr=err)
+        _wait_serving(self.proc, self.port, log, "icecast2")
         return self
-
-    def _check(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"icecast2 exited: {(self.workdir / 'icecast.stderr').read_text()[-2000:]}")
-        return True
 
     def start_feed(self) -> None:
         """`ffmpeg -re` sends the recording in a loop, MP3 frames as they are, to the mount; waits until listeners
@@ -130,10 +131,10 @@ class IcecastServer:
         _stop(self.feed)
         self.feed = subprocess.Popen(
             ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(self.recording),
-             "-c:a", "copy", "-content_type", "audio/mpeg", "-f", "mp3",
-             f"icecast://source:{self.password}@127.0.0.1:{self.port}{self.mount}"],
+             "-c:a", "copy", "-content_type", "audio/mpeg", "-f", "mp3", "-password", self.password,
+             f"icecast://source@127.0.0.1:{self.port}{self.mount}"],
             stdout=subprocess.DEVNULL, stderr=open(self.workdir / "ffmpeg.log", "ab"))
-        wait_until(self._mounted, 20, f"the mount {self.mount}")
+        wait_until(self._mounted, 60, f"the mount {self.mount}")
 
     def _mounted(self) -> bool:
         try:
@@ -147,3 +148,6 @@ class IcecastServer:
         _stop(self.feed)
         _stop(self.proc)
         self.feed = self.proc = None
+        if self.logdir is not None:
+            shutil.rmtree(self.logdir, ignore_errors=True)
+            self.logdir = None

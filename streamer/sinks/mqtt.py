@@ -369,7 +369,7 @@ class MqttPublisher:
 
     def _report_outage(self, reason: str) -> None:
         """One warning line per outage, however many reconnect attempts it takes."""
-        if self._outage_reported or self._closing:
+        if self._outage_reported or self._closing or self._refusal is not None:
             return
         self._outage_reported = True
         log.warning(f"MQTT broker {self.host}:{self.port}: {reason}; detection goes on, events wait in a "

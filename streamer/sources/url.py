@@ -12,6 +12,7 @@ the live view, MQTT and every message show `rtsp://user:***@cam/…`, never the 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import queue
@@ -26,6 +27,7 @@ import numpy as np
 from birdlive.audio import AudioBlock, SourceBase
 from birdlive.errors import OptionError, one_line
 
+from ..core.runner import put_unless
 from .timeline import Chunk, Timeline
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,54 @@ def open_options(url: str, timeout_s: float) -> dict[str, str]:
     return options
 
 
+class Burst:
+    """Holds a connection's first chunks while they come faster than real time, then restamps them as if each had
+    arrived when its last sample was sent live.
+
+    A server may send a backlog at once on connect (Icecast's burst of what it sent before; FFmpeg's probing reads
+    ahead too): those arrival times say nothing about when the audio was made, and the Timeline would stamp seconds
+    of audio with the time of connecting. The backlog's earliest possible start (arrival minus the audio before
+    it, least over the backlog and the first chunk that came in real time) dates all of it; past `max_s` of
+    backlog (a file served faster than real time) it is dated by what came so far.
+    """
+
+    max_s = 120.0
+
+    def __init__(self):
+        self.gen: int | None = None         # the connection whose backlog is held, or that is known to be live
+        self.held: list[tuple[Chunk, int]] = []
+        self.live = False
+
+    def add(self, chunk: Chunk, rate: int) -> list[tuple[Chunk, int]]:
+        if chunk.gen != self.gen:
+            out = self.flush()
+            self.gen, self.live, self.held = chunk.gen, False, [(chunk, rate)]
+            return out
+        if self.live:
+            return [(chunk, rate)]
+        last = self.held[-1][0]
+        self.held.append((chunk, rate))
+        if chunk.mono - last.mono >= 0.5 * len(chunk.samples) / rate:       # this one came in real time
+            self.live = True
+            return self.flush()
+        if sum(len(c.samples) for c, _ in self.held) > self.max_s * rate:
+            return self.flush()
+        return []
+
+    def flush(self) -> list[tuple[Chunk, int]]:
+        held, self.held = self.held, []
+        if not held:
+            return []
+        rate = held[0][1]
+        start = min(c.mono - (c.frame + len(c.samples)) / rate for c, _ in held)
+        offset = held[-1][0].wall - held[-1][0].mono        # wall minus monotonic clock, now
+        out = []
+        for c, r in held:
+            sent = start + (c.frame + len(c.samples)) / rate
+            out.append((dataclasses.replace(c, mono=sent, wall=sent + offset), r))
+        return out
+
+
 class UrlSource(SourceBase):
     """Live input from a network stream (see the module docstring). `stats` counts blocks, samples, `outages`,
     `reconnects` and `gap_samples` (the outages' zeros); `warnings` gets one line per outage."""
@@ -96,20 +146,25 @@ class UrlSource(SourceBase):
 
     def _run(self) -> Iterator[AudioBlock]:
         tl = Timeline(self.sample_rate, int(round(self.block_s * self.sample_rate)), self.stats, self.warnings)
+        burst = Burst()
         while not self._stop.is_set():
             try:
                 item = self._q.get(timeout=0.1)
             except queue.Empty:
                 continue
             if item is None:                    # a connection ended: its audio is complete
+                for chunk, rate in burst.flush():
+                    tl.add(chunk, rate)
                 tl.end_stream()
                 yield from tl.blocks()
                 if self.finite:
                     break
                 continue
-            chunk, rate = item
-            tl.add(chunk, rate)
+            for chunk, rate in burst.add(*item):
+                tl.add(chunk, rate)
             yield from tl.blocks()
+        for chunk, rate in burst.flush():
+            tl.add(chunk, rate)
         yield from tl.blocks(final=True)
 
     # -- the reader thread: connect, decode, reconnect
@@ -188,13 +243,7 @@ class UrlSource(SourceBase):
 
     def _put(self, item) -> bool:
         """Waits while the consumer is behind (back-pressure onto the connection); False once stopped."""
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless(self._q, item, self._stop)
 
     def close(self) -> None:
         self._stop.set()
