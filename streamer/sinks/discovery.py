@@ -5,7 +5,8 @@ Home Assistant's documented scheme (https://www.home-assistant.io/integrations/m
 JSON config on `homeassistant/<component>/<node_id>/<object_id>/config` (node and object ids of `[a-zA-Z0-9_-]`),
 with a `unique_id`, a `device` (`identifiers`, `name`, …) that groups the sensors, a `state_topic` and, here, a
 `value_template` that picks the sensor's field from one retained JSON state per stream
-(`birdlive/<stream>/state`), and the availability topic `birdlive/status` (online/offline, the Last Will).
+(`birdlive/<stream>/state`), and the availability topic `birdlive/status` (online/offline, the Last Will). When
+Home Assistant (re)starts it says `online` on `homeassistant/status`: the configs go out again then.
 """
 from __future__ import annotations
 

@@ -48,6 +48,7 @@ ONLINE_TOPIC = f"{TOPIC_ROOT}/status"
 DEFAULT_PORT = 1883
 TLS_PORT = 8883
 PASSWORD_ENV = "BIRDLIVE_MQTT_PASSWORD"
+HA_STATUS_TOPIC = "homeassistant/status"     # Home Assistant's birth message: `online` when it (re)starts
 MAX_QUEUE = 65000           # MQTT packet ids are 16 bits: paho cannot hold more messages than 65535
 # CONNACK codes a new attempt cannot change: MQTT 3.1.1's 4 and 5 as paho reports them (MQTT 5's 134, 135)
 LOGIN_REFUSED = {4, 5, 134, 135}
@@ -237,6 +238,7 @@ class MqttPublisher:
             c.tls_set(ca_certs=_str(self.login.ca), certfile=_str(self.login.cert), keyfile=_str(self.login.key))
         c.on_connect, c.on_connect_fail = self._on_connect, self._on_connect_fail
         c.on_disconnect, c.on_publish = self._on_disconnect, self._on_publish
+        c.on_message = self._on_message
         self._queue_full = mqtt.MQTT_ERR_QUEUE_SIZE
         return c
 
@@ -339,6 +341,7 @@ class MqttPublisher:
             self._publish(topic, to_json(payload), retain=True)
         if self.discovery is not None:
             self.discovery.resend()     # a broker without persistence forgot the retained configs
+            self._client.subscribe(HA_STATUS_TOPIC, qos=1)
         if self._outage_reported:
             self._outage_reported = False
             log.info(f"MQTT: connected to {self.host}:{self.port} again; sending {self.queued} queued messages")
@@ -361,6 +364,11 @@ class MqttPublisher:
             self._counts.notify_all()   # close() stops waiting for a broker that is gone
         if not self._closing:
             self._report_outage(f"connection lost ({reason_code})")
+
+    def _on_message(self, client, userdata, message) -> None:
+        """Home Assistant's birth message: it (re)started and wants every discovery config again."""
+        if message.topic == HA_STATUS_TOPIC and message.payload == b"online" and self.discovery is not None:
+            self.discovery.resend()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._counts:

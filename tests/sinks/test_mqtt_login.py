@@ -147,3 +147,25 @@ def test_a_certificate_from_another_ca_is_one_error_line_and_exit_1(broker, tmp_
     assert r.stderr.splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: MQTT broker 127.0.0.1:"), \
         r.stderr
     assert "certificate" in r.stderr and "--mqtt-ca" in r.stderr
+
+
+def test_home_assistant_restarting_gets_the_configs_again(broker, certificates):
+    """Home Assistant says `online` on homeassistant/status when it starts: the configs go out again (a broker
+    without persistence, or Home Assistant's own clean start, would leave it without the devices)."""
+    from birdlive.streamer import StreamStatus
+    from birdlive.streamer.sinks.mqtt import MqttPublisher
+    sub = Subscriber(broker.target, ["homeassistant/sensor/birdlive_garden-cam_live/#"], login=(USER, PASSWORD),
+                     ca=certificates.ca)      # not the retained configs of the other tests
+    publisher = MqttPublisher(broker.url, login=MqttLogin(user=USER, ca=certificates.ca, discovery=True),
+                              environ={"BIRDLIVE_MQTT_PASSWORD": PASSWORD})
+    try:
+        wait_until(lambda: publisher.connected, what="the connection")
+        publisher.on_status(StreamStatus(source="rtsp://u:***@garden-cam/live"))
+        wait_until(lambda: len(sub.messages) == 3, what="the three configs")
+        sub.client.publish("homeassistant/status", "online", qos=1)
+        wait_until(lambda: len(sub.messages) == 6, what="the configs again")
+        assert sorted(t for t, _, _ in sub.messages[:3]) == sorted(t for t, _, _ in sub.messages[3:])
+        assert all("garden-cam_live" in t and "u:" not in t for t, _, _ in sub.messages)
+    finally:
+        publisher.close()
+        sub.close()
