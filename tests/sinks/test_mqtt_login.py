@@ -169,3 +169,9 @@ def test_home_assistant_restarting_gets_the_configs_again(broker, certificates):
     finally:
         publisher.close()
         sub.close()
+
+
+def test_login_options_without_a_broker_are_one_error_line():
+    r = birdlive("replay", RECORDING, "--model", TINY, "--no-live", "--mqtt-user", USER)
+    assert r.returncode == 1 and r.stderr.splitlines() == ["error: the --mqtt-… options need --mqtt (the broker)"], \
+        r.stderr

@@ -97,6 +97,31 @@ def test_a_closed_port_is_one_warning_however_many_attempts_and_stop_ends_it_soo
     assert "pw" not in warning
 
 
+class RecordedWaits(threading.Event):
+    """A stop event whose waits return at once and are recorded: the backoff schedule without the waiting."""
+
+    def __init__(self, stop_after: int):
+        super().__init__()
+        self.waits: list[float] = []
+        self.stop_after = stop_after
+
+    def wait(self, timeout=None):
+        if timeout is not None and timeout >= 0.5:      # the reopen delays (the queue's 0.1 s polls pass through)
+            self.waits.append(timeout)
+            if len(self.waits) >= self.stop_after:
+                self.set()
+            return self.is_set()
+        return super().wait(timeout)
+
+
+def test_reopening_backs_off_from_1_s_doubling_to_60_s():
+    source = UrlSource(f"http://127.0.0.1:{free_port()}/live.mp3", 32000)
+    source._stop = RecordedWaits(stop_after=9)
+    source._read_forever()
+    assert source._stop.waits == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    assert source.stats["outages"] == 1 and len(source.warnings) == 1
+
+
 def test_a_burst_on_connect_is_dated_back_and_live_chunks_pass_unchanged():
     """Icecast sends a new listener what it sent in the last seconds at once: those chunks must be dated when their
     audio was live (the stream's start plus their position), not when they arrived; live chunks are as they came."""
@@ -284,3 +309,11 @@ def test_rtsp_server_killed_and_restarted_resumes_with_the_gap_counted(replayed,
 def _iso(text: str) -> float:
     from datetime import datetime
     return datetime.fromisoformat(text).timestamp()
+
+
+def test_listen_refuses_a_url_that_is_not_one_in_one_line_without_its_password():
+    from tests.common import TINY
+    r = birdlive("listen", "--url", "admin:hunter2@cam.local/live", "--model", TINY, "--no-live")
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.splitlines() == ["error: --url wants a stream URL like rtsp://camera/stream or "
+                                     "http://host:8000/mount, not '***@cam.local/live'"]
