@@ -125,10 +125,12 @@ def replay(
 def listen(
     device: Optional[list[str]] = typer.Option(None, "--device", "-d", help="Input device index or name substring "
                                                "(see `birdlive devices`); repeat for several microphones at once. "
-                                               "Default: the system's default input (none with --url)."),
+                                               "Default: the system's default input (none with --url or --url-file)."),
     url: Optional[list[str]] = typer.Option(None, "--url", help="A network stream: RTSP camera, Icecast or HTTP "
                                             "stream, anything FFmpeg reads; repeatable, mixes with --device. "
                                             "Reopened with backoff when it drops; its password is never shown."),
+    url_file: Optional[Path] = typer.Option(None, "--url-file", help="Stream URLs, one a line: a camera's "
+                                            "password kept off the command line (which `ps` shows)."),
     detector: DetectorOptions = GIVEN,
     csv: Optional[Path] = CsvOpt, rotate: str = RotateOpt, live: Optional[bool] = LiveOpt,
     clips: Optional[Path] = ClipsOpt, clips_max_gb: Optional[float] = ClipsMaxOpt,
@@ -140,9 +142,9 @@ def listen(
 ):
     """Detect bird calls live from microphones, field recorders or network streams until Ctrl-C (or SIGTERM)."""
     from birdlive.streamer import SourceSpec
-    from birdlive.streamer.sources import MicSource, UrlSource, check_url
+    from birdlive.streamer.sources import MicSource, UrlSource, check_url, read_url_file
 
-    urls = [check_url(u) for u in url or []]
+    urls = [check_url(u) for u in url or []] + (read_url_file(url_file) if url_file is not None else [])
     wanted: list[str | None] = list(device) if device else ([] if urls else [None])
     settings = detector.settings()
     options = _outputs(settings, len(wanted) + len(urls) > 1, csv, rotate, live, clips, clips_max_gb, clip_pictures,

@@ -7,7 +7,7 @@ from birdlive.audio import AudioBlock, AudioSourceError, FileSource
 from .devices import list_input_devices, resolve_input_device
 from .files import file_specs
 from .microphone import MicSource
-from .url import UrlSource, check_url, redact
+from .url import UrlSource, check_url, read_url_file, redact
 
 __all__ = ["AudioBlock", "AudioSourceError", "FileSource", "MicSource", "UrlSource", "check_url", "file_specs",
-           "list_input_devices", "redact", "resolve_input_device"]
+           "list_input_devices", "read_url_file", "redact", "resolve_input_device"]

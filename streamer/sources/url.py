@@ -19,6 +19,7 @@ import queue
 import re
 import threading
 import time
+from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
@@ -51,6 +52,19 @@ def check_url(url: str) -> str:
         raise OptionError(f"--url wants a stream URL like rtsp://camera/stream or http://host:8000/mount, "
                           f"not {shown!r}")
     return url.strip()
+
+
+def read_url_file(path) -> list[str]:
+    """The stream URLs in a file, one a line (blank lines and `#` comments skipped): a camera's password kept out
+    of the command line, which every user of the machine can read (`ps`). OptionError if it cannot be read."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise OptionError(f"--url-file {path}: {getattr(e, 'strerror', None) or e}") from None
+    urls = [check_url(line) for line in map(str.strip, lines) if line and not line.startswith("#")]
+    if not urls:
+        raise OptionError(f"--url-file {path}: no URL in it")
+    return urls
 
 
 def open_options(url: str, timeout_s: float) -> dict[str, str]:

@@ -39,6 +39,18 @@ def test_redact_hides_passwords_and_secret_query_values_everywhere_in_a_text():
     assert stream_topic_name(redact("rtsp://admin:pw@cam.local:554/Streaming/101")) == "cam.local:554_Streaming_101"
 
 
+def test_url_file_lists_urls_one_a_line(tmp_path):
+    from birdlive.streamer.sources import read_url_file
+    f = tmp_path / "cameras.txt"
+    f.write_text("# garden\nrtsp://u:pw@cam/live\n\n  http://radio:8000/a.mp3  \n")
+    assert read_url_file(f) == ["rtsp://u:pw@cam/live", "http://radio:8000/a.mp3"]
+    f.write_text("# nothing\n")
+    with pytest.raises(OptionError, match="no URL"):
+        read_url_file(f)
+    with pytest.raises(OptionError, match="No such file"):
+        read_url_file(tmp_path / "missing.txt")
+
+
 def test_url_is_checked_with_its_password_redacted():
     assert check_url(" rtsp://cam/x ") == "rtsp://cam/x"
     with pytest.raises(OptionError) as e:
@@ -235,7 +247,9 @@ def test_listen_to_rtsp_and_icecast_beside_a_closed_port(replayed, tmp_path):
     try:
         on_air = time.time()
         icecast.start_feed()        # a radio station: on the air before the listener comes
-        proc = _listen(["--url", rtsp.url, "--url", icecast.url, "--url", closed, "--duration", "41"], csv,
+        url_file = tmp_path / "cameras.txt"      # the password stays off the command line
+        url_file.write_text(f"# the garden camera\n{closed}\n")
+        proc = _listen(["--url", rtsp.url, "--url", icecast.url, "--url-file", url_file, "--duration", "41"], csv,
                        tmp_path)
         proc.wait(timeout=180)
     finally:
