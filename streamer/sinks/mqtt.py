@@ -124,16 +124,17 @@ class MqttLogin:
         """The password: the file's first line, else the environment's; OptionError for a file that is not there."""
         if self.password_file is not None:
             try:
-                return Path(self.password_file).read_text(encoding="utf-8").splitlines()[0] if \
-                    Path(self.password_file).stat().st_size else ""
-            except OSError as e:
-                raise OptionError(f"--mqtt-password-file {self.password_file}: {e.strerror or e}") from None
+                text = Path(self.password_file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise OptionError(f"--mqtt-password-file {self.password_file}: "
+                                  f"{getattr(e, 'strerror', None) or e}") from None
+            return text.splitlines()[0] if text.strip() else ""
         return environ.get(PASSWORD_ENV) or None
 
     def check(self, target: BrokerTarget, environ: Mapping[str, str] = os.environ) -> None:
         """What can be refused before anything connects (one `error:` line each)."""
-        if (self.password_file is not None or environ.get(PASSWORD_ENV)) and not self.user:
-            raise OptionError(f"an MQTT password ({PASSWORD_ENV} or --mqtt-password-file) needs --mqtt-user")
+        if self.password_file is not None and not self.user:     # (a password in the environment alone is unused)
+            raise OptionError("--mqtt-password-file needs --mqtt-user")
         self.password(environ)
         if (self.ca or self.cert) and not target.tls:
             raise OptionError("--mqtt-ca and --mqtt-cert are for TLS: give the broker as mqtts://HOST[:PORT]")

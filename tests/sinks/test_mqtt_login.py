@@ -56,7 +56,8 @@ def test_targets_with_a_scheme_and_logins_checked_before_connecting(tmp_path, ce
         with pytest.raises(OptionError):
             parse_target(bad)
     with pytest.raises(OptionError, match="needs --mqtt-user"):
-        MqttLogin().check(parse_target("mqtt://h"), {"BIRDLIVE_MQTT_PASSWORD": "x"})
+        MqttLogin(password_file=tmp_path / "password").check(parse_target("mqtt://h"), {})
+    MqttLogin().check(parse_target("mqtt://h"), {"BIRDLIVE_MQTT_PASSWORD": "x"})   # anonymous: the variable unused
     with pytest.raises(OptionError, match="mqtts://"):
         MqttLogin(ca=certificates.ca).check(parse_target("mqtt://h"), {})
     with pytest.raises(OptionError, match="no such file"):
