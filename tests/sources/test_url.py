@@ -331,3 +331,19 @@ def test_listen_refuses_a_url_that_is_not_one_in_one_line_without_its_password()
     assert r.returncode == 1, r.stderr
     assert r.stderr.splitlines() == ["error: --url wants a stream URL like rtsp://camera/stream or "
                                      "http://host:8000/mount, not '***@cam.local/live'"]
+
+
+def test_the_live_view_names_a_url_stream_by_its_redacted_url():
+    import io
+
+    from rich.console import Console
+
+    from birdlive.streamer import StreamStatus
+    from birdlive.streamer.sinks.liveview import LiveView
+    console = Console(file=io.StringIO(), width=200, record=True)
+    view = LiveView(console=console)
+    name = redact("rtsp://birder:s3cret@cam.local:554/live")
+    view.on_status(StreamStatus(source=name, source_stats={"outages": 2, "reconnects": 2}))
+    view.close()
+    text = console.export_text()
+    assert "rtsp://birder:***@cam.local:554/live" in text and "outages 2" in text and "s3cret" not in text
