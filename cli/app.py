@@ -13,11 +13,14 @@ import tempfile
 import threading
 import traceback
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from .options import GIVEN, ClipPicturesOpt, ComputeOpt, DetectorOptions, detector_options
+from .options import GIVEN, ClipPicturesOpt, ComputeOpt, DetectorOptions, detector_options, mqtt_options
+
+if TYPE_CHECKING:
+    from birdlive.streamer.sinks.mqtt import MqttLogin
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Real-time bird-call detection from microphones or recordings.")
@@ -37,13 +40,13 @@ def _load_model(detector, compute: str):
 
 
 def _outputs(detector, several: bool, csv, rotate, live, clips, clips_max_gb, clip_pictures, raven, audacity, jsonl,
-             mqtt, plot=None, plot_recording=None, channel=None):
+             mqtt, plot=None, plot_recording=None, channel=None, mqtt_login=None):
     from birdlive.streamer.sinks.outputs import OutputOptions, check_options
     return check_options(OutputOptions(
         csv=csv, rotate=rotate, live=live, several=several, model_name=detector.model or "default", clips=clips,
         clips_max_gb=clips_max_gb, pictures=clip_pictures, pre_roll_s=detector.pre_roll_s,
         post_roll_s=detector.post_roll_s, plot=plot, plot_recording=plot_recording, plot_channel=channel,
-        raven=raven, audacity=audacity, jsonl=jsonl, mqtt=mqtt))
+        raven=raven, audacity=audacity, jsonl=jsonl, mqtt=mqtt, mqtt_login=mqtt_login))
 
 
 def _run(net, specs, options, stop, detector, max_open: int) -> None:
@@ -73,12 +76,14 @@ ClipsMaxOpt = typer.Option(None, "--clips-max-gb", help="Cap the clips folder: o
 RavenOpt = typer.Option(None, "--raven", help="Write a Raven Pro selection table (tab-separated).")
 AudacityOpt = typer.Option(None, "--audacity", help="Write an Audacity label track.")
 JsonlOpt = typer.Option(None, "--jsonl", help="Append one JSON object per event (flushed per line).")
-MqttOpt = typer.Option(None, "--mqtt", help="Publish events to an MQTT broker, HOST[:PORT], on birdlive/<source>/"
-                                            "detection (retained status on birdlive/<source>/status).")
+MqttOpt = typer.Option(None, "--mqtt", help="Publish events to an MQTT broker, HOST[:PORT] or mqtt(s)://HOST[:PORT], "
+                                            "on birdlive/<source>/detection (retained status on birdlive/<source>/"
+                                            "status).")
 
 
 @app.command()
 @detector_options
+@mqtt_options
 def replay(
     files: list[Path] = typer.Argument(..., help="Recordings: WAV, FLAC, OGG, MP3."),
     detector: DetectorOptions = GIVEN,
@@ -92,7 +97,7 @@ def replay(
     clips: Optional[Path] = ClipsOpt, clips_max_gb: Optional[float] = ClipsMaxOpt,
     clip_pictures: bool = ClipPicturesOpt, raven: Optional[Path] = RavenOpt,
     audacity: Optional[Path] = AudacityOpt, jsonl: Optional[Path] = JsonlOpt, mqtt: Optional[str] = MqttOpt,
-    compute: str = ComputeOpt,
+    compute: str = ComputeOpt, mqtt_login: MqttLogin | None = None,
 ):
     """Detect bird calls in recordings, as fast as the machine allows (or at real-time pace).
 
@@ -104,7 +109,8 @@ def replay(
         raise OptionError(f"--plot draws one recording; {len(files)} were given")
     settings = detector.settings()
     options = _outputs(settings, len(files) > 1, csv, rotate, live, clips, clips_max_gb, clip_pictures, raven,
-                       audacity, jsonl, mqtt, plot=plot, plot_recording=files[0], channel=channel)
+                       audacity, jsonl, mqtt, plot=plot, plot_recording=files[0], channel=channel,
+                       mqtt_login=mqtt_login)
     from birdlive.streamer import file_specs
     net = _load_model(settings, compute)
     stop = threading.Event()
@@ -115,10 +121,16 @@ def replay(
 
 @app.command()
 @detector_options
+@mqtt_options
 def listen(
     device: Optional[list[str]] = typer.Option(None, "--device", "-d", help="Input device index or name substring "
                                                "(see `birdlive devices`); repeat for several microphones at once. "
-                                               "Default: the system's default input."),
+                                               "Default: the system's default input (none with --url or --url-file)."),
+    url: Optional[list[str]] = typer.Option(None, "--url", help="A network stream: RTSP camera, Icecast or HTTP "
+                                            "stream, anything FFmpeg reads; repeatable, mixes with --device. "
+                                            "Reopened with backoff when it drops; its password is never shown."),
+    url_file: Optional[Path] = typer.Option(None, "--url-file", help="Stream URLs, one a line: a camera's "
+                                            "password kept off the command line (which `ps` shows)."),
     detector: DetectorOptions = GIVEN,
     csv: Optional[Path] = CsvOpt, rotate: str = RotateOpt, live: Optional[bool] = LiveOpt,
     clips: Optional[Path] = ClipsOpt, clips_max_gb: Optional[float] = ClipsMaxOpt,
@@ -126,18 +138,20 @@ def listen(
     audacity: Optional[Path] = AudacityOpt, jsonl: Optional[Path] = JsonlOpt, mqtt: Optional[str] = MqttOpt,
     compute: str = ComputeOpt,
     duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
+    mqtt_login: MqttLogin | None = None,
 ):
-    """Detect bird calls live from microphones or field recorders until Ctrl-C (or SIGTERM)."""
+    """Detect bird calls live from microphones, field recorders or network streams until Ctrl-C (or SIGTERM)."""
     from birdlive.streamer import SourceSpec
-    from birdlive.streamer.sources import MicSource
+    from birdlive.streamer.sources import MicSource, UrlSource, check_url, read_url_file
 
-    wanted: list[str | None] = list(device) if device else [None]
+    urls = [check_url(u) for u in url or []] + (read_url_file(url_file) if url_file is not None else [])
+    wanted: list[str | None] = list(device) if device else ([] if urls else [None])
     settings = detector.settings()
-    options = _outputs(settings, len(wanted) > 1, csv, rotate, live, clips, clips_max_gb, clip_pictures, raven,
-                       audacity, jsonl, mqtt)
+    options = _outputs(settings, len(wanted) + len(urls) > 1, csv, rotate, live, clips, clips_max_gb, clip_pictures,
+                       raven, audacity, jsonl, mqtt, mqtt_login=mqtt_login)
     net = _load_model(settings, compute)
     sources = [MicSource(int(d) if d is not None and d.strip().isdigit() else d, net.cfg.sample_rate)
-               for d in wanted]
+               for d in wanted] + [UrlSource(u, net.cfg.sample_rate) for u in urls]
     stop = threading.Event()
     _install_stop_handlers(stop)
     if duration is not None:
@@ -145,8 +159,8 @@ def listen(
         timer.daemon = True
         timer.start()
     for s in sources:
-        print(f"listening on {s.name} ({s.device_rate} Hz → {s.sample_rate} Hz); Ctrl-C to stop", file=sys.stderr,
-              flush=True)
+        rates = f"{s.device_rate} Hz → {s.sample_rate} Hz" if isinstance(s, MicSource) else f"→ {s.sample_rate} Hz"
+        print(f"listening on {s.name} ({rates}); Ctrl-C to stop", file=sys.stderr, flush=True)
     specs = [SourceSpec(s.name, (lambda s=s: s)) for s in sources]
     _run(net, specs, options, stop, settings, max_open=len(specs))
 

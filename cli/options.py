@@ -60,20 +60,60 @@ DETECTOR_OPTIONS: list[tuple[str, object, object]] = [
 
 def detector_options(command: Callable) -> Callable:
     """Adds the detector options to `command`, which takes them as one `DetectorOptions` in `detector`."""
+    return _option_group(command, "detector", DETECTOR_OPTIONS, DetectorOptions)
+
+
+def mqtt_options(command: Callable) -> Callable:
+    """Adds the MQTT login options to `command`, which takes them as one `MqttLogin` (or None) in `mqtt_login`."""
+    return _option_group(command, "mqtt_login", MQTT_OPTIONS, _mqtt_login)
+
+
+def _option_group(command: Callable, param: str, options: list[tuple[str, object, object]],
+                  make: Callable[[dict], object]) -> Callable:
+    """`command` with `options` instead of its parameter `param`, which gets `make(their values)`."""
     sig = inspect.signature(command)        # its own annotations stay strings: typer resolves them (get_type_hints)
     added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
-             for name, kind, default in DETECTOR_OPTIONS]
-    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in sig.parameters.values() if p.name != "detector"]
+             for name, kind, default in options]
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in sig.parameters.values() if p.name != param]
 
     @functools.wraps(command)
     def run(**values):
-        values["detector"] = DetectorOptions({name: values.pop(name) for name, _, _ in DETECTOR_OPTIONS})
+        values[param] = make({name: values.pop(name) for name, _, _ in options})
         return command(**values)
 
     run.__signature__ = sig.replace(parameters=own + added)     # type: ignore[attr-defined]
-    # `detector` is not an option: its annotation (a name the command imports only for type checkers) goes too
-    run.__annotations__ = {k: v for k, v in command.__annotations__.items() if k != "detector"}
+    # `param` is not an option: its annotation (a name the command imports only for type checkers) goes too
+    run.__annotations__ = {k: v for k, v in command.__annotations__.items() if k != param}
     return run
+
+
+MQTT = "MQTT (with --mqtt)"
+
+
+def _mqtt(names: str, help: str, default=None):
+    return typer.Option(default, names, help=help, rich_help_panel=MQTT)
+
+
+# The password never comes from the command line (`ps` shows it to every user): $BIRDLIVE_MQTT_PASSWORD or a file.
+MQTT_OPTIONS: list[tuple[str, object, object]] = [
+    ("mqtt_user", Optional[str], _mqtt("--mqtt-user", "User name at the broker; the password comes from "
+                                       "$BIRDLIVE_MQTT_PASSWORD or --mqtt-password-file.")),
+    ("mqtt_password_file", Optional[Path], _mqtt("--mqtt-password-file", "A file whose first line is the password.")),
+    ("mqtt_ca", Optional[Path], _mqtt("--mqtt-ca", "CA certificate (PEM) that signed the broker's (mqtts:// only; "
+                                      "default: the system's CAs).")),
+    ("mqtt_cert", Optional[Path], _mqtt("--mqtt-cert", "Client certificate (PEM), where the broker asks for one.")),
+    ("mqtt_key", Optional[Path], _mqtt("--mqtt-key", "The client certificate's key (PEM).")),
+    ("mqtt_discovery", bool, _mqtt("--mqtt-discovery", "Announce each source to Home Assistant (MQTT discovery): a "
+                                   "device with last species, confidence and detections today.", False)),
+]
+
+
+def _mqtt_login(values: dict):
+    if not any(values.values()):
+        return None
+    from birdlive.streamer.sinks.mqtt import MqttLogin
+    return MqttLogin(user=values["mqtt_user"], password_file=values["mqtt_password_file"], ca=values["mqtt_ca"],
+                     cert=values["mqtt_cert"], key=values["mqtt_key"], discovery=values["mqtt_discovery"])
 
 
 class DetectorOptions:

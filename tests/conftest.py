@@ -9,6 +9,7 @@ import pytest
 
 MARKERS = {
     "capture": "records from a real capture device (a PulseAudio null sink the test starts)",
+    "network": "listens in real time (≥ 40 s each) to RTSP and Icecast servers the test starts (tests/streams.py)",
     "mqtt": "talks to a real mosquitto broker the test starts (skipped where mosquitto is not installed)",
     "ray": "runs a real local Ray cluster",
     "training": "trains a small model (minutes on two cores)",

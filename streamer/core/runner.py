@@ -239,13 +239,7 @@ class Runner:
 
     def _put(self, item) -> bool:
         """Blocks while the queue is full (back-pressure on files; a microphone's own queue absorbs it)."""
-        while not self._closed.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless(self._q, item, self._closed)
 
     # ---- status
     def _send_statuses(self) -> None:
@@ -267,6 +261,17 @@ class Runner:
             s.warnings = list(live.source.warnings)
         for sink in self.sinks:
             sink.on_status(s)
+
+
+def put_unless(q: queue.Queue, item, done: threading.Event) -> bool:
+    """Put `item` on `q`, waiting while it is full, unless `done` is set first (then False)."""
+    while not done.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def make_runner(model, sinks: list[Sink], settings: DetectorSettings | None = None, *, params=None,

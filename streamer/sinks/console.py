@@ -43,7 +43,7 @@ class StreamReport(SinkBase):
             print(f"error: {s.error}", file=self.stream, flush=True)
         if s.state == "done" and self.summaries:      # a failure is its one error line, nothing more
             st = s.source_stats
-            losses = "".join(f", {k.replace('_', ' ')} {st[k]}" for k in ("overflows", "dropped_blocks", "reconnects",
-                                                                          "clock_steps") if st.get(k))
+            losses = "".join(f", {k.replace('_', ' ')} {st[k]}" for k in ("overflows", "dropped_blocks", "outages",
+                                                                          "reconnects", "clock_steps") if st.get(k))
             print(f"{s.source}: {s.audio_s:.1f} s audio in {s.wall_s:.1f} s ({s.realtime_factor:.1f}× real time), "
                   f"{s.events} events{losses}", file=self.stream, flush=True)

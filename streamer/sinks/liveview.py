@@ -19,8 +19,9 @@ def bar(value: float, width: int = 24, style: str = "green") -> Text:
 
 
 def _short(source: str) -> str:
-    """A file's name without its folders (the CSV keeps the whole path); a device name as it is."""
-    return source.rsplit("/", 1)[-1]
+    """A file's name without its folders (the CSV keeps the whole path); a device name or a (redacted) URL as it
+    is."""
+    return source if "://" in source else source.rsplit("/", 1)[-1]
 
 
 class LiveView:
@@ -54,7 +55,7 @@ class LiveView:
             sources.add_column(col, justify=just)
         for s in self.streams.values():
             st = s.source_stats
-            losses = "  ".join(f"{k.replace('_', ' ')} {st[k]}" for k in ("overflows", "dropped_blocks",
+            losses = "  ".join(f"{k.replace('_', ' ')} {st[k]}" for k in ("overflows", "dropped_blocks", "outages",
                                                                          "reconnects", "clock_steps") if st.get(k))
             now = ", ".join(f"{name} {score:.2f}" for name, score in s.top[:2] if score >= 0.05)
             state = "" if s.state == "running" else f" ({s.state})"

@@ -9,12 +9,16 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from birdlive.errors import OptionError
 
 from ..core.events import EventAnnotator, ScoreSink, Sink
 from .console import EventPrinter, StreamReport
 from .csvlog import CsvEventLog
+
+if TYPE_CHECKING:
+    from .mqtt import MqttLogin
 
 
 @dataclass
@@ -37,7 +41,8 @@ class OutputOptions:
     raven: Path | None = None           # Raven Pro selection table
     audacity: Path | None = None        # Audacity label track
     jsonl: Path | None = None           # one JSON object per event
-    mqtt: str | None = None             # HOST[:PORT]
+    mqtt: str | None = None             # HOST[:PORT], mqtt://HOST[:PORT] or mqtts://HOST[:PORT]
+    mqtt_login: MqttLogin | None = None  # user, password, CA, client certificate; Home Assistant discovery
     summaries: bool = True              # one summary line per stream on stderr
 
 
@@ -66,7 +71,11 @@ def check_options(opts: OutputOptions) -> OutputOptions:
     """What can be refused before the model loads (seconds saved on a typo); returns `opts`."""
     if opts.mqtt is not None:
         from .mqtt import parse_target
-        parse_target(opts.mqtt)
+        target = parse_target(opts.mqtt)
+        if opts.mqtt_login is not None:
+            opts.mqtt_login.check(target)
+    elif opts.mqtt_login is not None:
+        raise OptionError("the --mqtt-… options need --mqtt (the broker)")
     return opts
 
 
@@ -98,7 +107,7 @@ def build_outputs(opts: OutputOptions, cfg) -> Outputs:
         out.score_sinks.append(plot)
     if opts.mqtt is not None:
         from .mqtt import MqttPublisher
-        out.sinks.append(MqttPublisher(opts.mqtt))
+        out.sinks.append(MqttPublisher(opts.mqtt, login=opts.mqtt_login))
     if not opts.quiet:
         out.sinks.append(_screen(opts))
     out.report = StreamReport(summaries=opts.summaries)

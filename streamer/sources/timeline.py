@@ -68,7 +68,8 @@ def _overflow_frames(overflow: bool, t_first: float, t_expected: float | None, f
 
 
 class Timeline:
-    """MicSource's consumer side, free of PortAudio (tests drive it with made-up chunks).
+    """MicSource's consumer side, free of PortAudio (tests drive it with made-up chunks); a UrlSource's too, whose
+    chunks carry no ADC clock (url.py).
 
     Stream time counts device frames (resampled to ``sample_rate``), plus zeros for frames the queue dropped or
     PortAudio lost in an overflow, plus zeros for a device outage measured on the monotonic clock (a system

@@ -10,7 +10,7 @@ import pytest
 
 from birdlive.errors import OptionError
 from birdlive.streamer import CsvEventLog, Event, EventAudio, StreamStatus, file_specs, make_runner
-from birdlive.streamer.sinks.mqtt import MqttPublisher, parse_target, stream_topic_name
+from birdlive.streamer.sinks.mqtt import BrokerTarget, MqttPublisher, parse_target, stream_topic_name
 from tests.broker import MOSQUITTO, Broker, Subscriber, wait_until
 from tests.common import RECORDING, TINY, birdlive, read_events_csv
 
@@ -27,10 +27,11 @@ def broker(tmp_path_factory):
 
 
 def test_target_is_host_and_optional_port():
-    assert parse_target("localhost") == ("localhost", 1883)
-    assert parse_target("192.168.1.5:8883") == ("192.168.1.5", 8883)
-    assert parse_target("[::1]:1884") == ("::1", 1884)
-    for bad in ("", ":1883", "host:0", "host:65536", "host:abc", "mqtt://host:1883", "::1:1883", "a b:1883",
+    assert parse_target("localhost") == BrokerTarget("localhost", 1883)
+    assert parse_target("192.168.1.5:8883") == BrokerTarget("192.168.1.5", 8883)
+    assert parse_target("[::1]:1884") == BrokerTarget("::1", 1884)
+    assert parse_target("mqtt://host:1884") == BrokerTarget("host", 1884)     # mqtts://: test_mqtt_login.py
+    for bad in ("", ":1883", "host:0", "host:65536", "host:abc", "ftp://host:1883", "::1:1883", "a b:1883",
                 "[::1", "[::1]x"):
         with pytest.raises(OptionError):
             parse_target(bad)
