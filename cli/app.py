@@ -37,13 +37,13 @@ def _load_model(detector, compute: str):
 
 
 def _outputs(detector, several: bool, csv, rotate, live, clips, clips_max_gb, clip_pictures, raven, audacity, jsonl,
-             mqtt, plot=None, plot_recording=None, channel=None):
+             mqtt, plot=None, plot_recording=None, channel=None, db=None):
     from birdlive.streamer.sinks.outputs import OutputOptions, check_options
     return check_options(OutputOptions(
         csv=csv, rotate=rotate, live=live, several=several, model_name=detector.model or "default", clips=clips,
         clips_max_gb=clips_max_gb, pictures=clip_pictures, pre_roll_s=detector.pre_roll_s,
         post_roll_s=detector.post_roll_s, plot=plot, plot_recording=plot_recording, plot_channel=channel,
-        raven=raven, audacity=audacity, jsonl=jsonl, mqtt=mqtt))
+        raven=raven, audacity=audacity, jsonl=jsonl, mqtt=mqtt, db=db))
 
 
 def _run(net, specs, options, stop, detector, max_open: int) -> None:
@@ -63,6 +63,8 @@ def _run(net, specs, options, stop, detector, max_open: int) -> None:
 
 # Options replay and listen share beside the detector's (cli/options.py).
 CsvOpt = typer.Option(None, "--csv", help="Append events to this CSV (flushed and fsync'ed per event).")
+DbOpt = typer.Option(None, "--db", help="Store events and stream status in this SQLite database (committed per "
+                                        "event; several detectors may share one; `birdlive serve` shows it).")
 RotateOpt = typer.Option("none", help="'daily': one CSV per day, NAME-YYYY-MM-DD.csv.")
 LiveOpt = typer.Option(None, "--live/--no-live", help="Rich live view (default when stdout is a terminal) or "
                                                       "one plain line per event.")
@@ -88,7 +90,8 @@ def replay(
                                                             "network's batches). --realtime reads one at a time."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the recording's spectrogram with every event "
                                         "boxed and the species' score tracks under it (PNG; one recording)."),
-    csv: Optional[Path] = CsvOpt, rotate: str = RotateOpt, live: Optional[bool] = LiveOpt,
+    csv: Optional[Path] = CsvOpt, db: Optional[Path] = DbOpt, rotate: str = RotateOpt,
+    live: Optional[bool] = LiveOpt,
     clips: Optional[Path] = ClipsOpt, clips_max_gb: Optional[float] = ClipsMaxOpt,
     clip_pictures: bool = ClipPicturesOpt, raven: Optional[Path] = RavenOpt,
     audacity: Optional[Path] = AudacityOpt, jsonl: Optional[Path] = JsonlOpt, mqtt: Optional[str] = MqttOpt,
@@ -104,7 +107,7 @@ def replay(
         raise OptionError(f"--plot draws one recording; {len(files)} were given")
     settings = detector.settings()
     options = _outputs(settings, len(files) > 1, csv, rotate, live, clips, clips_max_gb, clip_pictures, raven,
-                       audacity, jsonl, mqtt, plot=plot, plot_recording=files[0], channel=channel)
+                       audacity, jsonl, mqtt, plot=plot, plot_recording=files[0], channel=channel, db=db)
     from birdlive.streamer import file_specs
     net = _load_model(settings, compute)
     stop = threading.Event()
@@ -120,7 +123,8 @@ def listen(
                                                "(see `birdlive devices`); repeat for several microphones at once. "
                                                "Default: the system's default input."),
     detector: DetectorOptions = GIVEN,
-    csv: Optional[Path] = CsvOpt, rotate: str = RotateOpt, live: Optional[bool] = LiveOpt,
+    csv: Optional[Path] = CsvOpt, db: Optional[Path] = DbOpt, rotate: str = RotateOpt,
+    live: Optional[bool] = LiveOpt,
     clips: Optional[Path] = ClipsOpt, clips_max_gb: Optional[float] = ClipsMaxOpt,
     clip_pictures: bool = ClipPicturesOpt, raven: Optional[Path] = RavenOpt,
     audacity: Optional[Path] = AudacityOpt, jsonl: Optional[Path] = JsonlOpt, mqtt: Optional[str] = MqttOpt,
@@ -134,7 +138,7 @@ def listen(
     wanted: list[str | None] = list(device) if device else [None]
     settings = detector.settings()
     options = _outputs(settings, len(wanted) > 1, csv, rotate, live, clips, clips_max_gb, clip_pictures, raven,
-                       audacity, jsonl, mqtt)
+                       audacity, jsonl, mqtt, db=db)
     net = _load_model(settings, compute)
     sources = [MicSource(int(d) if d is not None and d.strip().isdigit() else d, net.cfg.sample_rate)
                for d in wanted]

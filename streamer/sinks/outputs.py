@@ -20,6 +20,7 @@ from .csvlog import CsvEventLog
 @dataclass
 class OutputOptions:
     csv: Path | None = None             # the event log (flushed and fsync'ed per row)
+    db: Path | None = None              # the detection database (SQLite; committed per event)
     rotate: str = "none"                # "daily": one CSV per day
     live: bool | None = None            # rich live view; None: when stdout is a terminal
     quiet: bool = False                 # neither live view nor event lines (archive analysis)
@@ -67,6 +68,9 @@ def check_options(opts: OutputOptions) -> OutputOptions:
     if opts.mqtt is not None:
         from .mqtt import parse_target
         parse_target(opts.mqtt)
+    if opts.db is not None:
+        from .database import connect
+        connect(opts.db).close()        # created (or brought up to date) now, or refused in one line
     return opts
 
 
@@ -80,6 +84,9 @@ def build_outputs(opts: OutputOptions, cfg) -> Outputs:
                                          pictures=opts.pictures, fmin=cfg.fmin, fmax=_top_hz(cfg)))
     if opts.csv is not None:
         out.sinks.append(CsvEventLog(opts.csv, rotate=opts.rotate).open())   # first: on disk before it is shown
+    if opts.db is not None:                                                   # also before the screen
+        from .database import DetectionDatabase
+        out.sinks.append(DetectionDatabase(opts.db, opts.model_name, list(cfg.labels), clips=opts.clips).open())
     if opts.raven is not None or opts.audacity is not None or opts.jsonl is not None:
         from . import exports
         if opts.raven is not None:
