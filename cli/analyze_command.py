@@ -92,14 +92,14 @@ def analyze(
         raise typer.Exit(1)
 
 
-def _database(path: Optional[Path], model: Optional[Path]):
+def _database(path: Optional[Path], model):
     """The detection database, opened (or refused in one line) before any worker starts."""
     if path is None:
         return None
     from birdlive.model import DEFAULT_CHECKPOINT, load_config
     from birdlive.streamer.sinks.database import DetectionDatabase
     cfg = load_config(model or DEFAULT_CHECKPOINT)
-    return DetectionDatabase(path, str(model or "default"), list(cfg.labels)).open()
+    return DetectionDatabase(path, str(model or "default"), list(cfg.labels), list(cfg.names)).open()
 
 
 def _executor(analysis, workers: Optional[int], ray: Optional[str], gpus_per_worker: float,

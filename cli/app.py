@@ -171,8 +171,9 @@ def devices():
 
 def _register_commands() -> None:
     """Commands that live in their own modules (each imports only typer at module level)."""
-    from . import analyze_command, summary_command, train_commands
+    from . import analyze_command, serve_command, summary_command, train_commands
     app.command("analyze")(analyze_command.analyze)
+    app.command("serve")(serve_command.serve)
     app.command("summary")(summary_command.summary)
     for name in ("train", "evaluate", "calibrate", "augment_demo"):
         app.command(name.replace("_", "-"))(getattr(train_commands, name))

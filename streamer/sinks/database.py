@@ -42,6 +42,7 @@ MIGRATIONS: list[str] = [
         id INTEGER PRIMARY KEY,
         name TEXT NOT NULL,                 -- as given to --model ("default": the embedded one)
         labels TEXT NOT NULL,               -- JSON list of its species codes
+        names TEXT NOT NULL,                -- JSON list of their common names (as labels where it has none)
         first_used REAL NOT NULL,
         UNIQUE (name, labels)
     );
@@ -178,12 +179,13 @@ class write:
         self.conn.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
-def model_id(conn: sqlite3.Connection, name: str, labels: list[str]) -> int:
-    """The row of the model `name` with these labels, added where it is new."""
+def model_id(conn: sqlite3.Connection, name: str, labels: list[str], names: list[str] | None = None) -> int:
+    """The row of the model `name` with these labels (and their common `names`), added where it is new."""
     text = json.dumps(list(labels))
+    common = json.dumps([n or label for n, label in zip(names or labels, labels)])
     with write(conn):
-        conn.execute("INSERT OR IGNORE INTO models (name, labels, first_used) VALUES (?, ?, ?)",
-                     (name, text, time.time()))
+        conn.execute("INSERT OR IGNORE INTO models (name, labels, names, first_used) VALUES (?, ?, ?, ?)",
+                     (name, text, common, time.time()))
         return conn.execute("SELECT id FROM models WHERE name = ? AND labels = ?", (name, text)).fetchone()[0]
 
 
@@ -227,9 +229,9 @@ class DetectionDatabase:
     folder the detector ran in."""
 
     def __init__(self, path: str | Path, model_name: str = "default", labels: list[str] | None = None,
-                 clips: Path | None = None):
+                 names: list[str] | None = None, clips: Path | None = None):
         self.path = Path(path)
-        self.model_name, self.labels = model_name, list(labels or [])
+        self.model_name, self.labels, self.names = model_name, list(labels or []), list(names or labels or [])
         self.clips = str(Path(clips).resolve()) if clips is not None else None
         self.conn: sqlite3.Connection | None = None
         self.model: int | None = None
@@ -239,7 +241,7 @@ class DetectionDatabase:
     def open(self) -> "DetectionDatabase":
         """Create or migrate the file now (a bad path is refused before any audio is read)."""
         self.conn = connect(self.path)
-        self.model = self._guard(lambda c: model_id(c, self.model_name, self.labels))
+        self.model = self._guard(lambda c: model_id(c, self.model_name, self.labels, self.names))
         return self
 
     def _guard(self, work):

@@ -86,7 +86,8 @@ def build_outputs(opts: OutputOptions, cfg) -> Outputs:
         out.sinks.append(CsvEventLog(opts.csv, rotate=opts.rotate).open())   # first: on disk before it is shown
     if opts.db is not None:                                                   # also before the screen
         from .database import DetectionDatabase
-        out.sinks.append(DetectionDatabase(opts.db, opts.model_name, list(cfg.labels), clips=opts.clips).open())
+        out.sinks.append(DetectionDatabase(opts.db, opts.model_name, list(cfg.labels), list(cfg.names),
+                                           clips=opts.clips).open())
     if opts.raven is not None or opts.audacity is not None or opts.jsonl is not None:
         from . import exports
         if opts.raven is not None:
