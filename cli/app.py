@@ -175,7 +175,7 @@ def _register_commands() -> None:
     app.command("analyze")(analyze_command.analyze)
     app.command("serve")(serve_command.serve)
     app.command("summary")(summary_command.summary)
-    for name in ("train", "evaluate", "calibrate", "augment_demo"):
+    for name in ("train", "evaluate", "calibrate", "augment_demo", "finetune"):
         app.command(name.replace("_", "-"))(getattr(train_commands, name))
 
 
