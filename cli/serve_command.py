@@ -13,6 +13,13 @@ from typing import Optional
 import typer
 
 
+def _user_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):          # a container's user without a passwd entry or $USER
+        return "local"
+
+
 def serve(
     db: Path = typer.Option(..., "--db", help="The detection database the detectors write (--db of replay, "
                                               "listen, analyze); created if missing."),
@@ -47,7 +54,7 @@ def serve(
     if clips is not None and not clips.is_dir():
         raise OptionError(f"--clips {clips}: no such folder")
     password = PasswordHash.of(read_password(password_file)) if auth else None
-    app = App(Settings(db, clips, password, reviewer or getpass.getuser()))
+    app = App(Settings(db, clips, password, reviewer or _user_name()))
     try:
         serve_app(app, host, port, lambda url: print(f"serving {db} on {url}; Ctrl-C to stop", file=sys.stderr,
                                                      flush=True))

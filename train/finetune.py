@@ -160,6 +160,19 @@ def _backgrounds(conn: sqlite3.Connection, source: str, wave: np.ndarray | None,
     return out
 
 
+def _warn_one_sided(items: list[Example], labels: list[str]) -> None:
+    """Species the reviews only ever say are there: nothing teaches the model where they are not, and it learns
+    to call them on other audio too (measured: benchmarks/results/learning_loop.md)."""
+    pos, neg = set(), set()
+    for e in items:
+        for k, y in e.targets.items():
+            (pos if y > 0.5 else neg).add(k)
+    one_sided = sorted(labels[k] for k in pos - neg)
+    if one_sided:
+        log.warning("finetune: no review says where %s is absent; the new model may call it on other audio too "
+                    "(reviews of its wrong detections, rejected or relabelled, teach that)", ", ".join(one_sided))
+
+
 def split(items: list[Example], fraction: float = VAL_FRACTION) -> tuple[list[Example], list[Example]]:
     """Whole recordings to validation (by a hash of their path: the same reviews give the same split), at least
     one, never all."""
@@ -270,6 +283,7 @@ def finetune(db: Path, model: str | Path, run: Path, threads: int | None = None,
     if n_reviews < MIN_REVIEWS:
         raise OptionError(f"--db {db}: {n_reviews} reviews of this model's species; finetune needs at least "
                           f"{MIN_REVIEWS} (review detections in `birdlive serve` first)")
+    _warn_one_sided(items, net.cfg.labels)
     train_items, val_items = split(items)
     val_reviews = [e for e in val_items if e.reviewed]
     if not val_reviews or not train_items:

@@ -43,6 +43,8 @@ def test_rejected_species_is_learnt_and_the_run_is_a_model(site, tmp_path):
     r = birdlive("finetune", "--db", db, "--model", TINY, "--run", tmp_path / "run", "--threads", "1")
     assert r.returncode == 0, r.stderr
     assert "replaced" in r.stderr and f"--model {tmp_path / 'run'}" in r.stderr
+    # the species only ever confirmed: nothing says where they are absent, and the user is told so
+    assert "warning: finetune: no review says where downsweep, two_tone, upsweep is absent" in r.stderr
     r = birdlive("replay", recordings[0], "--model", tmp_path / "run", "--csv", tmp_path / "after.csv", "--no-live")
     assert r.returncode == 0, r.stderr
     after = read_events_csv(tmp_path / "after.csv")
