@@ -189,7 +189,11 @@ def serve(app: Callable[[Request], Response], host: str, port: int, ready: Calla
     import signal
     import threading
 
-    server = make_server(host, port, app)
+    from birdlive.errors import OptionError
+    try:
+        server = make_server(host, port, app)
+    except OSError as e:            # the port taken, an address not this machine's
+        raise OptionError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
     stop = threading.Event()
 
     def handler(signum, frame):

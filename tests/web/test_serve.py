@@ -88,6 +88,13 @@ def test_auth_without_a_password_is_one_line_and_the_password_never_on_the_comma
     assert r.returncode == 2 and "No such option: --password" in r.stderr        # there is no such option
 
 
+def test_a_port_in_use_is_one_line(night, serve):
+    served = serve("--db", night[0])
+    port = served.url.rsplit(":", 1)[1].strip("/")
+    r = birdlive("serve", "--db", night[0], "--port", port, timeout=60)
+    assert r.returncode == 1 and r.stderr == f"error: cannot listen on 127.0.0.1:{port} (Address already in use)\n"
+
+
 @pytest.mark.parametrize("path", ["/clips/../secret.txt", "/clips/%2e%2e/secret.txt", "/clips/..%2fsecret.txt",
                                   "/clips/%2e%2e%2fbirds.sqlite", "/clips//etc/passwd", "/clips/x/../../secret.txt",
                                   "/clips/link.flac", "/clips/", "/clips/nothing.flac", "/clips/clip0.flac%00.png"])
