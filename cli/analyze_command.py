@@ -53,6 +53,8 @@ def analyze(
     detector: DetectorOptions = GIVEN, compute: str = ComputeOpt,
     channel: Optional[int] = typer.Option(None, help="Use this channel of multichannel files instead of a mix."),
     clip_pictures: bool = ClipPicturesOpt,
+    db: Optional[Path] = typer.Option(None, "--db", help="Also store every recording's events in this SQLite "
+                                      "database (`birdlive serve` shows it; clips with --clips)."),
 ):
     """Analyse an archive of recordings (a season of AudioMoth or Song Meter files): one result file per recording
     and one combined CSV, with the recorder's wall-clock times.
@@ -70,12 +72,17 @@ def analyze(
     formats = ("csv",) + tuple(f for f, on in asked.items() if on)
     settings = archive.AnalysisSettings(detector.settings(), channel=channel, tz=tz, outputs=formats,
                                         clip_pictures=clip_pictures)
+    database = _database(db, settings.detector.model)
     execute, batch_files = _executor(settings, workers, ray, gpus_per_worker, batch_files, compute)
     signal.signal(signal.SIGTERM, signal.default_int_handler)     # SIGTERM stops like Ctrl-C: finished files kept
     if ray is not None:         # Ray keeps trying an address that does not answer: say what is being waited for
         print(f"connecting to the Ray cluster at {ray}", file=sys.stderr, flush=True)
-    summary = archive.analyze_archive(recordings, out_dir, settings, execute, _progress(progress), batch_files,
-                                      retry_failed)
+    try:
+        summary = archive.analyze_archive(recordings, out_dir, settings, execute, _progress(progress), batch_files,
+                                          retry_failed, db=database)
+    finally:
+        if database is not None:
+            database.close()
     print(summary.line(), file=sys.stderr, flush=True)
     if summary.interrupted:
         print(f"interrupted: {summary.tally.files - summary.tally.done - summary.tally.failed} files left; the "
@@ -83,6 +90,16 @@ def analyze(
         raise typer.Exit(130)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _database(path: Optional[Path], model):
+    """The detection database, opened (or refused in one line) before any worker starts."""
+    if path is None:
+        return None
+    from birdlive.model import DEFAULT_CHECKPOINT, load_config
+    from birdlive.streamer.sinks.database import DetectionDatabase
+    cfg = load_config(model or DEFAULT_CHECKPOINT)
+    return DetectionDatabase(path, str(model or "default"), list(cfg.labels), list(cfg.names)).open()
 
 
 def _executor(analysis, workers: Optional[int], ray: Optional[str], gpus_per_worker: float,

@@ -40,13 +40,13 @@ def _load_model(detector, compute: str):
 
 
 def _outputs(detector, several: bool, csv, rotate, live, clips, clips_max_gb, clip_pictures, raven, audacity, jsonl,
-             mqtt, plot=None, plot_recording=None, channel=None, mqtt_login=None):
+             mqtt, plot=None, plot_recording=None, channel=None, mqtt_login=None, db=None):
     from birdlive.streamer.sinks.outputs import OutputOptions, check_options
     return check_options(OutputOptions(
         csv=csv, rotate=rotate, live=live, several=several, model_name=detector.model or "default", clips=clips,
         clips_max_gb=clips_max_gb, pictures=clip_pictures, pre_roll_s=detector.pre_roll_s,
         post_roll_s=detector.post_roll_s, plot=plot, plot_recording=plot_recording, plot_channel=channel,
-        raven=raven, audacity=audacity, jsonl=jsonl, mqtt=mqtt, mqtt_login=mqtt_login))
+        raven=raven, audacity=audacity, jsonl=jsonl, mqtt=mqtt, mqtt_login=mqtt_login, db=db))
 
 
 def _run(net, specs, options, stop, detector, max_open: int) -> None:
@@ -66,6 +66,8 @@ def _run(net, specs, options, stop, detector, max_open: int) -> None:
 
 # Options replay and listen share beside the detector's (cli/options.py).
 CsvOpt = typer.Option(None, "--csv", help="Append events to this CSV (flushed and fsync'ed per event).")
+DbOpt = typer.Option(None, "--db", help="Store events and stream status in this SQLite database (committed per "
+                                        "event; several detectors may share one; `birdlive serve` shows it).")
 RotateOpt = typer.Option("none", help="'daily': one CSV per day, NAME-YYYY-MM-DD.csv.")
 LiveOpt = typer.Option(None, "--live/--no-live", help="Rich live view (default when stdout is a terminal) or "
                                                       "one plain line per event.")
@@ -93,7 +95,8 @@ def replay(
                                                             "network's batches). --realtime reads one at a time."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the recording's spectrogram with every event "
                                         "boxed and the species' score tracks under it (PNG; one recording)."),
-    csv: Optional[Path] = CsvOpt, rotate: str = RotateOpt, live: Optional[bool] = LiveOpt,
+    csv: Optional[Path] = CsvOpt, db: Optional[Path] = DbOpt, rotate: str = RotateOpt,
+    live: Optional[bool] = LiveOpt,
     clips: Optional[Path] = ClipsOpt, clips_max_gb: Optional[float] = ClipsMaxOpt,
     clip_pictures: bool = ClipPicturesOpt, raven: Optional[Path] = RavenOpt,
     audacity: Optional[Path] = AudacityOpt, jsonl: Optional[Path] = JsonlOpt, mqtt: Optional[str] = MqttOpt,
@@ -110,7 +113,7 @@ def replay(
     settings = detector.settings()
     options = _outputs(settings, len(files) > 1, csv, rotate, live, clips, clips_max_gb, clip_pictures, raven,
                        audacity, jsonl, mqtt, plot=plot, plot_recording=files[0], channel=channel,
-                       mqtt_login=mqtt_login)
+                       mqtt_login=mqtt_login, db=db)
     from birdlive.streamer import file_specs
     net = _load_model(settings, compute)
     stop = threading.Event()
@@ -132,7 +135,8 @@ def listen(
     url_file: Optional[Path] = typer.Option(None, "--url-file", help="Stream URLs, one a line: a camera's "
                                             "password kept off the command line (which `ps` shows)."),
     detector: DetectorOptions = GIVEN,
-    csv: Optional[Path] = CsvOpt, rotate: str = RotateOpt, live: Optional[bool] = LiveOpt,
+    csv: Optional[Path] = CsvOpt, db: Optional[Path] = DbOpt, rotate: str = RotateOpt,
+    live: Optional[bool] = LiveOpt,
     clips: Optional[Path] = ClipsOpt, clips_max_gb: Optional[float] = ClipsMaxOpt,
     clip_pictures: bool = ClipPicturesOpt, raven: Optional[Path] = RavenOpt,
     audacity: Optional[Path] = AudacityOpt, jsonl: Optional[Path] = JsonlOpt, mqtt: Optional[str] = MqttOpt,
@@ -148,7 +152,7 @@ def listen(
     wanted: list[str | None] = list(device) if device else ([] if urls else [None])
     settings = detector.settings()
     options = _outputs(settings, len(wanted) + len(urls) > 1, csv, rotate, live, clips, clips_max_gb, clip_pictures,
-                       raven, audacity, jsonl, mqtt, mqtt_login=mqtt_login)
+                       raven, audacity, jsonl, mqtt, mqtt_login=mqtt_login, db=db)
     net = _load_model(settings, compute)
     sources = [MicSource(int(d) if d is not None and d.strip().isdigit() else d, net.cfg.sample_rate)
                for d in wanted] + [UrlSource(u, net.cfg.sample_rate) for u in urls]
@@ -181,10 +185,11 @@ def devices():
 
 def _register_commands() -> None:
     """Commands that live in their own modules (each imports only typer at module level)."""
-    from . import analyze_command, summary_command, train_commands
+    from . import analyze_command, serve_command, summary_command, train_commands
     app.command("analyze")(analyze_command.analyze)
+    app.command("serve")(serve_command.serve)
     app.command("summary")(summary_command.summary)
-    for name in ("train", "evaluate", "calibrate", "augment_demo"):
+    for name in ("train", "evaluate", "calibrate", "augment_demo", "finetune"):
         app.command(name.replace("_", "-"))(getattr(train_commands, name))
 
 

@@ -306,3 +306,23 @@ def augment_demo(
     console.print(f"labels {', '.join(a['labels'])}; B at {a['b']['gain_db']:+.1f} dB"
                   + (f", SNR {a['snr_db']:.1f} dB" if "snr_db" in a else "")
                   + f" → {res['wav']}, {res['png']}")
+
+
+def finetune(
+    db: Path = typer.Option(..., "--db", help="The detection database with the reviews (`birdlive serve`)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The model the detections came from (default: "
+                                        "the embedded one); training starts from it."),
+    run: Path = typer.Option(Path("runs/site"), "--run", "-o", help="Where the new checkpoint goes (RUN/best: "
+                             "`--model RUN` takes it) with finetune.json."),
+    steps: int = typer.Option(300, "--steps", min=1, help="Optimizer steps (full batch) on the reviews."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: torch's)."),
+):
+    """Learn from the reviews: confirmed and relabelled events as positives, rejected ones as negatives, the rest of
+    their recordings as background; kept only if better on reviews held out for validation. Per-site
+    thresholds from the reviews too."""
+    from birdlive.model import DEFAULT_CHECKPOINT
+    from birdlive.train.finetune import finetune as run_finetune
+    result = run_finetune(db, model or DEFAULT_CHECKPOINT, run, threads=threads, steps=steps)
+    print(result.line(), file=sys.stderr, flush=True)
+    if result.replaced:
+        print(f"new model: --model {run}", file=sys.stderr, flush=True)

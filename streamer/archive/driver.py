@@ -22,6 +22,7 @@ from typing import Callable, Protocol
 
 from birdlive.errors import OptionError
 
+from ..sinks.database import DetectionDatabase
 from .discovery import Recording, header_duration
 from .manifest import (ERRORS, MANIFEST, RESULTS, Manifest, publish, remove_results, write_combined,
                        write_errors)
@@ -82,9 +83,10 @@ class ArchiveDriver:
     marks its manifest row; keeps the tally and tells the progress display."""
 
     def __init__(self, outdir: Path, manifest: Manifest, tally: Tally, durations: dict[str, float | None],
-                 progress: ArchiveProgress | None):
-        self.results = outdir / RESULTS
+                 progress: ArchiveProgress | None, db: DetectionDatabase | None = None):
+        self.outdir, self.results = outdir, outdir / RESULTS
         self.manifest, self.tally, self.durations, self.progress = manifest, tally, durations, progress
+        self.db = db
 
     def started(self, batch: list[Recording], worker: str) -> None:
         self.manifest.mark_running(batch, worker)
@@ -92,6 +94,9 @@ class ArchiveDriver:
     def finished(self, result: FileResult) -> None:
         remove_results(self.results, result.key)        # an earlier version's must not linger beside these
         publish(self.results, result)
+        if self.db is not None:     # before the manifest: a kill between the two redoes the file, stored again
+            log = result.files.get(f"{Path(result.key).name}.csv", b"").decode("utf-8")
+            self.db.store_recording(result.path, log, self.outdir, result.error, result.audio_s)
         self.manifest.mark_finished(result)
         t = self.tally
         t.done += result.status == "done"
@@ -128,7 +133,7 @@ Execute = Callable[[list[list[Recording]], BatchReport], None]     # run_local o
 
 def analyze_archive(recordings: list[Recording], out: Path, settings: AnalysisSettings, execute: Execute,
                     progress: ArchiveProgress | None = None, batch_files: int = 1,
-                    retry_failed: bool = False) -> ArchiveSummary:
+                    retry_failed: bool = False, db: DetectionDatabase | None = None) -> ArchiveSummary:
     """Analyse the `recordings` (find_recordings) not yet finished in the output folder `out` (prepare_outdir);
     Ctrl-C (KeyboardInterrupt) stops the run with everything finished so far kept. Returns the summary; the
     combined CSV and errors.csv are rewritten from the manifest however the run ended."""
@@ -139,7 +144,7 @@ def analyze_archive(recordings: list[Recording], out: Path, settings: AnalysisSe
         todo = manifest.todo(recordings, retry_failed)
         durations = {rec.path: d for rec, d in todo}
         tally = Tally(len(todo), sum(d or 0.0 for d in durations.values()), skipped=len(recordings) - len(todo))
-        driver = ArchiveDriver(out, manifest, tally, durations, progress)
+        driver = ArchiveDriver(out, manifest, tally, durations, progress, db)
         interrupted = False
         try:
             if todo:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 @dataclass
 class OutputOptions:
     csv: Path | None = None             # the event log (flushed and fsync'ed per row)
+    db: Path | None = None              # the detection database (SQLite; committed per event)
     rotate: str = "none"                # "daily": one CSV per day
     live: bool | None = None            # rich live view; None: when stdout is a terminal
     quiet: bool = False                 # neither live view nor event lines (archive analysis)
@@ -76,6 +77,9 @@ def check_options(opts: OutputOptions) -> OutputOptions:
             opts.mqtt_login.check(target)
     elif opts.mqtt_login is not None:
         raise OptionError("the --mqtt-… options need --mqtt (the broker)")
+    if opts.db is not None:
+        from .database import connect
+        connect(opts.db).close()        # created (or brought up to date) now, or refused in one line
     return opts
 
 
@@ -89,6 +93,10 @@ def build_outputs(opts: OutputOptions, cfg) -> Outputs:
                                          pictures=opts.pictures, fmin=cfg.fmin, fmax=_top_hz(cfg)))
     if opts.csv is not None:
         out.sinks.append(CsvEventLog(opts.csv, rotate=opts.rotate).open())   # first: on disk before it is shown
+    if opts.db is not None:                                                   # also before the screen
+        from .database import DetectionDatabase
+        out.sinks.append(DetectionDatabase(opts.db, opts.model_name, list(cfg.labels), list(cfg.names),
+                                           clips=opts.clips).open())
     if opts.raven is not None or opts.audacity is not None or opts.jsonl is not None:
         from . import exports
         if opts.raven is not None:
