@@ -5,7 +5,7 @@ no torch, and the lean runtime (ONNX Runtime, no torch installed) imports them t
 """
 from __future__ import annotations
 
-import importlib
+from birdlive.lazy import lazy_exports
 
 _WHERE = {
     "BirdSED": "sed", "LogMelFrontend": "frontend", "ModelConfig": "config",
@@ -13,16 +13,4 @@ _WHERE = {
     "load_config": "checkpoint", "pick_device": "checkpoint", "save_checkpoint": "checkpoint",
     "PRESETS": "registry", "create_config": "registry",
 }
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _WHERE)

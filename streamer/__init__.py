@@ -5,7 +5,7 @@ package must not cost them the network's start-up.
 """
 from __future__ import annotations
 
-import importlib
+from birdlive.lazy import lazy_exports
 
 _WHERE = {
     "Event": "core.events", "EventAudio": "core.events", "EventFilter": "core.events", "StreamStatus": "core.events",
@@ -25,16 +25,4 @@ _WHERE = {
     "DetectorSettings": "core.settings",
     "load_thresholds": "core.thresholds",
 }
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _WHERE)

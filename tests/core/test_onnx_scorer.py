@@ -55,7 +55,10 @@ def both():
 
 
 def test_the_embedded_model_ships_its_graph():
+    import onnx
     assert graph_path(DEFAULT_CHECKPOINT).is_file()
+    ops = {n.op_type for n in onnx.load(str(graph_path(DEFAULT_CHECKPOINT))).graph.node}
+    assert "GRU" in ops and "Pad" not in ops         # its "same" paddings are the convolutions' own (export.py)
     assert pick_backend(DEFAULT_CHECKPOINT, "auto") in ("onnx", "cuda")
     assert pick_backend(TINY, "auto") in ("cpu", "cuda")        # no graph: torch, which is installed here
 
