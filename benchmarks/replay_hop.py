@@ -5,8 +5,8 @@ recordings stage reads them).
     .venv/bin/python benchmarks/replay_hop.py [--hops 1,1.5,2,2.5] [--noise-minutes 2] \
         [--json benchmarks/results/replay_hop.json]
 
-Per hop, through the streaming path's offline reference (`framewise_track`, `detect_offline`: the runner's
-numbers, held equal to it by tests/core):
+Per hop, through the streaming path's offline reference (`framewise_track` and the smoother, as `detect_offline`
+runs them: the runner's numbers, held equal to it by tests/core):
 - recording-level macro mAP and top-1: a recording's score per species is the maximum of the stitched framewise
   track that replay computes (secondary species masked, as in evaluate_default.py);
 - events per recording: of the right species, of a secondary species, of a wrong one;
@@ -31,7 +31,9 @@ sys.path.insert(0, str(HERE))
 
 from evaluate_default import REPO, arguments, setup  # noqa: E402
 
-from birdlive.streamer.core.offline import detect_offline, framewise_track  # noqa: E402
+from birdlive.streamer.core.offline import framewise_track  # noqa: E402
+from birdlive.streamer.core.smoother import EventSmoother  # noqa: E402
+from birdlive.streamer.core.stream import default_params  # noqa: E402
 from birdlive.train.evaluate import clip_metrics  # noqa: E402
 from birdlive.train.evaluation import classify_events, recording_windows, top1  # noqa: E402
 from birdlive.train.synthetic import noise_check_waves  # noqa: E402
@@ -56,6 +58,13 @@ def timing(reference: list, events: list) -> dict:
             "offset": stats(shifts_off)}
 
 
+def events_of(model, track: np.ndarray, source: str) -> list:
+    """`detect_offline`'s events from a track already computed."""
+    cfg = model.cfg
+    smoother = EventSmoother(cfg.labels, cfg.names, cfg.frame_s, default_params(cfg), source=source)
+    return smoother.push(track) + smoother.finish()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(REPO / "model" / "weights" / "default"))
@@ -76,8 +85,9 @@ def main() -> None:
     print(f"{len(recs)} test recordings, {audio_s / 60:.1f} min", file=sys.stderr)
     results, reference = {}, None
     for hop in [float(h) for h in a.hops.split(",")]:
-        scores = np.stack([framewise_track(model, w, hop).max(0) for w in waves])
-        events = [detect_offline(model, w, source=r.path, hop_s=hop) for r, w in zip(recs, waves)]
+        tracks = [framewise_track(model, w, hop) for w in waves]
+        scores = np.stack([t.max(0) for t in tracks])
+        events = [events_of(model, t, r.path) for r, t in zip(recs, tracks)]
         kinds = Counter()
         for r, evs in zip(recs, events):
             kinds.update(classify_events([e.species for e in evs], r.primary, set(r.secondary)))
@@ -88,7 +98,7 @@ def main() -> None:
             "recording_map": m["macro_map"], "recording_top1": top1(scores, recs, mc.labels),
             "events_right": kinds["right"], "events_secondary": kinds["secondary"], "events_wrong": kinds["wrong"],
             "timing_vs_hop_1": timing(reference, flat),
-            "noise_events": sum(len(detect_offline(model, x, source=c, hop_s=hop)) for c, x in noise),
+            "noise_events": sum(len(events_of(model, framewise_track(model, x, hop), c)) for c, x in noise),
             "windows_per_audio_s": 1.0 / hop,
         }
         print(hop, json.dumps(results[str(hop)]), file=sys.stderr, flush=True)
