@@ -91,8 +91,8 @@ def fuse_pads_into_convs(graph) -> int:
         mode = next((a.s for a in pad.attribute if a.name == "mode"), b"constant")
         pads = values.get(pad.input[1]) if len(pad.input) > 1 else None
         value = values.get(pad.input[2], np.zeros(1)) if len(pad.input) > 2 and pad.input[2] else np.zeros(1)
-        conv = readers.get(pad.output[0], [None, None])
-        conv = conv[0] if len(conv) == 1 else None
+        after = readers.get(pad.output[0], [])
+        conv = after[0] if len(after) == 1 else None
         own = {a.name: helper.get_attribute_value(a) for a in conv.attribute} if conv is not None else {}
         if (conv is None or conv.op_type != "Conv" or mode != b"constant" or pads is None or len(pads) != 8
                 or pads[[0, 1, 4, 5]].any() or np.asarray(value).any() or any(own.get("pads", []))
