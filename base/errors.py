@@ -18,3 +18,26 @@ class OptionError(BirdliveError, ValueError):
 def one_line(text: object) -> str:
     """Any message as one line for the user: line breaks and runs of white space become single spaces."""
     return " ".join(str(text).split())
+
+
+# The packages of `pip install 'birdlive[torch]'` (import names) that training, evaluation, export and the torch
+# scorer import: the lean runtime (ONNX Runtime) has none of them.
+TORCH_EXTRA_MODULES = ("torch", "timm", "torchlibrosa", "librosa", "sklearn", "torchvision", "onnx")
+TORCH_EXTRA = "pip install 'birdlive[torch]'"
+
+
+class MissingExtra(BirdliveError):
+    """Something asked for needs the torch extra, which is not installed."""
+
+
+def needs_torch(what: str) -> None:
+    """One line (`{what} needs the torch extra: pip install …`) when torch or timm is not installed. Looks for the
+    packages without importing them: the command that asked imports them when it starts its work."""
+    from importlib.util import find_spec
+    for name in ("torch", "timm"):
+        try:
+            found = find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise MissingExtra(f"{what} needs the torch extra: {TORCH_EXTRA}")

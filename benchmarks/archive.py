@@ -90,12 +90,14 @@ def timed(cmd: list[str], name: str, env: dict | None = None) -> dict:
     return {"wall_s": wall, "stdout": p.stdout, "stderr": p.stderr}
 
 
-def birdlive_run(folder: Path, name: str, workers: int, ray: str | None = None) -> dict:
+def birdlive_run(folder: Path, name: str, workers: int, ray: str | None = None, exe: Path = BIRDLIVE,
+                 extra: tuple[str, ...] = ()) -> dict:
+    """`exe analyze` (another venv's `birdlive`: benchmarks/streaming.py's lean runtime) with `extra` options."""
     out = WORK / f"out-{name}"
     if out.exists():
         import shutil
         shutil.rmtree(out)
-    cmd = [str(BIRDLIVE), "analyze", str(folder), "--out", str(out), "--workers", str(workers), "--no-progress"]
+    cmd = [str(exe), "analyze", str(folder), "--out", str(out), "--workers", str(workers), "--no-progress", *extra]
     r = timed(cmd + (["--ray", ray] if ray else []), name, RAY_ENV if ray else None)
     # the summary line: "N files, M failed …, X h audio in Y min"
     m = re.search(r"(\d+) files.*?(\d+) failed", r["stderr"].strip().splitlines()[-1])

@@ -1,9 +1,14 @@
 """Streaming benchmarks of the installed `birdlive` command, printed as one table from one run.
 
-    .venv/bin/python benchmarks/streaming.py [--repeat N] [--skip-birdnet] [--skip-rss] [--json OUT]
+    .venv/bin/python benchmarks/streaming.py [--repeat N] [--skip-birdnet] [--skip-rss] [--skip-analyze]
+        [--backends lean,torch] [--json OUT]
 
 Every figure times a whole process, from spawn to exit (Python start-up and model load included), because
 that is what a user waits for; ratios between columns come from the same run on the same machine.
+
+Two birdlive columns: the lean runtime (`--compute onnx`: ONNX Runtime and the numpy log-mel, run from the venv
+benchmarks/install.py keeps in runs/install/lean, where torch is not installed; from .venv where that is absent)
+and torch (`--compute cpu`, from .venv).
 
 1. replay of real audio, birdlive vs BirdNET V2.4 (benchmarks/birdnet_peer.py in .venv-peers): a 120 s and a
    30 min file made by concatenating the xeno-canto recordings of ../shared/data/xc-puerto-rico (sorted by path,
@@ -11,7 +16,11 @@ that is what a user waits for; ratios between columns come from the same run on 
 2. time to `birdlive --help`, and time from spawn to the first event line on stdout (`replay --no-live`);
 3. resident memory of one `birdlive replay` over 2 hours of audio (the 30 min file looped 4x, 32 kHz),
    sampled every 0.5 s from /proc (the process and its children);
-4. concurrent real-time streams one machine sustains with the default model (benchmarks/realtime_streams.py).
+4. concurrent real-time streams one machine sustains with the default model (benchmarks/realtime_streams.py);
+5. `birdlive analyze` of the first 60 min of the xeno-canto recordings (one worker per core) beside BirdNET V2.4's
+   process pool (benchmarks/archive.py's rows, the faster BirdNET mode there);
+6. fresh-venv installs, lean and with the torch extra: read from benchmarks/results/install.json
+   (benchmarks/install.py measures them: minutes and gigabytes, not rerun here).
 
 Timed figures are the best of --repeat runs (the machine may be shared; the minimum is the least disturbed).
 The memory run is made once: memory does not depend on the machine's load the way time does.
@@ -38,6 +47,11 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
 BIRDLIVE = ROOT / ".venv" / "bin" / "birdlive"
+LEAN_VENV_BIRDLIVE = ROOT / "runs" / "install" / "lean" / "bin" / "birdlive"
+# backend: (the birdlive command, its --compute)
+BACKENDS = {"lean": (LEAN_VENV_BIRDLIVE if LEAN_VENV_BIRDLIVE.exists() else BIRDLIVE, "onnx"),
+            "torch": (BIRDLIVE, "cpu")}
+INSTALL_JSON = ROOT / "benchmarks" / "results" / "install.json"
 PEER_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 PEER_SCRIPT = ROOT / "benchmarks" / "birdnet_peer.py"
 XC_DIR = ROOT.parent / "shared" / "data" / "xc-puerto-rico"
@@ -107,6 +121,15 @@ def loop_audio(src: Path, out: Path, loops: int, sr: int) -> Path:
     return out
 
 
+def cut_audio(src: Path, out: Path, seconds: float) -> Path:
+    """The first `seconds` of `src`, made once."""
+    if not out.exists():
+        info = sf.info(str(src))
+        y, sr = sf.read(src, frames=int(seconds * info.samplerate), dtype="float32")
+        sf.write(out, y, sr, subtype="PCM_16", format="FLAC")
+    return out
+
+
 def duration_s(path: Path) -> float:
     info = sf.info(str(path))
     return info.frames / info.samplerate
@@ -138,10 +161,16 @@ def csv_rows(path: Path) -> int:
         return max(0, sum(1 for _ in csv.reader(fh)) - 1)
 
 
-def birdlive_replay(audio: Path, tag: str) -> dict:
-    out = OUT_DIR / f"birdlive-{tag}.csv"
+def birdlive_cmd(backend: str, *args: str) -> list[str]:
+    exe, compute = BACKENDS[backend]
+    return [str(exe), *args, "--compute", compute]
+
+
+def birdlive_replay(audio: Path, tag: str, backend: str) -> dict:
+    out = OUT_DIR / f"birdlive-{backend}-{tag}.csv"
     out.unlink(missing_ok=True)  # birdlive appends to an existing CSV
-    r = run_process([str(BIRDLIVE), "replay", str(audio), "--no-live", "--csv", str(out)], f"birdlive-{tag}")
+    r = run_process(birdlive_cmd(backend, "replay", str(audio), "--no-live", "--csv", str(out)),
+                    f"birdlive-{backend}-{tag}")
     # birdlive's own summary on stderr: "… X s audio in Y s (Z× real time)"; the rest of the wall is start-up.
     m = re.search(r"audio in\s+([\d.]+)\s*s", " ".join(r["stderr"].split()))
     return {"wall_s": r["wall_s"], "inner_s": float(m.group(1)) if m else None, "events": csv_rows(out)}
@@ -157,28 +186,30 @@ def birdnet_replay(audio: Path, tag: str) -> dict:
     return {"wall_s": r["wall_s"], "inner_s": float(m.group(1)) if m else None, "events": csv_rows(out)}
 
 
-def replay_figures(files: dict[str, Path], repeat: int, skip_birdnet: bool) -> dict:
+def replay_figures(files: dict[str, Path], repeat: int, skip_birdnet: bool, backends: list[str]) -> dict:
     """Row 1. One untimed run of each tool first, so that no timed run pays for a cold page cache (torch,
     TFLite and the model files read from disk) or for numba compiling BirdNET's resampler on its first use."""
     first = next(iter(files.values()))
     log("warm-up runs (untimed)")
-    birdlive_replay(first, "warmup")
+    for b in backends:
+        birdlive_replay(first, "warmup", b)
     if not skip_birdnet:
         birdnet_replay(first, "warmup")
     figs = {}
     for label, audio in files.items():
         tag = label.replace(" ", "")
-        f = {"file": str(audio.relative_to(ROOT)), "audio_s": duration_s(audio),
-             "birdlive": best_of(repeat, lambda audio=audio, tag=tag: birdlive_replay(audio, tag))}
+        f = {"file": str(audio.relative_to(ROOT)), "audio_s": duration_s(audio)}
+        for b in backends:
+            f[b] = best_of(repeat, lambda audio=audio, tag=tag, b=b: birdlive_replay(audio, tag, b))
         if not skip_birdnet:
             f["birdnet"] = best_of(repeat, lambda audio=audio, tag=tag: birdnet_replay(audio, tag))
         figs[label] = f
     return figs
 
 
-def first_event_once(audio: Path, extra: list[str]) -> dict:
+def first_event_once(audio: Path, extra: list[str], backend: str) -> dict:
     """Spawn `replay --no-live` and time spawn -> first stdout line (one line per event, flushed) and -> exit."""
-    cmd = [str(BIRDLIVE), "replay", str(audio), "--no-live", *extra]
+    cmd = birdlive_cmd(backend, "replay", str(audio), "--no-live", *extra)
     log(f"run first-event: {' '.join(cmd)}")
     with open(OUT_DIR / "first-event.stderr.txt", "w") as err:  # a file, not a pipe: a full pipe could block it
         t0 = time.perf_counter()
@@ -193,17 +224,23 @@ def first_event_once(audio: Path, extra: list[str]) -> dict:
     return {"wall_s": t_line if line else float("inf"), "exit_s": t_exit, "line": " ".join(line.split())}
 
 
-def startup_figures(repeat: int) -> dict:
-    """Row 2: `birdlive --help`, then spawn -> first event on the first of FIRST_EVENT_TRIES that gives one."""
-    help_run = best_of(repeat, lambda: run_process([str(BIRDLIVE), "--help"], "help"))
-    figs = {"help": {"wall_s": help_run["wall_s"]}}
+def startup_figures(repeat: int, backend: str) -> dict:
+    """Row 2: `birdlive --help`; start-up to the first window: a whole `replay` of a 5 s clip (one window: spawn,
+    imports, model load, decoding, one window scored, exit); then spawn -> first event on the first of
+    FIRST_EVENT_TRIES that gives one."""
+    exe, _ = BACKENDS[backend]
+    help_run = best_of(repeat, lambda: run_process([str(exe), "--help"], f"help-{backend}"))
+    clip = cut_audio(AUDIO_DIR / "xc-pr-120s-48k.flac", AUDIO_DIR / "xc-pr-5s-48k.flac", 5.0)
+    one = best_of(repeat, lambda: run_process(birdlive_cmd(backend, "replay", str(clip), "--no-live"),
+                                              f"one-window-{backend}"))
+    figs = {"help": {"wall_s": help_run["wall_s"]}, "one_window": {"wall_s": one["wall_s"]}}
     for rel, extra in FIRST_EVENT_TRIES:
         audio = XC_DIR / rel
-        runs = [first_event_once(audio, extra)]
+        runs = [first_event_once(audio, extra, backend)]
         if not runs[0]["line"]:
             log(f"no event from {rel} {' '.join(extra)}; trying the next candidate")
             continue
-        runs += [first_event_once(audio, extra) for _ in range(repeat - 1)]
+        runs += [first_event_once(audio, extra, backend) for _ in range(repeat - 1)]
         best = min(runs, key=lambda r: r["wall_s"])
         figs["first_event"] = {**best, "file": rel, "audio_s": duration_s(audio),
                                "thresholds": " ".join(extra) or "default"}
@@ -235,12 +272,12 @@ def rss_kib(pid: int) -> int:
     return total
 
 
-def rss_figures(audio: Path, period_s: float = 0.5) -> dict:
+def rss_figures(audio: Path, backend: str, period_s: float = 0.5) -> dict:
     """Row 3: one accelerated replay of `audio`, RSS sampled every `period_s`. Waiting on the process (rather
     than sleeping) between samples keeps the wall time exact to the moment it exits."""
-    out = OUT_DIR / "birdlive-rss.csv"
+    out = OUT_DIR / f"birdlive-{backend}-rss.csv"
     out.unlink(missing_ok=True)
-    cmd = [str(BIRDLIVE), "replay", str(audio), "--no-live", "--csv", str(out)]
+    cmd = birdlive_cmd(backend, "replay", str(audio), "--no-live", "--csv", str(out))
     log(f"run rss: {' '.join(cmd)}")
     samples: list[tuple[float, int]] = []
     with open(OUT_DIR / "rss.stderr.txt", "w") as err:
@@ -266,85 +303,136 @@ def rss_figures(audio: Path, period_s: float = 0.5) -> dict:
             "samples": len(samples), "events": csv_rows(out)}
 
 
-def realtime_streams_figures(audio: Path, seconds: float = 20.0, max_lag_s: float = 1.0) -> dict:
+def realtime_streams_figures(audio: Path, backend: str, seconds: float = 20.0, max_lag_s: float = 1.0) -> dict:
     """Row 4: the most real-time 32 kHz streams (0.1 s blocks, like a microphone) one process sustains with the
     default model, every window scored and no source more than `max_lag_s` behind the wall clock
     (benchmarks/realtime_streams.py). In this process: a stream count is not a start-up figure."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    import torch
     from realtime_streams import max_streams
 
-    from birdlive.model import DEFAULT_CHECKPOINT, load_checkpoint, pick_device
-    device = pick_device("auto")
-    model = load_checkpoint(DEFAULT_CHECKPOINT, device=device)
+    from birdlive.streamer import load_scorer
+    scorer = load_scorer(None, BACKENDS[backend][1])
     x, rate = sf.read(audio, dtype="float32", always_2d=True)
-    wave = soxr.resample(x.mean(axis=1), rate, model.cfg.sample_rate).astype(np.float32)
-    log(f"real-time streams on {device}: {seconds:g} s runs")
-    n, tried = max_streams(model, wave, seconds, max_lag_s, log=log)
-    return {"streams": n, "device": str(device), "torch_threads": torch.get_num_threads(), "seconds": seconds,
-            "max_lag_s": max_lag_s, "worst_lag_by_count": tried}
+    wave = soxr.resample(x.mean(axis=1), rate, scorer.cfg.sample_rate).astype(np.float32)
+    log(f"real-time streams, {backend}: {seconds:g} s runs")
+    n, tried = max_streams(scorer, wave, seconds, max_lag_s, log=log)
+    return {"streams": n, "backend": backend, "seconds": seconds, "max_lag_s": max_lag_s,
+            "worst_lag_by_count": tried}
+
+
+def analyze_figures(minutes: float, backends: list[str], skip_birdnet: bool, repeat: int) -> dict:
+    """Row 5: `birdlive analyze` (one worker per core, its default) of the first `minutes` of the recordings,
+    beside BirdNET V2.4's process pool with as many processes (benchmarks/archive.py)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import archive
+    folder, audio_s, count = archive.link_recordings(minutes)
+    warm, _, _ = archive.link_recordings(0.5)
+    archive.WORK.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    figs: dict = {"audio_s": audio_s, "files": count, "folder": str(folder.relative_to(ROOT))}
+    for b in backends:
+        exe, compute = BACKENDS[b]
+        archive.birdlive_run(warm, f"warmup-{b}", cores, exe=exe, extra=("--compute", compute))
+        figs[b] = best_of(repeat, lambda exe=exe, compute=compute, b=b: archive.birdlive_run(
+            folder, f"analyze-{b}", cores, exe=exe, extra=("--compute", compute)))
+    if not skip_birdnet:
+        archive.birdnet_run(warm, "warmup-birdnet", 1, "pool")
+        figs["birdnet"] = best_of(repeat, lambda: archive.birdnet_run(folder, "birdnet-pool", cores, "pool"))
+    return figs
 
 
 # --------------------------------------------------------------------------------------------- table
 
-Row = tuple[str, str, str, str, str]  # what, birdlive, BirdNET, birdlive ÷ BirdNET, notes
+# what, {backend: figure}, BirdNET, {backend: birdlive ÷ BirdNET}, notes
+Row = tuple[str, dict, str, dict, str]
 
 
 def _speed(run: dict | None, audio_s: float) -> str:
     return f"{run['wall_s']:.2f} s · {audio_s / run['wall_s']:.0f}×" if run else "skipped"
 
 
-def replay_rows(figs: dict) -> list[Row | None]:
-    rows: list[Row | None] = []
+def _ratios(f: dict, peer: dict | None, backends: list[str]) -> dict:
+    """Throughput ratio = the inverse of the wall-time ratio."""
+    return {b: f"{peer['wall_s'] / f[b]['wall_s']:.2f}×" for b in backends if peer and b in f}
+
+
+def replay_rows(figs: dict, backends: list[str]) -> list[Row]:
+    rows: list[Row] = []
     for label, f in figs.items():
-        bl, bn = f["birdlive"], f.get("birdnet")
-        ratio = f"{bn['wall_s'] / bl['wall_s']:.2f}×" if bn else "–"  # throughput ratio = inverse wall ratio
-        counts = f"birdlive {bl['events']} events" + (f", BirdNET {bn['events']} detections" if bn else "")
-        rows.append((f"replay {label} of real audio: wall s · × real time", _speed(bl, f["audio_s"]),
-                     _speed(bn, f["audio_s"]), ratio, f"{f['file']}; {counts}"))
+        bn = f.get("birdnet")
+        counts = ", ".join(f"{b} {f[b]['events']} events" for b in backends) + (
+            f", BirdNET {bn['events']} detections" if bn else "")
+        rows.append((f"replay {label} of real audio: wall s · × real time",
+                     {b: _speed(f[b], f["audio_s"]) for b in backends}, _speed(bn, f["audio_s"]),
+                     _ratios(f, bn, backends), f"{f['file']}; {counts}"))
         # Where the wall time goes: the tools' own in-process time (read from their output) vs the rest.
-        if bl["inner_s"] is not None and (bn is None or bn["inner_s"] is not None):
-            rows.append((f"  of which start-up + model load ({label})", f"{bl['wall_s'] - bl['inner_s']:.2f} s",
-                         f"{bn['wall_s'] - bn['inner_s']:.2f} s" if bn else "skipped", "",
-                         f"in-process: birdlive {bl['inner_s']:.1f} s"
-                         + (f", BirdNET {bn['inner_s']:.1f} s (decode + resample + model)" if bn else "")))
+        if all(f[b]["inner_s"] is not None for b in backends) and (bn is None or bn["inner_s"] is not None):
+            rows.append((f"  of which start-up + model load ({label})",
+                         {b: f"{f[b]['wall_s'] - f[b]['inner_s']:.2f} s" for b in backends},
+                         f"{bn['wall_s'] - bn['inner_s']:.2f} s" if bn else "skipped", {}, ""))
     return rows
 
 
-def startup_rows(figs: dict) -> list[Row | None]:
-    rows: list[Row | None] = [("`birdlive --help`, whole process", f"{figs['help']['wall_s']:.2f} s", "–", "", "")]
-    fe = figs.get("first_event")
-    if fe is None:
-        rows.append(("spawn → first event line", "no event", "–", "", f"tried {len(FIRST_EVENT_TRIES)} candidates"))
-    else:
-        rows.append(("spawn → first event line (`replay --no-live`)", f"{fe['wall_s']:.2f} s", "–", "",
-                     f"{fe['file']} ({fe['audio_s']:.1f} s), thresholds {fe['thresholds']}; process exit at "
-                     f"{fe['exit_s']:.2f} s; line: {fe['line']}"))
+def startup_rows(figs: dict, backends: list[str]) -> list[Row]:
+    rows: list[Row] = [
+        ("`birdlive --help`, whole process", {b: f"{figs[b]['help']['wall_s']:.2f} s" for b in backends}, "–", {},
+         ""),
+        ("start-up to first window: `replay` of a 5 s clip, spawn to exit",
+         {b: f"{figs[b]['one_window']['wall_s']:.2f} s" for b in backends}, "–", {}, "one 5 s window scored")]
+    fe = {b: figs[b].get("first_event") for b in backends}
+    rows.append(("spawn → first event line (`replay --no-live`)",
+                 {b: f"{e['wall_s']:.2f} s" if e else "no event" for b, e in fe.items()}, "–", {},
+                 "; ".join(f"{b}: {e['file']} ({e['audio_s']:.1f} s), thresholds {e['thresholds']}, exit at "
+                           f"{e['exit_s']:.2f} s" for b, e in fe.items() if e)))
     return rows
 
 
-def rss_rows(r: dict | None) -> list[Row | None]:
-    if r is None:
+def rss_rows(r: dict | None, backends: list[str]) -> list[Row]:
+    if not r:
         return []
-    span = f"{r['audio_s'] / 3600:.0f} h" if r["audio_s"] >= 3600 else f"{r['audio_s']:.0f} s"
+    first = r[backends[0]]
+    span = f"{first['audio_s'] / 3600:.0f} h" if first["audio_s"] >= 3600 else f"{first['audio_s']:.0f} s"
     return [
         (f"RSS at 10 s of wall time ({span} replay)",
-         f"{r['rss_10s_mib']:.0f} MiB" if r["rss_10s_mib"] else "run < 10 s", "–", "", r["file"]),
-        ("  peak RSS", f"{r['rss_peak_mib']:.0f} MiB", "–", "", f"{r['samples']} samples, every 0.5 s"),
-        ("  RSS at the end", f"{r['rss_end_mib']:.0f} MiB", "–", "", "last sample before exit"),
-        ("  growth (peak / RSS at 10 s − 1)", f"{r['growth_pct']:+.1f} %" if r["growth_pct"] is not None else "–",
-         "–", "", ""),
-        (f"  {span} replay: wall s · × real time", _speed(r, r["audio_s"]), "–", "",
-         f"{r['events']} events"),
+         {b: f"{r[b]['rss_10s_mib']:.0f} MiB" if r[b]["rss_10s_mib"] else "run < 10 s" for b in backends}, "–", {},
+         first["file"]),
+        ("  peak RSS (goal ≤ 250 MiB)", {b: f"{r[b]['rss_peak_mib']:.0f} MiB" for b in backends}, "–", {},
+         "sampled every 0.5 s"),
+        ("  growth (peak / RSS at 10 s − 1)",
+         {b: f"{r[b]['growth_pct']:+.1f} %" if r[b]["growth_pct"] is not None else "–" for b in backends}, "–", {},
+         ""),
+        (f"  {span} replay: wall s · × real time", {b: _speed(r[b], r[b]["audio_s"]) for b in backends}, "–", {},
+         ", ".join(f"{b} {r[b]['events']} events" for b in backends)),
     ]
 
 
-def realtime_streams_row(r: dict | None) -> list[Row | None]:
-    if r is None:
+def realtime_streams_rows(r: dict | None, backends: list[str]) -> list[Row]:
+    if not r:
         return []
-    return [(f"real-time 32 kHz streams sustained ({r['device'].upper()})", str(r["streams"]), "–", "",
-             f"every window scored, no source > {r['max_lag_s']:g} s behind, {r['seconds']:g} s runs; "
-             f"{r['torch_threads']} torch threads")]
+    first = r[backends[0]]
+    return [("real-time 32 kHz streams sustained (CPU)", {b: str(r[b]["streams"]) for b in backends}, "–", {},
+             f"every window scored, no source > {first['max_lag_s']:g} s behind, {first['seconds']:g} s runs")]
+
+
+def analyze_rows(f: dict | None, backends: list[str]) -> list[Row]:
+    if not f:
+        return []
+    bn = f.get("birdnet")
+    return [(f"`analyze` of {f['audio_s'] / 3600:.2f} h of recordings ({f['files']} files): wall s · × real time",
+             {b: _speed(f[b], f["audio_s"]) for b in backends}, _speed(bn, f["audio_s"]), _ratios(f, bn, backends),
+             f"{os.cpu_count()} workers / BirdNET processes; {f['folder']}")]
+
+
+def install_rows(backends: list[str]) -> list[Row]:
+    """Row 6, from benchmarks/install.py's last run (lean = `pip install .`, torch = `pip install '.[torch]'`)."""
+    if not INSTALL_JSON.exists():
+        return []
+    f = json.loads(INSTALL_JSON.read_text())
+    have = [b for b in backends if b in f]
+    return [("fresh venv: `pip install` (warm pip cache) · installed size",
+             {b: f"{f[b]['pip_s']:.0f} s · {f[b]['size_mib']:.0f} MiB" for b in have}, "–", {},
+             f"benchmarks/install.py, {f.get('date', '?')}; the demo replay after it: "
+             + ", ".join(f"{b} {f[b]['demo_s']:.1f} s" for b in have))]
 
 
 def machine_info() -> dict:
@@ -357,47 +445,61 @@ def machine_info() -> dict:
             "machine": platform.machine(), "python": platform.python_version(), "git_head": rev}
 
 
-def print_table(rows: list[Row | None], info: dict) -> None:
+def print_table(rows: list[Row], info: dict, backends: list[str]) -> None:
     t = Table(title=f"birdlive streaming benchmarks — {info['date']}, {info['cpus']} CPUs, "
                     f"load {info['load_avg'][0]:.2f} at start, git {info['git_head'] or '?'}",
               caption="whole processes, spawn to exit (start-up and model load included); best of --repeat; "
+                      "lean = ONNX Runtime, no torch (--compute onnx); torch = --compute cpu; "
                       "ratio = birdlive throughput ÷ BirdNET V2.4 throughput (2 TFLite threads)")
-    for col, just in [("measurement", "left"), ("birdlive", "right"), ("BirdNET V2.4", "right"),
-                      ("birdlive ÷ BirdNET", "right"), ("notes", "left")]:
-        t.add_column(col, justify=just)
-    for row in rows:
-        if row is not None:  # rows not measured (skipped, or not implemented yet) are left out
-            t.add_row(*row)
-    Console(width=max(160, Console().width)).print(t)
+    t.add_column("measurement")
+    for b in backends:
+        t.add_column(f"birdlive {b}", justify="right")
+    t.add_column("BirdNET V2.4", justify="right")
+    for b in backends:
+        t.add_column(f"{b} ÷ BirdNET", justify="right")
+    t.add_column("notes")
+    for what, figs, peer, ratios, notes in rows:
+        t.add_row(what, *[figs.get(b, "–") for b in backends], peer, *[ratios.get(b, "") for b in backends], notes)
+    Console(width=max(200, Console().width)).print(t)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=1, help="runs per timed figure; the best is kept (default 1)")
+    ap.add_argument("--backends", default="lean,torch", help="birdlive columns: lean (ONNX Runtime), torch")
     ap.add_argument("--skip-birdnet", action="store_true", help="no BirdNET V2.4 runs")
     ap.add_argument("--skip-rss", action="store_true", help="no 2-hour memory run")
     ap.add_argument("--skip-streams", action="store_true", help="no real-time streams search")
+    ap.add_argument("--skip-analyze", action="store_true", help="no `analyze` of an hour of recordings")
+    ap.add_argument("--analyze-minutes", type=float, default=60.0)
+    ap.add_argument("--stream-seconds", type=float, default=20.0, help="length of each real-time streams run")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = ap.parse_args()
+    backends = args.backends.split(",")
     if not BIRDLIVE.exists():
         raise SystemExit(f"{BIRDLIVE} not found: install birdlive into .venv first (README.md)")
     if not args.skip_birdnet and not PEER_PYTHON.exists():
         raise SystemExit(f"{PEER_PYTHON} not found: see benchmarks/README.md, or pass --skip-birdnet")
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    figs: dict = {"machine": machine_info(), "repeat": args.repeat}
+    figs: dict = {"machine": machine_info(), "repeat": args.repeat,
+                  "commands": {b: [str(e), "--compute", c] for b, (e, c) in BACKENDS.items()}}
+    log(f"lean runtime from {BACKENDS['lean'][0]}")
 
     long = concat_real_audio(AUDIO_DIR / "xc-pr-1800s-48k.flac", 1800)
     short = concat_real_audio(AUDIO_DIR / "xc-pr-120s-48k.flac", 120)
-    figs["replay"] = replay_figures({"120 s": short, "30 min": long}, args.repeat, args.skip_birdnet)
-    figs["startup"] = startup_figures(args.repeat)
+    figs["replay"] = replay_figures({"120 s": short, "30 min": long}, args.repeat, args.skip_birdnet, backends)
+    figs["startup"] = {b: startup_figures(args.repeat, b) for b in backends}
+    if not args.skip_analyze:
+        figs["analyze"] = analyze_figures(args.analyze_minutes, backends, args.skip_birdnet, args.repeat)
     if not args.skip_rss:
-        figs["rss"] = rss_figures(loop_audio(long, AUDIO_DIR / "xc-pr-7200s-32k.flac", 4, 32000))
-
+        two_hours = loop_audio(long, AUDIO_DIR / "xc-pr-7200s-32k.flac", 4, 32000)
+        figs["rss"] = {b: rss_figures(two_hours, b) for b in backends}
     if not args.skip_streams:
-        figs["streams"] = realtime_streams_figures(short)
-    rows = [*replay_rows(figs["replay"]), *startup_rows(figs["startup"]), *rss_rows(figs.get("rss")),
-            *realtime_streams_row(figs.get("streams"))]
-    print_table(rows, figs["machine"])
+        figs["streams"] = {b: realtime_streams_figures(short, b, args.stream_seconds) for b in backends}
+    rows = [*replay_rows(figs["replay"], backends), *analyze_rows(figs.get("analyze"), backends),
+            *startup_rows(figs["startup"], backends), *rss_rows(figs.get("rss"), backends),
+            *realtime_streams_rows(figs.get("streams"), backends), *install_rows(backends)]
+    print_table(rows, figs["machine"], backends)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figs, indent=1, default=str) + "\n")

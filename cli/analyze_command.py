@@ -114,8 +114,12 @@ def _executor(analysis, workers: Optional[int], ray: Optional[str], gpus_per_wor
         return (lambda batches, report: run_ray(batches, settings, ray, report, workers, gpus_per_worker)), batch
     if gpus_per_worker:
         raise OptionError("--gpus-per-worker is for --ray; a local run uses the GPU with --compute")
-    from birdlive.model import pick_device
-    on_gpu = pick_device(compute).type == "cuda"       # OptionError: cuda asked for, none there
+    from birdlive.model import DEFAULT_CHECKPOINT
+    from birdlive.streamer.core.scorer import pick_backend
+    on_gpu = pick_backend(analysis.detector.model or DEFAULT_CHECKPOINT, compute).startswith("cuda")
+    if on_gpu:
+        from birdlive.model import pick_device
+        pick_device(compute)                            # OptionError: cuda asked for, none there
     n = workers or (2 if on_gpu else default_workers())    # on a GPU: one decodes while the other's windows run
     settings = WorkerSettings(analysis, compute, threads=max(1, len(os.sched_getaffinity(0)) // n))
     batch = batch_files or (GPU_BATCH_FILES if on_gpu else 1)

@@ -34,9 +34,9 @@ def _install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _load_model(detector, compute: str):
-    from birdlive.model import DEFAULT_CHECKPOINT, load_checkpoint, pick_device
-    return load_checkpoint(detector.model or DEFAULT_CHECKPOINT, device=pick_device(compute))
+def _load_scorer(detector, compute: str):
+    from birdlive.streamer.core.scorer import load_scorer
+    return load_scorer(detector.model, compute)
 
 
 def _outputs(detector, several: bool, csv, rotate, live, clips, clips_max_gb, clip_pictures, raven, audacity, jsonl,
@@ -49,13 +49,13 @@ def _outputs(detector, several: bool, csv, rotate, live, clips, clips_max_gb, cl
         raven=raven, audacity=audacity, jsonl=jsonl, mqtt=mqtt, mqtt_login=mqtt_login, db=db))
 
 
-def _run(net, specs, options, stop, detector, max_open: int) -> None:
+def _run(scorer, specs, options, stop, detector, max_open: int) -> None:
     """Every source through one runner and one scorer; exit status 1 if any stream failed."""
     from birdlive.streamer import make_runner
     from birdlive.streamer.sinks.outputs import build_outputs
-    outputs = build_outputs(options, net.cfg)
+    outputs = build_outputs(options, scorer.cfg)
     try:
-        runner = make_runner(net, outputs.sinks, detector, stop=stop, max_open=max_open,
+        runner = make_runner(scorer, outputs.sinks, detector, stop=stop, max_open=max_open,
                              annotators=outputs.annotators, score_sinks=outputs.score_sinks)
         runner.run(specs)
     finally:
@@ -115,11 +115,11 @@ def replay(
                        audacity, jsonl, mqtt, plot=plot, plot_recording=files[0], channel=channel,
                        mqtt_login=mqtt_login, db=db)
     from birdlive.streamer import file_specs
-    net = _load_model(settings, compute)
+    scorer = _load_scorer(settings, compute)
     stop = threading.Event()
     _install_stop_handlers(stop)
-    specs = file_specs(files, net.cfg.sample_rate, realtime=realtime, channel=channel)
-    _run(net, specs, options, stop, settings, max_open=1 if realtime else jobs)
+    specs = file_specs(files, scorer.cfg.sample_rate, realtime=realtime, channel=channel)
+    _run(scorer, specs, options, stop, settings, max_open=1 if realtime else jobs)
 
 
 @app.command()
@@ -153,9 +153,9 @@ def listen(
     settings = detector.settings()
     options = _outputs(settings, len(wanted) + len(urls) > 1, csv, rotate, live, clips, clips_max_gb, clip_pictures,
                        raven, audacity, jsonl, mqtt, mqtt_login=mqtt_login, db=db)
-    net = _load_model(settings, compute)
-    sources = [MicSource(int(d) if d is not None and d.strip().isdigit() else d, net.cfg.sample_rate)
-               for d in wanted] + [UrlSource(u, net.cfg.sample_rate) for u in urls]
+    scorer = _load_scorer(settings, compute)
+    sources = [MicSource(int(d) if d is not None and d.strip().isdigit() else d, scorer.cfg.sample_rate)
+               for d in wanted] + [UrlSource(u, scorer.cfg.sample_rate) for u in urls]
     stop = threading.Event()
     _install_stop_handlers(stop)
     if duration is not None:
@@ -166,7 +166,7 @@ def listen(
         rates = f"{s.device_rate} Hz → {s.sample_rate} Hz" if isinstance(s, MicSource) else f"→ {s.sample_rate} Hz"
         print(f"listening on {s.name} ({rates}); Ctrl-C to stop", file=sys.stderr, flush=True)
     specs = [SourceSpec(s.name, (lambda s=s: s)) for s in sources]
-    _run(net, specs, options, stop, settings, max_open=len(specs))
+    _run(scorer, specs, options, stop, settings, max_open=len(specs))
 
 
 @app.command()
@@ -189,7 +189,7 @@ def _register_commands() -> None:
     app.command("analyze")(analyze_command.analyze)
     app.command("serve")(serve_command.serve)
     app.command("summary")(summary_command.summary)
-    for name in ("train", "evaluate", "calibrate", "augment_demo", "finetune"):
+    for name in ("train", "evaluate", "calibrate", "augment_demo", "finetune", "export"):
         app.command(name.replace("_", "-"))(getattr(train_commands, name))
 
 
@@ -210,12 +210,22 @@ def main() -> None:
         from birdlive.errors import BirdliveError
         if isinstance(e, BirdliveError):
             _error_exit(str(e), 1)
+        if isinstance(e, ModuleNotFoundError) and _needs_torch_extra(e):
+            from birdlive.errors import TORCH_EXTRA
+            command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+            _error_exit(f"birdlive {command} needs the torch extra: {TORCH_EXTRA}", 1)
         if isinstance(e, OSError) and e.filename is not None:   # a path the user gave: unwritable, missing, …
             _error_exit(f"{e.filename}: {e.strerror or e}", 1)
         if os.environ.get("BIRDLIVE_DEBUG"):
             raise
         _error_exit(f"unexpected {type(e).__name__}: {e} (a bug; traceback in {_save_traceback()}, or set "
                   f"BIRDLIVE_DEBUG=1)", 2)
+
+
+def _needs_torch_extra(e: ModuleNotFoundError) -> bool:
+    """A package of the torch extra is missing (the lean install): a path the commands' own checks missed."""
+    from birdlive.errors import TORCH_EXTRA_MODULES
+    return (e.name or "").split(".")[0] in TORCH_EXTRA_MODULES
 
 
 def _exit(code) -> None:

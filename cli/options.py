@@ -42,7 +42,9 @@ SpeciesListOpt = _detector(None, "--species-list", help="A file of species, one 
 PreRollOpt = _detector(1.5, "--pre-roll", help="Seconds of audio kept before an event (clips, event audio).")
 PostRollOpt = _detector(1.5, "--post-roll", help="Seconds of audio kept after an event.")
 
-ComputeOpt = typer.Option("auto", help="Where the network runs: auto (CUDA if present), cpu, cuda.")
+ComputeOpt = typer.Option("auto", help="Where the network runs: auto (CUDA if torch sees a GPU, else ONNX Runtime "
+                                        "where the checkpoint has a graph, else torch on the CPU), onnx, cpu "
+                                        "(torch), cuda, cuda:N.")
 ClipPicturesOpt = typer.Option(True, "--clip-pictures/--no-clip-pictures", help="A spectrogram PNG beside each clip.")
 
 # name, type, default (typer.Option): the group `detector_options` adds to a command, in --help's order.

@@ -1,7 +1,8 @@
-"""`birdlive train`, `evaluate`, `calibrate`, `augment-demo`: thin wrappers over `birdlive.train`.
+"""`birdlive train`, `evaluate`, `calibrate`, `augment-demo`, `export`: thin wrappers over `birdlive.train` and
+`birdlive.model.export`. Each needs the torch extra and says so in one line where it is missing.
 
 Registered by app.py: app.command("train")(train), app.command("evaluate")(evaluate),
-app.command("calibrate")(calibrate), app.command("augment-demo")(augment_demo).
+app.command("calibrate")(calibrate), app.command("augment-demo")(augment_demo), app.command("export")(export).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import List, NoReturn, Optional
 
 import typer
 from rich.console import Console
+
+from birdlive.errors import needs_torch
 
 console = Console()
 
@@ -97,6 +100,7 @@ def train(
                                                         "it, from --init, when there is none)."),
 ):
     """Train a detector; keeps RUN/best (by validation macro mAP) for `birdlive replay --model RUN/best`."""
+    needs_torch("birdlive train")
     if not resume and not data and not snippets:
         _fail("give at least one dataset (DATA or --snippets), or --resume")
     for p in list(data or []) + list(snippets) + [x for x in (noise_dir, holdout, split) if x]:
@@ -168,6 +172,7 @@ def evaluate(
     device: str = typer.Option("cpu", "--device"),
 ):
     """Per-species AP, macro mAP, F1 at the model threshold, top-1, worst species; event F1; noise false positives."""
+    needs_torch("birdlive evaluate")
     from birdlive.model import DEFAULT_CHECKPOINT, load_checkpoint
     from birdlive.train.evaluate import evaluate_model, fmt, results_table, write_json
     net = load_checkpoint(model or DEFAULT_CHECKPOINT, device)
@@ -227,6 +232,7 @@ def calibrate(
 ):
     """Per-species on/off thresholds from the model's validation split (best F-beta per species; see
     birdlive/train/calibrate.py), written into the checkpoint's JSON (--in-place) or a copy (--out)."""
+    needs_torch("birdlive calibrate")
     from birdlive.model import DEFAULT_CHECKPOINT, load_checkpoint
     from birdlive.model.checkpoint import checkpoint_paths, load_config
     from birdlive.streamer.core.thresholds import write_thresholds
@@ -294,6 +300,7 @@ def augment_demo(
     model: Optional[Path] = typer.Option(None, "--model", help="Use this checkpoint's frontend for the picture."),
 ):
     """Write one training-style mixture of FILE_A and FILE_B (WAV) and the log-mel the model sees (PNG)."""
+    needs_torch("birdlive augment-demo")
     from birdlive.train import AugmentConfig
     from birdlive.train.demo import augment_demo as run_demo
     for p in (file_a, file_b):
@@ -320,9 +327,26 @@ def finetune(
     """Learn from the reviews: confirmed and relabelled events as positives, rejected ones as negatives, the rest of
     their recordings as background; kept only if better on reviews held out for validation. Per-site
     thresholds from the reviews too."""
+    needs_torch("birdlive finetune")
     from birdlive.model import DEFAULT_CHECKPOINT
     from birdlive.train.finetune import finetune as run_finetune
     result = run_finetune(db, model or DEFAULT_CHECKPOINT, run, threads=threads, steps=steps)
     print(result.line(), file=sys.stderr, flush=True)
     if result.replaced:
         print(f"new model: --model {run}", file=sys.stderr, flush=True)
+
+
+def export(
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint (STEM, STEM.safetensors or a "
+                                         "training run folder); default: the embedded model."),
+):
+    """Write the checkpoint's network as an ONNX graph, STEM.onnx beside it: replay, listen and analyze then run
+    on ONNX Runtime without torch (--compute auto on a CPU, or --compute onnx)."""
+    needs_torch("birdlive export")
+    import torch
+
+    from birdlive.model import DEFAULT_CHECKPOINT, load_checkpoint
+    from birdlive.model.export import export_onnx
+    torch.set_num_threads(1)        # one example batch is traced: more threads only cost start-up
+    out = export_onnx(load_checkpoint(model or DEFAULT_CHECKPOINT), model or DEFAULT_CHECKPOINT)
+    console.print(f"wrote {out}")

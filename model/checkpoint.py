@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from birdlive.errors import BirdliveError, OptionError
 from birdlive.files import atomic_path
 
 from .config import ModelConfig
-from .frontend import FROZEN_PREFIXES
-from .sed import BirdSED
+
+if TYPE_CHECKING:       # torch, safetensors and the network are imported by the functions that use them: the
+    import torch        # lean runtime reads a checkpoint's config and its ONNX graph without them
+
+    from .sed import BirdSED
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "default"
 KEEP_FULL_BELOW = 4096     # elements: norms, biases, the stem and the small depthwise kernels keep their precision
@@ -27,6 +27,7 @@ KEEP_FULL_BELOW = 4096     # elements: norms, biases, the stem and the small dep
 
 def pick_device(name: str = "auto") -> torch.device:
     """`auto`: CUDA when torch sees a GPU, else the CPU; or a torch device name (`cpu`, `cuda`, `cuda:1`)."""
+    import torch
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -48,14 +49,25 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
 
 
+def graph_path(path: str | Path) -> Path:
+    """STEM.onnx: the network as an ONNX graph (`birdlive export`), beside the checkpoint it was made from."""
+    weights, _ = checkpoint_paths(path)
+    return weights.with_suffix(".onnx")
+
+
 def save_checkpoint(model: BirdSED, path: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Writes STEM.safetensors + STEM.json. `dtype` (e.g. torch.float16) stores the floating-point tensors of at
-    least `KEEP_FULL_BELOW` elements in that type; the others, and integer tensors, stay as they are. Returns STEM."""
+    least `KEEP_FULL_BELOW` elements in that type; the others, and integer tensors, stay as they are. Returns STEM.
+    A STEM.onnx made from earlier weights is removed: it would score with them (`birdlive export` makes a new one)."""
+    from safetensors.torch import save_file
+
+    from .frontend import FROZEN_PREFIXES
     weights, config = checkpoint_paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: _stored(v, dtype) for k, v in model.state_dict().items() if not k.startswith(FROZEN_PREFIXES)}
     with atomic_path(weights) as tmp:      # an interrupted save never leaves a half checkpoint behind
         save_file(state, str(tmp))
+    graph_path(path).unlink(missing_ok=True)
     save_config(model.cfg, path)
     return weights.with_suffix("")
 
@@ -91,6 +103,11 @@ def load_config(path: str | Path) -> ModelConfig:
 def load_checkpoint(path: str | Path = DEFAULT_CHECKPOINT, device: str | torch.device = "cpu") -> BirdSED:
     """Build the network from the JSON and load the safetensors weights, in eval mode on `device`. The JSON's
     per-species thresholds (absent in older checkpoints: the global pair serves) arrive in `model.cfg`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .frontend import FROZEN_PREFIXES
+    from .sed import BirdSED
     weights, _ = checkpoint_paths(path)
     cfg = load_config(path)
     if not weights.is_file():

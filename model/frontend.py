@@ -8,45 +8,15 @@ neighbouring audio in a stream and a reflection in training.
 """
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .dsp import mel_filterbank
 
 # Older checkpoints' names for the fixed DSP tensors; never stored, ignored when loading.
 FROZEN_PREFIXES = ("frontend.spectrogram.", "frontend.logmel.")
-
-
-def _hz_to_mel(f: np.ndarray | float) -> np.ndarray:
-    """Slaney's mel scale (librosa's default): linear below 1 kHz, logarithmic above."""
-    f = np.asarray(f, np.float64)
-    mel = f / (200.0 / 3)
-    log_part = f >= 1000.0
-    return np.where(log_part, 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (math.log(6.4) / 27), mel)
-
-
-def _mel_to_hz(m: np.ndarray) -> np.ndarray:
-    m = np.asarray(m, np.float64)
-    return np.where(m >= 15.0, 1000.0 * np.exp((math.log(6.4) / 27) * (m - 15.0)), m * (200.0 / 3))
-
-
-def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
-    """(n_fft/2 + 1, n_mels) triangular filters, Slaney-normalised: the matrix of `librosa.filters.mel` that
-    torchlibrosa's LogmelFilterBank uses (a test holds them equal). Written out because importing librosa
-    (through torchlibrosa) costs every `birdlive` command over a second of start-up for one matrix."""
-    freqs = np.fft.rfftfreq(n_fft, 1.0 / sr)
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
-    widths = np.diff(edges)
-    ramps = edges[:, None] - freqs[None, :]
-    rising = -ramps[:-2] / widths[:-1, None]
-    falling = ramps[2:] / widths[1:, None]
-    weights = np.maximum(0.0, np.minimum(rising, falling))
-    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
-    return weights.T.astype(np.float32)
 
 
 class LogMelFrontend(nn.Module):
@@ -54,7 +24,8 @@ class LogMelFrontend(nn.Module):
 
     The numbers are torchlibrosa's `Spectrogram` + `LogmelFilterBank(ref=1, amin=floor, top_db=None)` (a test
     holds them equal), computed faster: the STFT is `torch.stft` (an FFT; torchlibrosa convolves with the DFT
-    matrix, 2.5× slower on a CPU) and the mel matrix is `mel_filterbank`. Both are fixed functions of the config
+    matrix, 2.5× slower on a CPU) and the mel matrix is `mel_filterbank`; `birdlive.model.dsp.LogMel` is the same
+    DSP in numpy, for runs without torch. Both are fixed functions of the config
     and are not stored in checkpoints. `normalize` is the trainable part: a BatchNorm over mel bins (PANNs' bn0)
     standardises each band so that a quiet recorder and a loud one look alike; torchlibrosa's SpecAugment masks
     come after it (a mask means "average", not "silence at the floor"), in training mode only.

@@ -84,7 +84,8 @@ class BirdSED(nn.Module):
     def forward_logmel(self, logmel: torch.Tensor) -> dict[str, torch.Tensor]:
         """The network after the fixed DSP: raw log-mel (B, 1, T, F) from `frontend` → the outputs of `forward`.
         T frames span (T - 1) · hop_length samples, so a 5 s window (501 frames) gives 50 output frames."""
-        seconds = (logmel.shape[2] - 1) * self.cfg.hop_length / self.cfg.sample_rate
+        # int(): a constant of the graph when traced for ONNX (`birdlive.model.export`: one window length)
+        seconds = (int(logmel.shape[2]) - 1) * self.cfg.hop_length / self.cfg.sample_rate
         n_out = max(1, int(round(seconds * self.cfg.out_fps)))
         x = self.frontend.normalize(logmel)
         x = self.backbone(x)[-1]                             # (B, C, T', F')

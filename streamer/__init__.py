@@ -5,7 +5,7 @@ package must not cost them the network's start-up.
 """
 from __future__ import annotations
 
-import importlib
+from birdlive.lazy import lazy_exports
 
 _WHERE = {
     "Event": "core.events", "EventAudio": "core.events", "EventFilter": "core.events", "StreamStatus": "core.events",
@@ -13,7 +13,8 @@ _WHERE = {
     "RingBuffer": "core.ringbuffer",
     "Runner": "core.runner", "Source": "core.runner", "SourceSpec": "core.runner", "make_runner": "core.runner",
     "file_specs": "sources.files",
-    "SharedScorer": "core.scorer",
+    "SharedScorer": "core.torch_scorer", "OnnxScorer": "core.onnx_scorer", "Scorer": "core.scorer",
+    "load_scorer": "core.scorer",
     "CSV_COLUMNS": "sinks.csvlog", "CsvEventLog": "sinks.csvlog", "EventPrinter": "sinks.console",
     "StreamReport": "sinks.console",
     "EventAnnotator": "core.events", "ScoreSink": "core.events", "Sink": "core.events", "SinkBase": "core.events",
@@ -24,16 +25,4 @@ _WHERE = {
     "DetectorSettings": "core.settings",
     "load_thresholds": "core.thresholds",
 }
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _WHERE)

@@ -51,8 +51,8 @@ def default_workers() -> int:
 @dataclass(frozen=True)
 class WorkerSettings:
     analysis: AnalysisSettings
-    compute: str = "auto"               # auto | cpu | cuda
-    threads: int | None = None          # torch threads per worker (None: torch's default)
+    compute: str = "auto"               # auto | onnx | cpu | cuda (`load_scorer`)
+    threads: int | None = None          # the scorer's threads per worker (None: its default)
 
 
 @dataclass
@@ -115,13 +115,11 @@ class PerRecording:
 
 
 def apply_process_settings(settings: WorkerSettings) -> None:
-    """Per worker process: the site's time zone for every time it writes, and its share of the cores."""
+    """Per worker process: the site's time zone for every time it writes (its share of the cores goes to its
+    scorer: `load_scorer`)."""
     if settings.analysis.tz:
         os.environ["TZ"] = settings.analysis.tz
         time.tzset()
-    if settings.threads:
-        import torch
-        torch.set_num_threads(settings.threads)
 
 
 class Analyzer:
@@ -130,20 +128,18 @@ class Analyzer:
     its own outputs in a temporary folder, and hands back each one's status and result files."""
 
     def __init__(self, settings: WorkerSettings):
-        from birdlive.model import DEFAULT_CHECKPOINT, load_checkpoint, pick_device
-
         from ..core.runner import stream_factory
+        from ..core.scorer import load_scorer
         apply_process_settings(settings)
         self.settings = settings.analysis
         d = self.settings.detector
-        self.net = load_checkpoint(d.model or DEFAULT_CHECKPOINT, device=pick_device(settings.compute))
-        self.make_stream = stream_factory(self.net.cfg, d)
+        # One scorer for every batch: making it (torch: BatchNorm folded into a copy of the network) took 0.1 s,
+        # a sixth of the time of a one-minute recording.
+        self.scorer = load_scorer(d.model, settings.compute, threads=settings.threads)
+        self.cfg = self.scorer.cfg
+        self.make_stream = stream_factory(self.cfg, d)
         self.site_tz = site_zone(self.settings.tz)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
-        # One scorer for every batch: making it (BatchNorm folded into a copy of the network) took 0.1 s, a
-        # sixth of the time of a one-minute recording.
-        from ..core.scorer import SharedScorer
-        self.scorer = SharedScorer(self.net)
 
     def analyze(self, batch: list[Recording]) -> list[FileResult]:
         from ..core.runner import Runner
@@ -156,7 +152,7 @@ class Analyzer:
             try:
                 runner = Runner(self.scorer, [router], self.make_stream, max_open=len(batch), annotators=[router],
                                 pre_roll_s=d.pre_roll_s, post_roll_s=d.post_roll_s)
-                specs = file_specs([r.path for r in batch], self.net.cfg.sample_rate, channel=a.channel)
+                specs = file_specs([r.path for r in batch], self.cfg.sample_rate, channel=a.channel)
                 ended = {s.source: s for s in runner.run(specs)}
             finally:
                 router.close()
@@ -171,7 +167,7 @@ class Analyzer:
         outputs = build_outputs(OutputOptions(
             csv=wanted["csv"], raven=wanted["raven"], audacity=wanted["audacity"], jsonl=wanted["jsonl"],
             clips=wanted["clips"], pictures=a.clip_pictures, pre_roll_s=d.pre_roll_s, post_roll_s=d.post_roll_s,
-            quiet=True, summaries=False), self.net.cfg)
+            quiet=True, summaries=False), self.cfg)
         # The driver reports every file's warnings and error, once, above its progress bar: not the workers.
         outputs.sinks = [s for s in outputs.sinks if s is not outputs.report]
         published = (Path(RESULTS) / rec.key).parent.as_posix()

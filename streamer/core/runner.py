@@ -1,7 +1,7 @@
 """Runner: source threads → one queue of (stream, item) → per-stream state → one shared scorer → sinks.
 
     source thread ─┐                       ┌→ StreamState (ring, log-mel, windows, stitcher, smoother) ─┐
-    source thread ─┼→ queue (stream, item) ┤                   SharedScorer: one batch for all streams  ├→ sinks
+    source thread ─┼→ queue (stream, item) ┤                   Scorer: one batch for all streams        ├→ sinks
     source thread ─┘                       └→ StreamState … ───────────────────────────────────────────┘
 
 Sources only read and hand over blocks (a microphone's PortAudio callback only fills its own queue); everything
@@ -27,7 +27,7 @@ from birdlive.errors import BirdliveError, one_line
 from birdlive.model.config import ModelConfig
 
 from .events import Event, EventAnnotator, ScoreSink, Sink, StreamStatus
-from .scorer import SharedScorer
+from .scorer import Scorer
 from .settings import DetectorSettings
 from .smoother import SmootherParams
 from .stream import StreamState
@@ -73,7 +73,7 @@ def stream_error(e: BaseException, label: str) -> str:
 
 
 class Runner:
-    def __init__(self, scorer: SharedScorer, sinks: list[Sink], make_stream: Callable[[str], StreamState],
+    def __init__(self, scorer: Scorer, sinks: list[Sink], make_stream: Callable[[str], StreamState],
                  stop: threading.Event | None = None, max_open: int = 1, pre_roll_s: float = 1.5,
                  post_roll_s: float = 1.5, status_every_s: float = 0.25, queue_items: int | None = None,
                  annotators: list[EventAnnotator] | None = None, score_sinks: list[ScoreSink] | None = None):
@@ -277,10 +277,16 @@ def put_unless(q: queue.Queue, item, done: threading.Event) -> bool:
 def make_runner(model, sinks: list[Sink], settings: DetectorSettings | None = None, *, params=None,
                 stop: threading.Event | None = None, max_open: int = 1, annotators: list[EventAnnotator] | None = None,
                 score_sinks: list[ScoreSink] | None = None) -> Runner:
-    """A runner with one shared scorer for `model` and a StreamState per source with these detector settings
-    (`params`, for experiments: smoother parameters instead of those the settings make)."""
+    """A runner with one shared scorer and a StreamState per source with these detector settings (`params`, for
+    experiments: smoother parameters instead of those the settings make). `model`: a `Scorer` (`load_scorer`), or
+    a torch network, which a `SharedScorer` runs."""
     settings = settings or DetectorSettings()
-    return Runner(SharedScorer(model), sinks, stream_factory(model.cfg, settings, params), stop=stop,
+    if isinstance(model, Scorer):
+        scorer = model
+    else:
+        from .torch_scorer import SharedScorer
+        scorer = SharedScorer(model)
+    return Runner(scorer, sinks, stream_factory(model.cfg, settings, params), stop=stop,
                   max_open=max_open, pre_roll_s=settings.pre_roll_s, post_roll_s=settings.post_roll_s,
                   annotators=annotators, score_sinks=score_sinks)
 

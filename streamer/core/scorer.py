@@ -1,61 +1,106 @@
-"""SharedScorer: the torch side of every stream at once — log-mel of new audio, then the network over windows."""
+"""The scorer contract and the choice of backend.
+
+A scorer is the shared, per-run side of every stream: the log-mel of each stream's new audio, then the network
+over the ready windows of all streams in batches. Two backends keep it:
+
+- `OnnxScorer` (onnx_scorer.py): ONNX Runtime on the CPU with the checkpoint's graph (STEM.onnx, made by
+  `birdlive export`) and the numpy log-mel — the lean runtime, no torch imported;
+- `SharedScorer` (torch_scorer.py): torch, on CUDA or the CPU — needs the torch extra.
+
+`--compute auto` takes CUDA where torch sees a GPU, else ONNX Runtime where the checkpoint has a graph, else torch
+on the CPU. Nothing here imports torch unless the torch backend is chosen.
+"""
 from __future__ import annotations
 
-from collections import defaultdict
+import os
+from importlib.util import find_spec
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
-import torch
 
-from birdlive.model import BirdSED
-from birdlive.model.fuse import inference_copy
+from birdlive.errors import TORCH_EXTRA, MissingExtra, needs_torch
+from birdlive.model.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, graph_path
+from birdlive.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from .onnx_scorer import OnnxScorer
+    from .torch_scorer import SharedScorer
+
+COMPUTE_CHOICES = "auto, onnx (ONNX Runtime on the CPU), cpu (torch), cuda, cuda:N"
 
 
-class SharedScorer:
-    """One model, one device, batches drawn from all streams.
+@runtime_checkable
+class Scorer(Protocol):
+    """What the runner needs of a scorer (`SharedScorer`, `OnnxScorer`)."""
 
-    Each tick the runner hands it the new audio of every stream (`logmel`, batched by length) and then the
-    ready windows of every stream (`score`, in batches of `batch_size`): two microphones share one forward
-    pass, and a GPU sees as many windows as there are streams.
-    """
-
-    def __init__(self, model: BirdSED, batch_size: int | None = None):
-        self.device = next(model.parameters()).device
-        cfg = model.cfg
-        with torch.inference_mode():
-            example = model.frontend(0.1 * torch.randn(2, cfg.window_samples, generator=torch.Generator()
-                                                       .manual_seed(0)).to(self.device))
-        self.model = inference_copy(model, example)     # BatchNorm folded, channels-last: ~1.5× on a CPU
-        # CPU: batches past 16 windows buy nothing and cost latency; a GPU wants them large.
-        self.batch_size = batch_size or (256 if self.device.type == "cuda" else 16)
-        self.windows_scored = 0
+    windows_scored: int
 
     @property
-    def cfg(self):
-        return self.model.cfg
+    def cfg(self) -> ModelConfig: ...
 
-    @torch.inference_mode()
     def logmel(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
         """Samples with their context (`StreamState.frontend_chunk`) → (frames, n_mels) raw log-mel each."""
-        out: list[np.ndarray | None] = [None] * len(chunks)
-        by_length: dict[int, list[int]] = defaultdict(list)
-        for i, c in enumerate(chunks):
-            by_length[len(c)].append(i)
-        for idx in by_length.values():
-            for j in range(0, len(idx), self.batch_size):
-                part = idx[j:j + self.batch_size]
-                x = torch.from_numpy(np.stack([chunks[i] for i in part])).to(self.device)
-                mel = self.model.frontend.frames(x)[:, 0].float().cpu().numpy()
-                for i, m in zip(part, mel):
-                    out[i] = m
-        return out  # type: ignore[return-value]
+        ...
 
-    @torch.inference_mode()
     def score(self, windows: list[np.ndarray]) -> list[np.ndarray]:
         """(frames, n_mels) log-mel windows → framewise probabilities (n_out, K) each."""
-        out: list[np.ndarray] = []
-        for i in range(0, len(windows), self.batch_size):
-            batch = torch.from_numpy(np.stack(windows[i:i + self.batch_size])[:, None]).to(self.device)
-            batch = batch.contiguous(memory_format=torch.channels_last)
-            out.extend(self.model.forward_logmel(batch)["framewise"].float().cpu().numpy())
-        self.windows_scored += len(windows)
-        return out
+        ...
+
+
+def installed(name: str) -> bool:
+    """Whether a package can be imported, without importing it."""
+    try:
+        return find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _nvidia_driver() -> bool:
+    """A cheap look for an NVIDIA GPU before importing torch to ask (about 1.5 s): without a driver, no CUDA."""
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
+
+
+def pick_backend(checkpoint: str | Path, compute: str = "auto") -> str:
+    """`onnx`, or the torch device (`cpu`, `cuda`, `cuda:1`) that `compute` means for this checkpoint."""
+    graph = graph_path(checkpoint)
+    if compute == "onnx":
+        if not graph.is_file():
+            raise CheckpointError(f"no ONNX graph at {graph}: make it with `birdlive export --model {checkpoint}`")
+        if not installed("onnxruntime"):
+            raise MissingExtra("--compute onnx needs onnxruntime: pip install onnxruntime")
+        return "onnx"
+    if compute == "auto":
+        if _nvidia_driver() and installed("torch"):
+            import torch
+            if torch.cuda.is_available():
+                return "cuda"
+        if graph.is_file() and installed("onnxruntime"):
+            return "onnx"
+        if installed("torch"):
+            return "cpu"
+        raise MissingExtra(f"{checkpoint} has no ONNX graph ({graph.name}) and torch is not installed: make one "
+                           f"with `birdlive export` where torch is, or {TORCH_EXTRA}")
+    if compute != "cpu" and not compute.startswith("cuda"):
+        raise CheckpointError(f"--compute {compute}: not one of {COMPUTE_CHOICES}")
+    needs_torch(f"--compute {compute}")
+    return compute
+
+
+def load_scorer(checkpoint: str | Path | None = None, compute: str = "auto", threads: int | None = None
+                ) -> OnnxScorer | SharedScorer:
+    """The scorer for a checkpoint (default: the embedded model) on the backend `compute` picks (`pick_backend`).
+    `threads`: the cores it may use (analyze's workers share them out); default all."""
+    path = checkpoint or DEFAULT_CHECKPOINT
+    backend = pick_backend(path, compute)
+    if backend == "onnx":
+        from .onnx_scorer import OnnxScorer
+        return OnnxScorer.load(path, threads=threads)
+    import torch
+
+    from birdlive.model.checkpoint import load_checkpoint, pick_device
+
+    from .torch_scorer import SharedScorer
+    if threads:
+        torch.set_num_threads(threads)
+    return SharedScorer(load_checkpoint(path, device=pick_device(backend)))

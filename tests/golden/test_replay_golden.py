@@ -23,6 +23,11 @@ CSV's own precision), and every other character must be equal — the same event
 
 `--jobs 1`: with two files read at once their rows interleave in arrival order, which depends on timing.
 
+The snapshots were made by the torch scorer, so these runs ask for it (`--compute cpu`). The lean runtime's ONNX
+Runtime scorer (the default on a CPU where the checkpoint has a graph) is held to the same snapshots at the
+printed precision (`test_onnx_replay_gives_the_same_outputs`): the same events, times, species and columns, each
+number within one unit of its last printed digit (the JSON Lines' full floats within 0.001).
+
 To write new snapshots after a deliberate change of output: `BIRDLIVE_UPDATE_GOLDEN=1 pytest tests/golden`,
 and say why in the commit.
 """
@@ -65,7 +70,7 @@ def cpu_kind() -> str:
     return f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
 
 
-def run_case(name: str, tmp_path: Path) -> dict[str, str]:
+def run_case(name: str, tmp_path: Path, compute: str = "cpu") -> dict[str, str]:
     recordings, extra = CASES[name]
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -75,8 +80,8 @@ def run_case(name: str, tmp_path: Path) -> dict[str, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("BIRDLIVE_DEBUG", None)
     r = subprocess.run([sys.executable, "-m", "birdlive", "replay", *[rec.name for rec in recordings], "--no-live",
-                        "--jobs", "1", *outputs, *extra], cwd=run_dir, capture_output=True, text=True, env=env,
-                       timeout=600)
+                        "--jobs", "1", "--compute", compute, *outputs, *extra], cwd=run_dir, capture_output=True,
+                       text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
     got = {fname: (run_dir / fname).read_text(encoding="utf-8") for fname in OUTPUTS}
     got["stdout.txt"] = r.stdout
@@ -124,6 +129,19 @@ def test_replay_outputs_are_unchanged(name, tmp_path):
         else:
             assert same_at_printed_precision(expected, text), \
                 f"{name}/{fname} changed (made on another CPU kind: compared at the printed precision)"
+
+
+@pytest.mark.parametrize("name", ["default_model", "shared_data"])     # the tiny test model has no graph
+def test_onnx_replay_gives_the_same_outputs(name, tmp_path):
+    pytest.importorskip("onnxruntime")
+    recordings, _ = CASES[name]
+    missing = [str(r) for r in recordings if not r.exists()]
+    if missing:
+        pytest.skip(f"not here: {', '.join(missing)}")
+    got = run_case(name, tmp_path, compute="onnx")
+    for fname, text in got.items():
+        expected = (HERE / name / fname).read_text(encoding="utf-8")
+        assert same_at_printed_precision(expected, text), f"{name}/{fname}: ONNX Runtime's differs from torch's"
 
 
 def test_the_loose_comparison_still_sees_a_changed_event():
