@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import resource
 import shutil
 import sqlite3
@@ -32,6 +31,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from birdlive.files import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT.parent / "shared" / "data" / "ovenbird-alberta"
@@ -66,11 +67,11 @@ def run(args: list[str]) -> float:
 
 def replay(clips: list[str], out: Path, model: str | None = None, db: Path | None = None) -> list[dict]:
     if not out.exists():
-        args = ["replay", *clips, "--csv", str(out) + ".part", "--no-live", "-j", "2", "--compute", "cpu"]
-        args += ["--model", model] if model else []
-        args += ["--db", str(db)] if db else []
-        run(args)
-        os.replace(str(out) + ".part", out)
+        with atomic_path(out, durable=False) as part:    # a run cut short leaves no half CSV to append to
+            args = ["replay", *clips, "--csv", str(part), "--no-live", "-j", "2", "--compute", "cpu"]
+            args += ["--model", model] if model else []
+            args += ["--db", str(db)] if db else []
+            run(args)
     with open(out, newline="") as f:
         return list(csv.DictReader(f))
 
