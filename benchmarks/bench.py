@@ -2,8 +2,9 @@
 
     python benchmarks/bench.py [--minutes 5] [--backbones tiny,cpu,full] [--repeat 3]
 
-1. log-mel spectrogram of N minutes of audio: librosa (CPU), torchlibrosa's conv STFT (CPU), birdlive's frontend
-   (torch.stft + the same mel matrix; CPU, and CUDA if present);
+1. log-mel spectrogram of N minutes of audio: librosa (CPU), torchlibrosa's conv STFT (CPU), the lean runtime's
+   numpy log-mel (`birdlive.model.dsp.LogMel`, one BLAS thread), birdlive's frontend (torch.stft + the same mel
+   matrix; CPU, and CUDA if present);
 2. end-to-end `replay` real-time factor (audio seconds per wall second) per network preset: FileSource on a
    real FLAC on disk → runner (log-mel once per hop, 5 s windows every 1 s) → network → stitcher → smoother.
 Network weights are random for presets without a checkpoint: speed does not depend on them.
@@ -20,8 +21,10 @@ import soundfile as sf
 import torch
 from rich.console import Console
 from rich.table import Table
+from threadpoolctl import threadpool_limits
 
 from birdlive.model import BirdSED, create_config
+from birdlive.model.dsp import LogMel
 from birdlive.model.frontend import LogMelFrontend
 from birdlive.streamer import file_specs, make_runner
 from birdlive.train.synthetic import CALL_TYPES, make_scene
@@ -58,6 +61,9 @@ def logmel_rows(wave: np.ndarray, sr: int, repeat: int) -> list[tuple[str, float
         with torch.inference_mode():
             mel(spec(x_cpu))
     rows.append(("log-mel, torchlibrosa conv STFT (CPU)", best_of(with_torchlibrosa, repeat)))
+    lean, padded = LogMel(cfg), np.pad(wave, cfg.n_fft // 2, mode="reflect")
+    with threadpool_limits(1, user_api="blas"):     # as OnnxScorer runs it
+        rows.append(("log-mel, birdlive numpy (lean runtime, CPU)", best_of(lambda: lean.frames(padded), repeat)))
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for dev in devices:
         fe = LogMelFrontend(cfg).to(dev).eval()

@@ -1,11 +1,11 @@
 """EventSmoother: framewise species scores → bird-call events, incrementally, frame by frame."""
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from birdlive.errors import OptionError
 
@@ -51,7 +51,7 @@ class EventSmoother:
         self.min_frames = int(round(self.p.min_duration_s / frame_s))
         self.gap_frames = int(round(self.p.merge_gap_s / frame_s))
         self.max_frames = max(1, int(round(self.p.max_event_s / frame_s)))
-        self._raw: deque[np.ndarray] = deque(maxlen=2 * self.half + 1)  # frames around the one being smoothed
+        self._tail = np.zeros((0, len(labels)), np.float32)  # the last 2·half raw frames: the next median's left
         self._received = 0    # raw frames seen
         self._smoothed = 0    # frames smoothed and stepped
         self._tracks = [_Track() for _ in labels]
@@ -74,28 +74,44 @@ class EventSmoother:
         return on, off
 
     def push(self, frames: np.ndarray) -> list[Event]:
-        out: list[Event] = []
-        for f in np.asarray(frames, dtype=np.float32):
-            if self._received == 0:  # replicate the first frame on the left edge
-                self._raw.extend([f] * self.half)
-            self._raw.append(f)
-            self._received += 1
-            if len(self._raw) == 2 * self.half + 1:
-                out += self._step(np.median(np.stack(self._raw), axis=0))
-        return out
+        frames = np.asarray(frames, dtype=np.float32)
+        if not len(frames):
+            return []
+        if self._received == 0:  # replicate the first frame on the left edge
+            self._tail = np.repeat(frames[:1], self.half, axis=0)
+        self._received += len(frames)
+        return self._smooth(frames)
 
     def finish(self) -> list[Event]:
         """End of stream: smooth the last frames (right edge replicated), close everything open."""
         out: list[Event] = []
-        if self._received:
-            last = self._raw[-1]
-            while self._smoothed < self._received:
-                self._raw.append(last)
-                out += self._step(np.median(np.stack(self._raw), axis=0))
+        owed, last = self._received - self._smoothed, self._tail[-1:]
+        if owed and len(self._tail) == 2 * self.half:
+            out += self._smooth(np.repeat(last, owed, axis=0))
+        elif owed:  # fewer frames than half the filter: the median of the frames there are, one more each step
+            raw = self._tail
+            for _ in range(owed):
+                raw = np.concatenate([raw, last])[-(2 * self.half + 1):]
+                out += self._step(np.median(raw, axis=0))
         for k, t in enumerate(self._tracks):
             out += self._close(k, t, self._smoothed)
         self._busy.clear()
         return sorted(out, key=lambda e: (e.onset_s, e.species))
+
+    def _smooth(self, frames: np.ndarray) -> list[Event]:
+        """The median filter over every frame `frames` completes, in one numpy call for the whole block (a
+        call per frame was most of a replay's smoother time), then the hysteresis frame by frame. The median of
+        an odd number of float32 values is one of them: the same bits as a per-frame `np.median`."""
+        raw = np.concatenate([self._tail, frames])
+        width = 2 * self.half + 1
+        self._tail = raw[max(0, len(raw) - 2 * self.half):]
+        if len(raw) < width:
+            return []
+        smoothed = np.median(sliding_window_view(raw, width, axis=0), axis=-1)
+        out: list[Event] = []
+        for s in smoothed:
+            out += self._step(s)
+        return out
 
     def _step(self, s: np.ndarray) -> list[Event]:
         i = self._smoothed

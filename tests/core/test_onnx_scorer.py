@@ -103,3 +103,15 @@ def test_onnx_without_a_graph_says_how_to_make_one():
     from birdlive.model.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match="birdlive export"):
         load_scorer(TINY, "onnx")
+
+
+def test_the_lean_scorer_keeps_numpy_blas_on_one_thread():
+    """ONNX Runtime has the cores: numpy's BLAS threads (the log-mel's mel matmul) would only spin beside it, at
+    10× the CPU per small matmul on a busy machine. The limit holds in the process that made the scorer."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+    blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    if not blas:
+        pytest.skip("numpy is built without a BLAS library that threadpoolctl sees")
+    with threadpool_limits(2, user_api="blas"):
+        OnnxScorer.load(DEFAULT_CHECKPOINT, threads=1)
+        assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {1}

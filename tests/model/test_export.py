@@ -57,7 +57,8 @@ def test_export_command_writes_the_graph_beside_the_checkpoint(tiny_copy):
     assert graph_path(tiny_copy).is_file()
 
 
-def test_numpy_log_mel_equals_the_torch_frontend_on_real_audio():
+@pytest.mark.parametrize("frames", [1, 1001])     # one frame; several FFT blocks and a part of one
+def test_numpy_log_mel_equals_the_torch_frontend_on_real_audio(frames):
     """The lean runtime's frontend: the frames of `LogMelFrontend.frames` within 1e-3 dB on a real recording (and
     its silent stretches at the floor)."""
     model = load_checkpoint(TINY)
@@ -66,10 +67,25 @@ def test_numpy_log_mel_equals_the_torch_frontend_on_real_audio():
     wave = next(iter(source)).samples
     source.close()
     wave = np.concatenate([wave, np.zeros(cfg.sample_rate, np.float32)])   # digital silence: the floor
-    samples = wave[:cfg.n_fft + 1000 * cfg.hop_length]
+    samples = wave[-cfg.n_fft - (frames - 1) * cfg.hop_length:]    # the end: the recording, then the silence
     got = LogMel(cfg).frames(samples)
     with torch.no_grad():
         want = model.frontend.frames(torch.from_numpy(samples)[None])[0, 0].numpy()
-    assert got.shape == want.shape == (1001, cfg.n_mels)
+    assert got.shape == want.shape == (frames, cfg.n_mels)
     assert np.abs(got - want).max() < 1e-3
     assert got.min() == pytest.approx(cfg.logmel_floor_db)
+
+
+def test_numpy_log_mel_of_many_chunks_is_each_chunks_log_mel():
+    """`frames_of` (every live stream's new audio through one FFT per block) gives each chunk its own frames,
+    across block boundaries and for chunks of a single frame."""
+    cfg = load_checkpoint(TINY).cfg
+    rng = np.random.default_rng(7)
+    logmel = LogMel(cfg)
+    chunks = [(0.1 * rng.standard_normal(cfg.n_fft + (t - 1) * cfg.hop_length)).astype(np.float32)
+              for t in (1, 130, 10, 1, LogMel.BLOCK, 300)]
+    got = logmel.frames_of(chunks)
+    assert [g.shape for g in got] == [(len(c) // cfg.hop_length - 2, cfg.n_mels) for c in chunks]
+    for g, c in zip(got, chunks):
+        np.testing.assert_allclose(g, logmel.frames(c), atol=1e-4)
+    assert logmel.frames_of([]) == []
