@@ -64,8 +64,8 @@ class CountingSource:
 @given(sizes=st.lists(st.integers(1, 3 * CFG.sample_rate), min_size=1, max_size=40),
        read_ahead_s=st.floats(0.5, 8.0))
 def test_read_ahead_never_exceeds_its_bound(sizes, read_ahead_s):
-    """However the blocks are sized, a source is never more than the bound plus the block in its hand ahead of
-    the stream (the consumer may be slower than the reader; it is here, by far), and every sample arrives."""
+    """However the blocks are sized, a source is never more than the bound (or one block, if that is longer) ahead
+    of the stream, though the consumer is far slower than this reader; and every sample arrives."""
     pushed = [0]
 
     def make_stream(name):
@@ -82,9 +82,8 @@ def test_read_ahead_never_exceeds_its_bound(sizes, read_ahead_s):
     runner = Runner(ZeroScorer(), [], make_stream, read_ahead_s=read_ahead_s)
     (status,) = runner.run([SourceSpec("counting", lambda: source)])
     assert status.state == "done" and pushed[0] == sum(sizes)
-    bound = int(read_ahead_s * CFG.sample_rate)
-    for held, n in zip(source.outstanding, sizes):
-        assert held <= bound + max(sizes), (held, bound)
+    bound = int(read_ahead_s * CFG.sample_rate)   # a block longer than the bound passes alone
+    assert max(source.outstanding) <= max(bound, max(sizes)), (max(source.outstanding), bound)
     assert runner.read_ahead.held(0) == 0
 
 
