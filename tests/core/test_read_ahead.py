@@ -3,6 +3,9 @@ per stream, sources make their own-rate copy only when an output wants it, and a
 buffer it was cut from alive. No timing: a fast fake source and a fake scorer count what is outstanding."""
 from __future__ import annotations
 
+import platform
+import sys
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -10,6 +13,7 @@ import soxr
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from birdlive.audio import AudioBlock, Blocker, FileSource, NativeTrail
+from birdlive.malloc import fix_mmap_threshold
 from birdlive.model.checkpoint import load_config
 from birdlive.streamer import Runner, SourceSpec, StreamState
 from birdlive.streamer.core.events import wants_native_audio
@@ -149,3 +153,9 @@ def test_file_blocks_hold_only_themselves(rec48):
     blocks = list(source)
     assert all(_holds_only_itself(b.samples) and b.native is not None and _holds_only_itself(b.native)
                for b in blocks)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_glibc_takes_the_fixed_mmap_threshold():
+    """The lean scorer's allocator setting reaches glibc (a wrong symbol or signature would silently do nothing)."""
+    assert fix_mmap_threshold()
