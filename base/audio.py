@@ -75,10 +75,16 @@ class NativeTrail:
         n0, n1 = int(round(start_sample * self.ratio)), int(round(end_sample * self.ratio))
         buf = np.concatenate(self._parts) if len(self._parts) > 1 else (self._parts[0] if self._parts
                                                                          else np.zeros(0, np.float32))
-        out = buf[max(0, n0 - self.start):max(0, n1 - self.start)]
-        rest = buf[max(0, n1 - self.start):]
+        out = _own(buf[max(0, n0 - self.start):max(0, n1 - self.start)], buf)
+        rest = _own(buf[max(0, n1 - self.start):], buf)
         self._parts, self.start = ([rest] if len(rest) else []), max(self.start, n1)
-        return np.ascontiguousarray(out)
+        return out
+
+
+def _own(part: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """`part` (a slice of `whole`) as an array of its own, unless it is all of it: a queued block that were a view
+    would keep the whole buffer it was cut from alive (up to twice its size, measured in a 48 kHz replay)."""
+    return part if len(part) == len(whole) else part.copy()
 
 
 class Blocker:
@@ -101,10 +107,10 @@ class Blocker:
         buf = np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0]
         off = 0
         while self._n - off >= self.block:
-            yield self.pos, buf[off : off + self.block]
+            yield self.pos, _own(buf[off : off + self.block], buf)
             self.pos += self.block
             off += self.block
-        rest = buf[off:]
+        rest = _own(buf[off:], buf)
         if final and len(rest):
             yield self.pos, rest
             self.pos += len(rest)
@@ -127,10 +133,13 @@ _DATA_SHOULD_BE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be\s*(\d+)\)", re.MU
 class SourceBase:
     """What every source shares (FileSource, MicSource; the runner's `Source` protocol): `name`, `stats` and
     `warnings` (one line each) may be read from any thread; `stop()` ends iteration soon, from any thread or a
-    signal handler; as a context manager it is closed on the way out."""
+    signal handler; as a context manager it is closed on the way out. `keep_native`, set before iterating: blocks
+    carry the source's own-rate audio too, where that rate is above the target's (the runner sets it when an
+    output wants event audio at the source's rate; otherwise it would be resampled copies nobody reads)."""
 
     name: str
     stats: dict
+    keep_native: bool = False
 
     def __init__(self, sample_rate: int, block_s: float):
         self.sample_rate = int(sample_rate)
@@ -284,7 +293,7 @@ class FileSource(SourceBase):
         read_frames = max(1, int(round(self.block_s * nat)))
         rs = new_resampler(nat, self.sample_rate)
         out = Blocker(int(round(self.block_s * self.sample_rate)))
-        trail = NativeTrail(nat, self.sample_rate) if nat > self.sample_rate else None
+        trail = NativeTrail(nat, self.sample_rate) if self.keep_native and nat > self.sample_rate else None
         t0_mono = t0_wall = None
         pos = 0  # native frames read so far
 

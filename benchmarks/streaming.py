@@ -14,8 +14,9 @@ and torch (`--compute cpu`, from .venv).
    30 min file made by concatenating the xeno-canto recordings of ../shared/data/xc-puerto-rico (sorted by path,
    so the files are the same on every machine), 48 kHz mono FLAC, cached in runs/bench-audio/;
 2. time to `birdlive --help`, and time from spawn to the first event line on stdout (`replay --no-live`);
-3. resident memory of one `birdlive replay` over 2 hours of audio (the 30 min file looped 4x, 32 kHz),
-   sampled every 0.5 s from /proc (the process and its children);
+3. resident memory of one `birdlive replay` over 2 hours of audio (the 30 min file looped 4x, 32 kHz), and of
+   one over the 30 min 48 kHz file (a rate above the model's: resampled on the way in), sampled every 0.5 s from
+   /proc (the process and its children);
 4. concurrent real-time streams one machine sustains with the default model (benchmarks/realtime_streams.py);
 5. `birdlive analyze` of the first 60 min of the xeno-canto recordings (one worker per core) beside BirdNET V2.4's
    process pool (benchmarks/archive.py's rows, the faster BirdNET mode there);
@@ -272,10 +273,10 @@ def rss_kib(pid: int) -> int:
     return total
 
 
-def rss_figures(audio: Path, backend: str, period_s: float = 0.5) -> dict:
+def rss_figures(audio: Path, backend: str, period_s: float = 0.5, tag: str = "rss") -> dict:
     """Row 3: one accelerated replay of `audio`, RSS sampled every `period_s`. Waiting on the process (rather
     than sleeping) between samples keeps the wall time exact to the moment it exits."""
-    out = OUT_DIR / f"birdlive-{backend}-rss.csv"
+    out = OUT_DIR / f"birdlive-{backend}-{tag}.csv"
     out.unlink(missing_ok=True)
     cmd = birdlive_cmd(backend, "replay", str(audio), "--no-live", "--csv", str(out))
     log(f"run rss: {' '.join(cmd)}")
@@ -391,9 +392,12 @@ def rss_rows(r: dict | None, backends: list[str]) -> list[Row]:
     if not r:
         return []
     first = r[backends[0]]
-    span = f"{first['audio_s'] / 3600:.0f} h" if first["audio_s"] >= 3600 else f"{first['audio_s']:.0f} s"
+    audio_s = first["audio_s"]
+    span = (f"{audio_s / 3600:.0f} h" if audio_s >= 3600 else f"{audio_s / 60:.0f} min" if audio_s >= 60
+            else f"{audio_s:.0f} s")
+    khz = sf.info(ROOT / first["file"]).samplerate / 1000
     return [
-        (f"RSS at 10 s of wall time ({span} replay)",
+        (f"RSS at 10 s of wall time ({span} replay, {khz:g} kHz)",
          {b: f"{r[b]['rss_10s_mib']:.0f} MiB" if r[b]["rss_10s_mib"] else "run < 10 s" for b in backends}, "–", {},
          first["file"]),
         ("  peak RSS (goal ≤ 250 MiB)", {b: f"{r[b]['rss_peak_mib']:.0f} MiB" for b in backends}, "–", {},
@@ -468,7 +472,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs per timed figure; the best is kept (default 1)")
     ap.add_argument("--backends", default="lean,torch", help="birdlive columns: lean (ONNX Runtime), torch")
     ap.add_argument("--skip-birdnet", action="store_true", help="no BirdNET V2.4 runs")
-    ap.add_argument("--skip-rss", action="store_true", help="no 2-hour memory run")
+    ap.add_argument("--skip-rss", action="store_true", help="no memory runs (2 hours at 32 kHz, 30 min at 48 kHz)")
     ap.add_argument("--skip-streams", action="store_true", help="no real-time streams search")
     ap.add_argument("--skip-analyze", action="store_true", help="no `analyze` of an hour of recordings")
     ap.add_argument("--analyze-minutes", type=float, default=60.0)
@@ -494,10 +498,12 @@ def main() -> None:
     if not args.skip_rss:
         two_hours = loop_audio(long, AUDIO_DIR / "xc-pr-7200s-32k.flac", 4, 32000)
         figs["rss"] = {b: rss_figures(two_hours, b) for b in backends}
+        figs["rss_48k"] = {b: rss_figures(long, b, tag="rss-48k") for b in backends}
     if not args.skip_streams:
         figs["streams"] = {b: realtime_streams_figures(short, b, args.stream_seconds) for b in backends}
     rows = [*replay_rows(figs["replay"], backends), *analyze_rows(figs.get("analyze"), backends),
             *startup_rows(figs["startup"], backends), *rss_rows(figs.get("rss"), backends),
+            *rss_rows(figs.get("rss_48k"), backends),
             *realtime_streams_rows(figs.get("streams"), backends), *install_rows(backends)]
     print_table(rows, figs["machine"], backends)
     if args.json:

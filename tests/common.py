@@ -63,3 +63,9 @@ class Collect:
 
     def close(self):
         self.closed = True
+
+
+class NativeCollect(Collect):
+    """A Collect that wants events' audio at the source's own rate, as clips do (`events.wants_native_audio`)."""
+
+    wants_native_audio = True

@@ -3,7 +3,7 @@ is to the runner (the Sink, EventAnnotator and ScoreSink protocols, and SinkBase
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Iterable, Protocol
 
 import numpy as np
 
@@ -113,6 +113,14 @@ class EventAnnotator(Protocol):
     def annotate(self, event: Event, audio: EventAudio) -> Event: ...
 
     def close(self) -> None: ...
+
+
+def wants_native_audio(outputs: Iterable[object]) -> bool:
+    """Whether any of these annotators or sinks wants events' audio at the source's own rate where that is above
+    the model's (it says so with `wants_native_audio = True`, as ClipWriter does: a 48 kHz recorder's clip keeps
+    its top octave). Only then do sources keep their own-rate audio beside the stream (`SourceBase.keep_native`):
+    for everyone else it is 1.5 times the stream's audio resampled, queued and held for nothing."""
+    return any(getattr(o, "wants_native_audio", False) for o in outputs)
 
 
 class ScoreSink(Protocol):

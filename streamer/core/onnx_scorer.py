@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from birdlive.malloc import fix_mmap_threshold
 from birdlive.model.checkpoint import CheckpointError, graph_path, load_config
 from birdlive.model.config import ModelConfig
 from birdlive.model.dsp import LogMel
@@ -28,6 +29,7 @@ class OnnxScorer:
         # Idle pool threads wait without spinning: between runs the cores belong to the log-mel, the stitching and
         # the other streams (measured, 48 live streams on a busy 2-core machine: 7.8 → 6.4 CPU s per 10 s).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        fix_mmap_threshold()                    # …and glibc then returns the freed tensors (birdlive.malloc)
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

@@ -26,7 +26,7 @@ from birdlive.audio import AudioBlock
 from birdlive.errors import BirdliveError, one_line
 from birdlive.model.config import ModelConfig
 
-from .events import Event, EventAnnotator, ScoreSink, Sink, StreamStatus
+from .events import Event, EventAnnotator, ScoreSink, Sink, StreamStatus, wants_native_audio
 from .scorer import Scorer
 from .settings import DetectorSettings
 from .smoother import SmootherParams
@@ -35,11 +35,14 @@ from .stream import StreamState
 
 log = logging.getLogger(__name__)
 
+READ_AHEAD_S = 32.0     # seconds of audio a stream may have read and queued ahead of the consumer (`ReadAhead`)
+
 class Source(Protocol):
     """What the runner needs of a source (FileSource, MicSource)."""
     name: str
     stats: dict
     warnings: list[str]
+    keep_native: bool               # set before iterating: blocks carry the source's own-rate audio too
 
     def __iter__(self) -> Iterator[AudioBlock]: ...
 
@@ -75,17 +78,20 @@ def stream_error(e: BaseException, label: str) -> str:
 class Runner:
     def __init__(self, scorer: Scorer, sinks: list[Sink], make_stream: Callable[[str], StreamState],
                  stop: threading.Event | None = None, max_open: int = 1, pre_roll_s: float = 1.5,
-                 post_roll_s: float = 1.5, status_every_s: float = 0.25, queue_items: int | None = None,
+                 post_roll_s: float = 1.5, status_every_s: float = 0.25, read_ahead_s: float = READ_AHEAD_S,
                  annotators: list[EventAnnotator] | None = None, score_sinks: list[ScoreSink] | None = None):
         self.scorer, self.sinks, self.make_stream = scorer, sinks, make_stream
         self.annotators, self.score_sinks = list(annotators or []), list(score_sinks or [])
         self.stop = stop or threading.Event()
         self.max_open, self.pre_roll_s, self.post_roll_s = max_open, pre_roll_s, post_roll_s
         self.status_every_s = status_every_s
-        # A few blocks of read-ahead per stream: files are read in 16 s blocks, and more would only hold memory.
-        self._q: queue.Queue = queue.Queue(maxsize=queue_items or max(16, 4 * max_open))
-        self._live: dict[int, _Live] = {}
+        self.keep_native = wants_native_audio([*self.annotators, *self.sinks])
+        # Unbounded: what a source may hand over is bounded per stream, in seconds of audio (`ReadAhead`); the
+        # other items are three per stream (open, end or error).
+        self._q: queue.Queue = queue.Queue()
         self._closed = threading.Event()
+        self.read_ahead = ReadAhead(read_ahead_s, scorer.cfg.sample_rate, self._closed)
+        self._live: dict[int, _Live] = {}
         self._names = [scorer.cfg.display_name(i) for i in range(scorer.cfg.num_classes)]
 
     # ---- the consumer loop
@@ -132,14 +138,20 @@ class Runner:
     def _handle(self, sid: int, kind: str, payload, done: list[StreamStatus]) -> None:
         live = self._live.get(sid)
         if live is None:
+            if kind == "block":
+                self.read_ahead.release(sid, payload)
             return
         if kind == "open":
             live.source = payload
             live.state = self.make_stream(payload.name)
             live.state.keep_scores = bool(self.score_sinks)
             live.status.source = payload.name
-        elif kind == "block" and not self.stop.is_set() and live.state is not None:
-            self._feed(live.state, payload)
+        elif kind == "block":
+            try:
+                if not self.stop.is_set() and live.state is not None:
+                    self._feed(live.state, payload)
+            finally:
+                self.read_ahead.release(sid, payload)
         elif kind == "end":
             done.append(self._end(sid, None))
         elif kind == "error":
@@ -225,11 +237,13 @@ class Runner:
         source = None
         try:
             source = spec.open()
+            source.keep_native = self.keep_native
             if not self._put((sid, "open", source)):
                 return
             for block in source:
-                if self.stop.is_set() or not self._put((sid, "block", block)):
+                if self.stop.is_set() or not self.read_ahead.acquire(sid, block):
                     break
+                self._put((sid, "block", block))
             self._put((sid, "end", None))
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, which reports it as this stream's
             self._put((sid, "error", e))
@@ -238,8 +252,12 @@ class Runner:
                 source.close()
 
     def _put(self, item) -> bool:
-        """Blocks while the queue is full (back-pressure on files; a microphone's own queue absorbs it)."""
-        return put_unless(self._q, item, self._closed)
+        """Hand an item over (never waits: a block waited for its place in `ReadAhead` first); False once the
+        runner has ended."""
+        if self._closed.is_set():
+            return False
+        self._q.put(item)
+        return True
 
     # ---- status
     def _send_statuses(self) -> None:
@@ -261,6 +279,46 @@ class Runner:
             s.warnings = list(live.source.warnings)
         for sink in self.sinks:
             sink.on_status(s)
+
+
+class ReadAhead:
+    """How much audio each stream's source thread may have handed over that the consumer has not fed yet:
+    `limit_s` seconds (a 16 s file block and the next being read; a microphone's 0.1 s blocks by the hundred).
+    A source thread waits in `acquire` while its stream is at the bound — back-pressure on files; a microphone's or
+    a URL's own queue absorbs it — and one block always passes when none is outstanding, so a block longer than
+    the bound still moves. Memory, not speed, sets the bound: an item count let 16 blocks of 16 s (with a 48 kHz
+    copy beside each) pile up, 160 MiB of a 48 kHz replay's 600."""
+
+    def __init__(self, limit_s: float, sample_rate: int, done: threading.Event):
+        self.limit = int(limit_s * sample_rate)     # samples at the stream's (the model's) rate
+        self.done = done
+        self._held: dict[int, int] = {}
+        self._changed = threading.Condition()
+
+    def held(self, sid: int) -> int:
+        """Samples of stream `sid` handed over and not yet released."""
+        with self._changed:
+            return self._held.get(sid, 0)
+
+    def acquire(self, sid: int, block: AudioBlock) -> bool:
+        """Wait until `block` fits in stream `sid`'s bound; False if the runner ended first."""
+        n = len(block.samples)
+        with self._changed:
+            while not self.done.is_set():
+                held = self._held.get(sid, 0)
+                if held == 0 or held + n <= self.limit:
+                    self._held[sid] = held + n
+                    return True
+                self._changed.wait(0.1)
+        return False
+
+    def release(self, sid: int, block: AudioBlock) -> None:
+        """The consumer is done with `block` (fed, or dropped on a stop)."""
+        with self._changed:
+            self._held[sid] = self._held.get(sid, 0) - len(block.samples)
+            if self._held[sid] <= 0:
+                del self._held[sid]
+            self._changed.notify_all()
 
 
 def put_unless(q: queue.Queue, item, done: threading.Event) -> bool:

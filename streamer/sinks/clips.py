@@ -101,6 +101,8 @@ class ClipWriter:
     from the file names at start, so a restart knows last night's clips; files it did not name are left alone.
     """
 
+    wants_native_audio = True       # the source's own rate (`events.wants_native_audio`)
+
     def __init__(self, folder: Path, max_gb: float | None = None, keep_best: int = 3, pictures: bool = True,
                  fmin: float = 50.0, fmax: float = 14000.0):
         if max_gb is not None and not max_gb > 0:

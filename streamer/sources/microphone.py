@@ -204,7 +204,8 @@ class MicSource(SourceBase):
             self.close()
 
     def _run(self) -> Iterator[AudioBlock]:
-        tl = Timeline(self.sample_rate, int(round(self.block_s * self.sample_rate)), self.stats, self.warnings)
+        tl = Timeline(self.sample_rate, int(round(self.block_s * self.sample_rate)), self.stats, self.warnings,
+                      keep_native=self.keep_native)
         last_data = time.monotonic()
         outage_since: float | None = None  # kept until data flows again, across reopen attempts
         while not self._stop.is_set():

@@ -90,8 +90,9 @@ class Timeline:
     trust_after_s = 5.0
     settle_s = 1.0  # a reopened stream's first second is held back to measure when it really started
 
-    def __init__(self, sample_rate: int, block: int, stats: dict, warnings: list[str]):
+    def __init__(self, sample_rate: int, block: int, stats: dict, warnings: list[str], keep_native: bool = False):
         self.sr = int(sample_rate)
+        self.keep_native = keep_native  # device-rate audio beside the stream (`SourceBase.keep_native`)
         self.out = Blocker(block)
         self.stats, self.warnings = stats, warnings
         self.rs = None  # resampler of the current stream
@@ -152,7 +153,7 @@ class Timeline:
         reopened at another rate would break the sample mapping, so its clips fall back to the target rate."""
         if self.trail_dropped:
             return
-        if self.trail is None and self.produced == 0 and self.rate > self.sr:
+        if self.trail is None and self.keep_native and self.produced == 0 and self.rate > self.sr:
             self.trail = NativeTrail(self.rate, self.sr)
         elif self.trail is not None and self.trail.rate != self.rate:
             self.trail, self.trail_dropped = None, True

@@ -159,7 +159,8 @@ class UrlSource(SourceBase):
             self.close()
 
     def _run(self) -> Iterator[AudioBlock]:
-        tl = Timeline(self.sample_rate, int(round(self.block_s * self.sample_rate)), self.stats, self.warnings)
+        tl = Timeline(self.sample_rate, int(round(self.block_s * self.sample_rate)), self.stats, self.warnings,
+                      keep_native=self.keep_native)
         burst = Burst()
         while not self._stop.is_set():
             try:

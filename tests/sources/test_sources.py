@@ -805,7 +805,7 @@ def test_mic_blocks_carry_the_device_rate_audio_aligned_with_stream_time():
     overflow's zeros included, so native sample i is always stream sample i·2/3."""
     card = _FakeCard(rate=48000, block=4800)
     stats = {k: 0 for k in ("blocks", "samples", "overflows", "overflow_samples", "gap_samples", "clock_steps")}
-    tl = card.S.Timeline(SR, 3200, stats, [])
+    tl = card.S.Timeline(SR, 3200, stats, [], keep_native=True)
     for _ in range(20):
         card.deliver()
     card.advance(0.25)
