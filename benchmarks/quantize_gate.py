@@ -200,6 +200,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of the accuracy stages")
     ap.add_argument("--repeat", type=int, default=7, help="timed batches per graph and thread count")
     ap.add_argument("--replay-repeat", type=int, default=3)
+    ap.add_argument("--no-speed", action="store_true", help="the gate's figures only (no timings)")
     ap.add_argument("--calibration-list", type=Path, help="write the calibration list there and stop")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
@@ -211,7 +212,8 @@ def main() -> None:
     for g in graphs.values():
         if not g.is_file():
             raise SystemExit(f"no {g}: make both with `birdlive export --int8`")
-    result: dict = {"model": a.model, "graphs": {k: str(v) for k, v in graphs.items()}, "cpu": cpu_flags(),
+    result: dict = {"model": os.path.relpath(a.model, REPO),
+                    "graphs": {k: os.path.relpath(v, REPO) for k, v in graphs.items()}, "cpu": cpu_flags(),
                     "onnxruntime": __import__("onnxruntime").__version__,
                     "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])}
     for name, g in graphs.items():
@@ -225,6 +227,8 @@ def main() -> None:
     result["xc_test_top1_changed"] = sum(x != y for x, y in tops)
     result["gate"] = gate(result)
     save(result, a.json)
+    if a.no_speed:
+        return
     result["batch_of_16"] = batch_speed(ctx.mc, graphs, test_windows(ctx), a.repeat)
     save(result, a.json)
     REPLAY_AUDIO.parent.mkdir(parents=True, exist_ok=True)
