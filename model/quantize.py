@@ -3,8 +3,9 @@ ONNX Runtime's static quantisation and calibrated on real log-mel windows.
 
 - Calibration windows: from each given audio file (in the order given; `calibration_files`), decoded as replay
   hears it (`birdlive.audio.FileSource`), the back-to-back 5 s windows that lie whole in it, `PER_FILE` of them
-  evenly spaced, at most `MAX_WINDOWS` in all; their log-mel is the lean runtime's (`birdlive.model.dsp.LogMel`).
-  A fixed list of files gives the same windows, hence the same ranges, hence the same bytes.
+  evenly spaced (fewer where the files are many: `MAX_WINDOWS` / files, at least one), at most `MAX_WINDOWS` in
+  all; their log-mel is the lean runtime's (`birdlive.model.dsp.LogMel`). A fixed list of files gives the same
+  windows, hence the same ranges, hence the same bytes.
 - What is quantised: the convolutions of the backbone (nodes under `/backbone/`: about 90 % of the float graph's
   time), weights int8 per output channel, activations uint8, in QDQ form (ONNX Runtime fuses each
   Dequantize → Conv → Quantize into one integer convolution). `reduce_range`: 7-bit weights, because AVX2's
@@ -75,6 +76,7 @@ def calibration_windows(cfg: ModelConfig, files: list[Path], per_file: int = PER
 
     frontend = LogMel(cfg)
     ctx, window = frontend.context, cfg.window_samples
+    per_file = min(per_file, max(1, max_windows // len(files)))     # many files: fewer windows each, all heard
     out: list[np.ndarray] = []
     for f in files:
         try:
