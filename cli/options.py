@@ -43,8 +43,8 @@ PreRollOpt = _detector(1.5, "--pre-roll", help="Seconds of audio kept before an 
 PostRollOpt = _detector(1.5, "--post-roll", help="Seconds of audio kept after an event.")
 
 ComputeOpt = typer.Option("auto", help="Where the network runs: auto (CUDA if torch sees a GPU, else ONNX Runtime "
-                                        "where the checkpoint has a graph, else torch on the CPU), onnx, cpu "
-                                        "(torch), cuda, cuda:N.")
+                                        "where the checkpoint has a graph, else torch on the CPU), onnx (its int8 "
+                                        "graph where there is one), onnx-float, cpu (torch), cuda, cuda:N.")
 ClipPicturesOpt = typer.Option(True, "--clip-pictures/--no-clip-pictures", help="A spectrogram PNG beside each clip.")
 
 # name, type, default (typer.Option): the group `detector_options` adds to a command, in --help's order.

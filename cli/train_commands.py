@@ -339,14 +339,25 @@ def finetune(
 def export(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint (STEM, STEM.safetensors or a "
                                          "training run folder); default: the embedded model."),
+    int8: bool = typer.Option(False, "--int8", help="Also STEM.int8.onnx: the backbone in int8 (ONNX Runtime's "
+                              "static quantisation), which --compute auto/onnx then run."),
+    calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="--int8's calibration audio: a folder of "
+                                             "recordings (or a text file listing them) like those the model will "
+                                             "hear; default for the embedded model: its validation recordings."),
 ):
     """Write the checkpoint's network as an ONNX graph, STEM.onnx beside it: replay, listen and analyze then run
     on ONNX Runtime without torch (--compute auto on a CPU, or --compute onnx)."""
     needs_torch("birdlive export")
+    if calibrate is not None and not int8:
+        _fail("--calibrate is for --int8")
     import torch
 
     from birdlive.model import DEFAULT_CHECKPOINT, load_checkpoint
     from birdlive.model.export import export_onnx
+    from birdlive.model.quantize import calibration_for, export_int8
+    files = calibration_for(model or DEFAULT_CHECKPOINT, calibrate) if int8 else []   # checked before the export
     torch.set_num_threads(1)        # one example batch is traced: more threads only cost start-up
     out = export_onnx(load_checkpoint(model or DEFAULT_CHECKPOINT), model or DEFAULT_CHECKPOINT)
     console.print(f"wrote {out}")
+    if int8:
+        console.print(f"wrote {export_int8(model or DEFAULT_CHECKPOINT, files)}")

@@ -55,10 +55,17 @@ def graph_path(path: str | Path) -> Path:
     return weights.with_suffix(".onnx")
 
 
+def int8_graph_path(path: str | Path) -> Path:
+    """STEM.int8.onnx: that graph with its backbone in int8 (`birdlive export --int8`, `birdlive.model.quantize`)."""
+    weights, _ = checkpoint_paths(path)
+    return weights.with_suffix(".int8.onnx")
+
+
 def save_checkpoint(model: BirdSED, path: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Writes STEM.safetensors + STEM.json. `dtype` (e.g. torch.float16) stores the floating-point tensors of at
     least `KEEP_FULL_BELOW` elements in that type; the others, and integer tensors, stay as they are. Returns STEM.
-    A STEM.onnx made from earlier weights is removed: it would score with them (`birdlive export` makes a new one)."""
+    A STEM.onnx (and STEM.int8.onnx) made from earlier weights is removed: it would score with them (`birdlive
+    export` makes a new one)."""
     from safetensors.torch import save_file
 
     from .frontend import FROZEN_PREFIXES
@@ -68,6 +75,7 @@ def save_checkpoint(model: BirdSED, path: str | Path, dtype: torch.dtype | None 
     with atomic_path(weights) as tmp:      # an interrupted save never leaves a half checkpoint behind
         save_file(state, str(tmp))
     graph_path(path).unlink(missing_ok=True)
+    int8_graph_path(path).unlink(missing_ok=True)
     save_config(model.cfg, path)
     return weights.with_suffix("")
 

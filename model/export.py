@@ -21,7 +21,7 @@ from torch import nn
 
 from birdlive.files import atomic_path
 
-from .checkpoint import graph_path
+from .checkpoint import graph_path, int8_graph_path
 from .sed import BirdSED
 
 OPSET = 17
@@ -123,8 +123,10 @@ def window_frames(model: BirdSED) -> int:
 
 @torch.inference_mode(False)
 def export_onnx(model: BirdSED, path: str | Path) -> Path:
-    """Write the graph of `model` (its checkpoint's STEM) to STEM.onnx, atomically; returns that path."""
+    """Write the graph of `model` (its checkpoint's STEM) to STEM.onnx, atomically; returns that path. An int8
+    graph of an earlier export (STEM.int8.onnx) is removed: `export --int8` makes it anew from this one."""
     out = graph_path(path)
+    int8_graph_path(path).unlink(missing_ok=True)
     model = copy.deepcopy(model).cpu().eval()
     example = torch.from_numpy(np.random.default_rng(0).normal(-40.0, 10.0, (2, 1, window_frames(model),
                                                                             model.cfg.n_mels)).astype(np.float32))

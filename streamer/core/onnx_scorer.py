@@ -45,6 +45,7 @@ class OnnxScorer:
             raise CheckpointError(f"{graph} does not match its checkpoint's config ({cfg.num_classes} species, "
                                   f"{frames} × {cfg.n_mels} log-mel windows): make it again with `birdlive export`")
         self._cfg = cfg
+        self.graph = Path(graph)            # STEM.onnx or STEM.int8.onnx (`scorer.onnx_graph`)
         self.frontend = LogMel(cfg)
         # numpy's OpenBLAS (the log-mel's mel matmul) on one thread: with ONNX Runtime on the cores its threads
         # only spin, and on a busy machine a 30-frame matmul took 40 ms instead of 0.1 (CPU 2.3 ms instead of 0.2).
@@ -53,8 +54,9 @@ class OnnxScorer:
         self.windows_scored = 0
 
     @classmethod
-    def load(cls, checkpoint: str | Path, threads: int | None = None) -> "OnnxScorer":
-        return cls(load_config(checkpoint), graph_path(checkpoint), threads=threads)
+    def load(cls, checkpoint: str | Path, graph: Path | None = None, threads: int | None = None) -> "OnnxScorer":
+        """The checkpoint's `graph` (default its float one, STEM.onnx; `scorer.onnx_graph` picks for a backend)."""
+        return cls(load_config(checkpoint), graph or graph_path(checkpoint), threads=threads)
 
     @property
     def cfg(self) -> ModelConfig:

@@ -8,7 +8,9 @@ over the ready windows of all streams in batches. Two backends keep it:
 - `SharedScorer` (torch_scorer.py): torch, on CUDA or the CPU — needs the torch extra.
 
 `--compute auto` takes CUDA where torch sees a GPU, else ONNX Runtime where the checkpoint has a graph, else torch
-on the CPU. Nothing here imports torch unless the torch backend is chosen.
+on the CPU. ONNX Runtime runs the int8 graph (STEM.int8.onnx, `birdlive export --int8`) where there is one, else
+the float one; `--compute onnx-float` asks for the float graph. Nothing here imports torch unless the torch backend
+is chosen.
 """
 from __future__ import annotations
 
@@ -20,14 +22,16 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 from birdlive.errors import TORCH_EXTRA, MissingExtra, needs_torch
-from birdlive.model.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, graph_path
+from birdlive.model.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, graph_path, int8_graph_path
 from birdlive.model.config import ModelConfig
 
 if TYPE_CHECKING:
     from .onnx_scorer import OnnxScorer
     from .torch_scorer import SharedScorer
 
-COMPUTE_CHOICES = "auto, onnx (ONNX Runtime on the CPU), cpu (torch), cuda, cuda:N"
+COMPUTE_CHOICES = ("auto, onnx (ONNX Runtime on the CPU: the int8 graph where there is one), onnx-float (the float "
+                   "graph), cpu (torch), cuda, cuda:N")
+ONNX_BACKENDS = ("onnx", "onnx-float")
 
 
 @runtime_checkable
@@ -62,14 +66,15 @@ def _nvidia_driver() -> bool:
 
 
 def pick_backend(checkpoint: str | Path, compute: str = "auto") -> str:
-    """`onnx`, or the torch device (`cpu`, `cuda`, `cuda:1`) that `compute` means for this checkpoint."""
+    """`onnx`, `onnx-float`, or the torch device (`cpu`, `cuda`, `cuda:1`) that `compute` means for this
+    checkpoint (`onnx_graph` says which graph an ONNX backend runs)."""
     graph = graph_path(checkpoint)
-    if compute == "onnx":
+    if compute in ONNX_BACKENDS:
         if not graph.is_file():
             raise CheckpointError(f"no ONNX graph at {graph}: make it with `birdlive export --model {checkpoint}`")
         if not installed("onnxruntime"):
-            raise MissingExtra("--compute onnx needs onnxruntime: pip install onnxruntime")
-        return "onnx"
+            raise MissingExtra(f"--compute {compute} needs onnxruntime: pip install onnxruntime")
+        return compute
     if compute == "auto":
         if _nvidia_driver() and installed("torch"):
             import torch
@@ -87,15 +92,22 @@ def pick_backend(checkpoint: str | Path, compute: str = "auto") -> str:
     return compute
 
 
+def onnx_graph(checkpoint: str | Path, backend: str = "onnx") -> Path:
+    """The graph an ONNX backend runs: STEM.int8.onnx where it exists (`onnx`), else (and for `onnx-float`)
+    STEM.onnx."""
+    int8 = int8_graph_path(checkpoint)
+    return int8 if backend == "onnx" and int8.is_file() else graph_path(checkpoint)
+
+
 def load_scorer(checkpoint: str | Path | None = None, compute: str = "auto", threads: int | None = None
                 ) -> OnnxScorer | SharedScorer:
     """The scorer for a checkpoint (default: the embedded model) on the backend `compute` picks (`pick_backend`).
     `threads`: the cores it may use (analyze's workers share them out); default all."""
     path = checkpoint or DEFAULT_CHECKPOINT
     backend = pick_backend(path, compute)
-    if backend == "onnx":
+    if backend in ONNX_BACKENDS:
         from .onnx_scorer import OnnxScorer
-        return OnnxScorer.load(path, threads=threads)
+        return OnnxScorer.load(path, onnx_graph(path, backend), threads=threads)
     import torch
 
     from birdlive.model.checkpoint import load_checkpoint, pick_device

@@ -99,6 +99,7 @@ def test_analyze_runs_without_torch(lean, tmp_path):
     (["train", "--snippets", "x"], "birdlive train"),
     (["evaluate", "x"], "birdlive evaluate"),
     (["export"], "birdlive export"),
+    (["export", "--int8"], "birdlive export"),
     (["replay", str(REAL), "--compute", "cpu"], "--compute cpu"),
 ])
 def test_a_command_that_needs_torch_says_so_in_one_line(lean, args, what):

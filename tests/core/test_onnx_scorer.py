@@ -51,7 +51,7 @@ def replay(scorer: Scorer, path) -> Collect:
 @pytest.fixture(scope="module")
 def both():
     torch.set_num_threads(1)
-    return load_scorer(DEFAULT_CHECKPOINT, "onnx", threads=1), load_scorer(DEFAULT_CHECKPOINT, "cpu")
+    return load_scorer(DEFAULT_CHECKPOINT, "onnx-float", threads=1), load_scorer(DEFAULT_CHECKPOINT, "cpu")
 
 
 def test_the_embedded_model_ships_its_graph():
