@@ -30,7 +30,7 @@ from birdlive.files import atomic_path
 from .datasets import Recording
 
 GUIDE_FPS = 2.0           # kept scores per second of audio (max over 0.5 s): ample to place a window of seconds
-GUIDE_HOP_S = 2.5         # the guide's windows overlap by half: every frame but the ends is seen by two windows
+GUIDE_OVERLAP = 0.5       # the guide's windows overlap by half: every frame but the ends is seen by two windows
 HEARD_FLOOR = 0.3         # below this the guide does not hear the species (the shipped models' threshold_off)
 GUIDED_CROP_PROB = 0.5    # share of recording crops placed by the guide (where it hears the species)
 ANCHOR_FRACTION = 0.5     # anchors are drawn among bins scoring at least this fraction of the recording's maximum
@@ -108,7 +108,9 @@ def guide_pass(guide: str, recordings: list[Recording], cache, path: Path, threa
         raise ValueError(f"guide {guide} runs at {cfg.sample_rate} Hz, training at {cache.sample_rate} Hz")
     index = {lab: i for i, lab in enumerate(cfg.labels)}
     factor = max(1, int(round(cfg.out_fps / GUIDE_FPS)))
-    log(f"guide: scoring {len(todo)} training recordings with {guide} ({len(done.tracks)} scored before)")
+    hop_s = max(1, round(cfg.window_s * GUIDE_OVERLAP * cfg.out_fps)) / cfg.out_fps   # whole output frames
+    log(f"guide: scoring {len(todo)} training recordings with {guide}"
+        + (f" ({len(done.tracks)} scored before)" if done.tracks else ""))
     t0 = last = time.time()
     seconds = 0.0
     for k, r in enumerate(todo, 1):
@@ -116,7 +118,7 @@ def guide_pass(guide: str, recordings: list[Recording], cache, path: Path, threa
         wave = np.asarray(cache.load(r.path), np.float32)
         seconds += len(wave) / cache.sample_rate
         if species:
-            track = scorer_track(scorer, wave, GUIDE_HOP_S)[:, [index[s] for s in species]]
+            track = scorer_track(scorer, wave, hop_s)[:, [index[s] for s in species]]
             done.tracks[r.path] = GuideTrack(species, pooled(track, factor).astype(np.float16))
         else:                 # the guide does not know the species: energy crops, masked backgrounds
             done.tracks[r.path] = GuideTrack([r.primary], np.zeros((0, 1), np.float16))

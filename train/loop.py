@@ -508,6 +508,9 @@ def _start(cfg: TrainConfig, run: Path, resume: bool, console) -> tuple[TrainCon
     if resuming:
         saved = TrainConfig.from_dict(json.loads((run / "train.json").read_text()))
         given = {k: getattr(cfg, k) for k in TrainConfig.RESUMABLE}
+        if cfg.guide and cfg.guide != saved.guide:
+            console.print(f"[yellow]--guide {cfg.guide} ignored: the run keeps what it started with "
+                          f"({saved.guide or 'no guide'})[/]")
         cfg = dataclasses.replace(saved, **{k: v for k, v in given.items() if v is not None or k == "max_minutes"})
     if not cfg.data and not cfg.snippets:
         raise TrainError("no training data: give at least one recordings dataset or snippet set")
