@@ -53,6 +53,9 @@ def train(
     freeze: int = typer.Option(0, "--freeze", help="Train no weights of the first N stages (1: the input "
                                "BatchNorm and the stem; each more: one backbone block); for an --init imagenet "
                                "backbone: cheaper steps."),
+    guide: Optional[str] = typer.Option(None, "--guide", help="A checkpoint of our own (STEM) that scores the "
+                                        "training recordings once (RUN/guide.npz): crops around the calls it hears, "
+                                        "and background species it hears as soft targets."),
     window: float = typer.Option(5.0, "--window", help="Training window, seconds."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps in the run (the learning-rate "
                                             "schedule's length)."),
@@ -109,6 +112,8 @@ def train(
     if init and init != "imagenet" and not (Path(init).is_dir() or Path(init + ".json").is_file()
                                             or Path(init).is_file()):
         _fail(f"--init {init}: no checkpoint there (give STEM of STEM.safetensors + STEM.json, or 'imagenet')")
+    if guide and not Path(guide + ".json").is_file() and not (Path(guide).is_dir() or Path(guide).is_file()):
+        _fail(f"--guide {guide}: no checkpoint there (give STEM of STEM.safetensors + STEM.json)")
     for value, name in ((max_steps, "max-steps"), (max_minutes, "max-minutes")):
         if value is not None and value <= 0:
             _fail(f"--{name} must be positive, not {value:g}")
@@ -133,7 +138,7 @@ def train(
     cfg = TrainConfig(run_dir=str(run), species=wanted, data=[str(p) for p in data or []],
                       snippets=[str(p) for p in snippets], noise_dir=str(noise_dir) if noise_dir else None,
                       holdout=str(holdout) if holdout else None, preset=preset, init=init, freeze=freeze,
-                      window_s=window,
+                      guide=guide, window_s=window,
                       epochs=validations, epoch_size=val_every, max_steps=max_steps, max_minutes=max_minutes,
                       batch_size=batch_size, lr=lr, val_fraction=val_fraction, test_fraction=test_fraction,
                       split_file=str(split) if split else None, seed=seed, frame_weight=frame_weight,

@@ -505,13 +505,17 @@ class Example:
 
 
 def weak_example(wave: np.ndarray, positives: list[int], unknown: list[int], num_classes: int,
-                 n_out: int) -> Example:
-    """A window with clip-level labels: positives known present, `unknown` (secondary species) masked;
-    framewise, every species *absent* from the clip is known absent in every frame, the others are masked."""
+                 n_out: int, soft: dict[int, float] | None = None) -> Example:
+    """A window with clip-level labels: positives known present, `unknown` (secondary species) masked, except
+    those in `soft` ({species: probability}, what a guide model of ours hears of them: `guide.py`), which are
+    soft clip targets; framewise, every species *absent* from the clip is known absent in every frame, the others
+    are masked."""
     ct = np.zeros(num_classes, np.float32)
     cm = np.ones(num_classes, np.float32)
     ct[positives] = 1.0
     cm[unknown] = 0.0
+    for k, p in (soft or {}).items():
+        ct[k], cm[k] = p, 1.0
     fm = np.ones((n_out, num_classes), np.float32)
     fm[:, list(positives) + list(unknown)] = 0.0
     return Example(np.asarray(wave, np.float32), ct, cm, np.zeros((n_out, num_classes), np.float32), fm)
@@ -519,12 +523,13 @@ def weak_example(wave: np.ndarray, positives: list[int], unknown: list[int], num
 
 def mix(examples: list[Example], gains_db: list[float]) -> Example:
     """Sum of the waves with the given gains; targets are the union. A target is known in the mix when it is known
-    in every part, or present (known positive) in some part."""
+    in every part, or surely present (a known hard positive) in some part: a soft target (a background species
+    the guide half hears) beside a part where the species is unknown is unknown."""
     wave = np.asarray(sum(db_to_gain(g) * e.wave for e, g in zip(examples, gains_db)), np.float32)
 
     def union(targets, masks):
         pos = np.max([t * m for t, m in zip(targets, masks)], axis=0)
-        known = np.maximum(np.min(masks, axis=0), pos)
+        known = np.maximum(np.min(masks, axis=0), pos >= 1.0)
         return pos.astype(np.float32), known.astype(np.float32)
 
     ct, cm = union([e.clip_target for e in examples], [e.clip_mask for e in examples])

@@ -18,7 +18,8 @@ mixed, and the attention pooling already concentrates the clipwise gradient on t
 `focal_gamma` stays available (0 = BCE) for experiments.
 Masks: weak labels say nothing about *when* a present species calls, so framewise targets of present species are
 masked on recordings and only the composed snippet windows (strong labels) train them; a secondary (background)
-species is masked at clip level too, since it may or may not be in the crop.
+species is masked at clip level too, since it may or may not be in the crop — unless a `--guide` model of ours
+hears it in the crop: then its clip target is the guide's score there, a soft one (`guide.py`).
 
 Schedule (nanoGPT's): the learning rate is a pure function of the step — linear warm-up, then cosine decay to
 `lr_floor` of the peak at `total_steps` (`lr_at`). `total_steps` is fixed once, when the run starts: `max_steps`,
@@ -31,6 +32,7 @@ training steps on the 2-core CPU).
 
 Run folder:
     train.json       this TrainConfig, with the resolved total_steps      split.json   the split (never cut a group)
+    guide.npz        with --guide: its scores of the training recordings, made once (`guide.py`)
     metrics.jsonl    one line per validation (step, windows, wall and CPU seconds, lr, loss, validation figures)
     curves.png       loss against steps, validation figures against CPU-hours
     best.safetensors + best.json     the best validation macro mAP so far (`load_checkpoint(RUN)`)
@@ -62,17 +64,20 @@ from safetensors.torch import save_file
 from birdlive.errors import BirdliveError
 from birdlive.files import atomic_path
 from birdlive.model import BirdSED, create_config, load_checkpoint, pick_device, save_checkpoint
+from birdlive.model.checkpoint import load_config
 
 from .augment import AugmentConfig, FieldBackgrounds, ImpulseResponses, NoiseBank, TempoPitchLogMel
 from .cache import AudioCache
 from .composer import Composer, ComposerConfig, SnippetPool
 from .datasets import Holdout, Split, extend_split, split_groups
 from .evaluate import clip_metrics
+from .guide import guide_pass
 from .evaluation import load_recordings
 from .threads import cpu_threads
 from .windows import WindowSet, composed_items, predict_items, recording_items
 
 STATE = "state.safetensors"
+GUIDE_FILE = "guide.npz"           # the `--guide` model's scores of the training recordings (`guide.py`)
 
 
 class TrainError(BirdliveError):
@@ -92,6 +97,7 @@ class TrainConfig:
     init: str | None = None           # weights to start from when the run has no state: a checkpoint, "imagenet"
     freeze: int = 0                   # > 0: no gradients for the input BatchNorm's scale, the stem and the first
                                       # `freeze` - 1 blocks (for pretrained backbones: `freeze_early`)
+    guide: str | None = None          # a checkpoint of our own guiding crops and background labels (`guide.py`)
     window_s: float = 5.0
     epochs: int = 30                  # validations in the run, when neither max_steps nor max_minutes is given
     epoch_size: int | None = None     # windows between validations; default: one per training file/run, ≥ 8 batches
@@ -342,6 +348,12 @@ def build_data(cfg: TrainConfig, recs: list, labels: list[str], names: list[str]
     trainset = WindowSet(tr_long, labels, cache, noise, cfg.augment, cfg.window_s, mcfg.out_fps, epoch_size,
                          cfg.seed, composer, cfg.snippet_share, cfg.balance, TempoPitchLogMel(mcfg))
     trainset.prepare()
+    if cfg.guide:     # the training recordings only: validation and test audio never reaches the guide
+        try:
+            trainset.guide = guide_pass(cfg.guide, tr_long, cache, Path(cfg.run_dir) / GUIDE_FILE, cfg.threads,
+                                        console.print)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
     val_items = recording_items(va_long, labels, cache, cfg.window_s, cfg.window_s, cfg.val_max_windows)
     if va_snip:
         vcomp = Composer(SnippetPool(va_snip, cache, cfg.composer.min_note_s), labels, NoiseBank([], None),
@@ -496,9 +508,14 @@ def _start(cfg: TrainConfig, run: Path, resume: bool, console) -> tuple[TrainCon
     if resuming:
         saved = TrainConfig.from_dict(json.loads((run / "train.json").read_text()))
         given = {k: getattr(cfg, k) for k in TrainConfig.RESUMABLE}
+        if cfg.guide and cfg.guide != saved.guide:
+            console.print(f"[yellow]--guide {cfg.guide} ignored: the run keeps what it started with "
+                          f"({saved.guide or 'no guide'})[/]")
         cfg = dataclasses.replace(saved, **{k: v for k, v in given.items() if v is not None or k == "max_minutes"})
     if not cfg.data and not cfg.snippets:
         raise TrainError("no training data: give at least one recordings dataset or snippet set")
+    if cfg.guide:
+        load_config(cfg.guide)      # a missing guide is said now, not after the audio is decoded
     return cfg, resuming
 
 
@@ -723,6 +740,7 @@ def _provenance(cfg: TrainConfig, data: RunData, prog: Progress, row: dict) -> d
     return {
         "training": {"command": cfg.command, "data": cfg.data, "snippets": cfg.snippets, "noise_dir": cfg.noise_dir,
                      "holdout": cfg.holdout, "preset": cfg.preset, "window_s": cfg.window_s, "init": prog.init,
+                     "guide": cfg.guide,
                      "step": prog.step, "total_steps": cfg.total_steps, "windows": prog.step * cfg.batch_size,
                      "cpu_hours": round(prog.cpu_s / 3600, 3), "split_seed": split.seed,
                      "val_fraction": split.val_fraction, "test_fraction": split.test_fraction,

@@ -8,7 +8,8 @@ composed into windows with strong labels (`composer.py`). Each training window:
      (T-1)·hop samples, hop = hop_length / f, and its framewise targets at out_fps · f frames per second of audio,
      so that shown as T frames it is the nominal window, f times slower (or faster), pitch moved by s;
   1. pick a source (recordings or snippets, `snippet_share`), then a species uniformly (`balance`) or a file
-     uniformly, and make one component: an energy crop of a recording or a composed window;
+     uniformly, and make one component: an energy crop of a recording (or, with `--guide`, a crop around what
+     the guide model hears, its background species soft targets: `guide.py`) or a composed window;
   2. with probability `mix_prob`, add further components of species not yet in the window with random gains,
      until `mix_max` species (labels: the union, `augment.mix`);
   3. random overall gain, then noise at a random SNR (coloured or a real background file);
@@ -31,6 +32,7 @@ from .augment import (AugmentConfig, Example, NoiseBank, TempoPitchLogMel, add_n
                       energy_profile, eq_curve, fix_length, mix, weak_example)
 from .composer import Composer, NoSpeciesLeft
 from .datasets import Recording
+from .guide import GUIDED_CROP_PROB, GuideScores, GuideTrack, guided_start, soft_targets
 
 # Tempo factors and pitch shifts are drawn on grids, so that a batch holds few distinct (hop, semitones) pairs:
 # one STFT each (`TempoPitchLogMel`); at most 5 × 5 with the default ranges.
@@ -74,6 +76,7 @@ class WindowSet(torch.utils.data.Dataset):
         for i, r in enumerate(self.recs):
             self.by_species.setdefault(r.primary, []).append(i)
         self._profiles: dict[int, np.ndarray] = {}
+        self.guide: GuideScores | None = None    # `--guide`: set by the loop once the guide pass is done
 
     def __len__(self) -> int:
         return self.epoch_size
@@ -127,13 +130,29 @@ class WindowSet(torch.utils.data.Dataset):
                 return None
             i = pool[int(rng.integers(len(pool)))]
         rec = self.recs[i]
-        if rec.call_s is not None:     # a clip whose call time is known (Alberta): the crop must hold it
-            w = crop_around(self.cache.load(rec.path), g.n, rng, rec.call_s, self.sr)
-        else:
-            w, _ = crop(self.cache.load(rec.path), g.n, rng, self.aug.energy_crop, self.sr, self._profile(i))
+        track = self.guide.tracks.get(rec.path) if self.guide is not None else None
+        w, start = self._crop(i, g, rng, track)
         pos = [self.index[lab] for lab in rec.labels if lab in self.index]
         unk = [self.index[lab] for lab in rec.secondary if lab in self.index]
-        return weak_example(w, pos, unk, len(self.labels), self.n_out)
+        soft: dict[int, float] = {}
+        if self.guide is not None and track is not None and start is not None:
+            heard = soft_targets(track, self.guide.fps, start, g.n, self.sr)
+            soft = {self.index[lab]: v for lab, v in heard.items() if lab in self.index}
+        return weak_example(w, pos, unk, len(self.labels), self.n_out, soft)
+
+    def _crop(self, i: int, g: Geometry, rng: np.random.Generator, track: GuideTrack | None
+              ) -> tuple[np.ndarray, int | None]:
+        """Recording i's window of g.n samples and its start in the recording (None: unknown)."""
+        rec, x = self.recs[i], self.cache.load(self.recs[i].path)
+        if rec.call_s is not None:     # a clip whose call time is known (Alberta): the crop must hold it
+            return crop_around(x, g.n, rng, rec.call_s, self.sr), None
+        start = None
+        # without a guide no number is drawn here: the windows of unguided runs stay what they were
+        if self.guide is not None and track is not None and rng.random() < GUIDED_CROP_PROB:
+            start = guided_start(track.scores[:, 0], self.guide.fps, g.n, len(x), self.sr, rng)
+        if start is not None:
+            return np.array(x[start:start + g.n]), start
+        return crop(x, g.n, rng, self.aug.energy_crop, self.sr, self._profile(i))
 
     def component(self, rng: np.random.Generator, g: Geometry, exclude: AbstractSet[str] = frozenset(),
                   max_species: int | None = None) -> Example | None:

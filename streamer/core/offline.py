@@ -16,8 +16,10 @@ import numpy as np
 import torch
 
 from birdlive.model import BirdSED
+from birdlive.model.config import ModelConfig
 
 from .events import Event, EventFilter
+from .scorer import Scorer
 from .smoother import EventSmoother, SmootherParams
 from .stream import check_hop, default_params
 
@@ -64,6 +66,12 @@ def framewise_track(model: BirdSED, wave: np.ndarray, hop_s: float = 1.0, batch_
     scores = np.concatenate([
         model.forward_logmel(windows[i:i + batch_size, None])["framewise"].float().cpu().numpy()
         for i in range(0, len(windows), batch_size)])
+    return stitch(cfg, scores, starts, valid)
+
+
+def stitch(cfg: ModelConfig, scores, starts: list[int], valid: list[int]) -> np.ndarray:
+    """Framewise scores (n_out, K) of the windows at `starts` (samples; `valid` real samples each) → one track
+    (frames at cfg.out_fps, K): the average of the windows over each frame, frames past the audio dropped."""
     fps = cfg.out_fps
     first = [int(round(s * fps / cfg.sample_rate)) for s in starts]
     count = [math.ceil(v * fps / cfg.sample_rate - 1e-9) for v in valid]
@@ -73,6 +81,25 @@ def framewise_track(model: BirdSED, wave: np.ndarray, hop_s: float = 1.0, batch_
         total[f:f + c] += s[:c]
         covered[f:f + c] += 1
     return (total / covered[:, None]).astype(np.float32)
+
+
+def scorer_track(scorer: Scorer, wave: np.ndarray, hop_s: float = 1.0) -> np.ndarray:
+    """`framewise_track` through a `Scorer` (the lean ONNX one, or torch's): the same window layout, log-mel
+    frames and stitching, for code that scores whole files without torch (training's `--guide` pass)."""
+    cfg = scorer.cfg
+    check_hop(cfg, hop_s)
+    hop = int(round(hop_s * cfg.sample_rate))
+    starts, valid = window_starts(len(wave), cfg.window_samples, hop)
+    if not starts:
+        return np.zeros((0, cfg.num_classes), np.float32)
+    n, ctx = starts[-1] + cfg.window_samples, cfg.n_fft // 2
+    padded = np.zeros(ctx + n + ctx, np.float32)          # as `whole_logmel`: silence after, reflection before
+    padded[ctx:ctx + min(len(wave), n)] = wave[:n]
+    padded[:ctx] = padded[ctx + 1:2 * ctx + 1][::-1]
+    (mel,) = scorer.logmel([padded[:n + 2 * ctx]])        # frames centred on samples 0, hop, …, n
+    win_frames, mel_hop = cfg.window_samples // cfg.hop_length + 1, hop // cfg.hop_length
+    windows = [mel[i * mel_hop:i * mel_hop + win_frames] for i in range(len(starts))]
+    return stitch(cfg, scorer.score(windows), starts, valid)
 
 
 def detect_offline(model: BirdSED, wave: np.ndarray, source: str = "", hop_s: float = 1.0,
