@@ -4,8 +4,11 @@ ONNX Runtime's static quantisation and calibrated on real log-mel windows.
 - Calibration windows: from each given audio file (in the order given; `calibration_files`), decoded as replay
   hears it (`birdlive.audio.FileSource`), the back-to-back 5 s windows that lie whole in it, `PER_FILE` of them
   evenly spaced (fewer where the files are many: `MAX_WINDOWS` / files, at least one), at most `MAX_WINDOWS` in
-  all; their log-mel is the lean runtime's (`birdlive.model.dsp.LogMel`). A fixed list of files gives the same
-  windows, hence the same ranges, hence the same bytes.
+  all; their log-mel is the lean runtime's (`birdlive.model.dsp.LogMel`), computed with numpy's BLAS on one
+  thread as the runtime computes it (`OnnxScorer`). A fixed list of files gives the same windows, hence the same
+  ranges, hence the same bytes: OpenBLAS's mel matmul rounds differently on one thread than on several, so
+  without that limit the bytes depended on the machine's cores and on whether the process had already loaded a
+  scorer (which limits BLAS for the whole process).
 - What is quantised: the convolutions of the backbone (nodes under `/backbone/`: about 90 % of the float graph's
   time), weights int8 per output channel, activations uint8, in QDQ form (ONNX Runtime fuses each
   Dequantize → Conv → Quantize into one integer convolution). `reduce_range`: 7-bit weights, because AVX2's
@@ -72,26 +75,30 @@ def calibration_files(source: str | Path) -> list[Path]:
 def calibration_windows(cfg: ModelConfig, files: list[Path], per_file: int = PER_FILE,
                         max_windows: int = MAX_WINDOWS) -> np.ndarray:
     """(N, 1, frames, n_mels) float32 log-mel windows of `files` (see the module's docstring)."""
+    from threadpoolctl import threadpool_limits
+
     from birdlive.audio import AudioSourceError, FileSource
 
-    frontend = LogMel(cfg)
-    ctx, window = frontend.context, cfg.window_samples
-    per_file = min(per_file, max(1, max_windows // len(files)))     # many files: fewer windows each, all heard
-    out: list[np.ndarray] = []
-    for f in files:
-        try:
-            wave = np.concatenate([b.samples for b in FileSource(f, cfg.sample_rate)] or [np.zeros(0, np.float32)])
-        except AudioSourceError as e:
-            raise CalibrationError(f"calibration file {f}: cannot decode it ({e})") from None
-        whole = (len(wave) - 2 * ctx) // window        # windows with their frames' context inside the file
-        for k in np.unique(np.linspace(0, whole - 1, min(per_file, whole)).round().astype(int)) if whole > 0 else []:
-            s = ctx + int(k) * window
-            out.append(frontend.frames(wave[s - ctx:s + window + ctx]))
-        if len(out) >= max_windows:
-            break
-    if not out:
-        raise CalibrationError(f"no calibration window: the {len(files)} file(s) are all shorter than "
-                               f"{cfg.window_s:g} s")
+    with threadpool_limits(1, user_api="blas"):       # the same floats on any machine, in any process
+        frontend = LogMel(cfg)
+        ctx, window = frontend.context, cfg.window_samples
+        per_file = min(per_file, max(1, max_windows // len(files)))     # many files: fewer windows each, all heard
+        out: list[np.ndarray] = []
+        for f in files:
+            try:
+                wave = np.concatenate([b.samples for b in FileSource(f, cfg.sample_rate)] or [np.zeros(0, np.float32)])
+            except AudioSourceError as e:
+                raise CalibrationError(f"calibration file {f}: cannot decode it ({e})") from None
+            whole = (len(wave) - 2 * ctx) // window        # windows with their frames' context inside the file
+            picks = np.linspace(0, whole - 1, min(per_file, whole)).round().astype(int) if whole > 0 else []
+            for k in np.unique(picks):
+                s = ctx + int(k) * window
+                out.append(frontend.frames(wave[s - ctx:s + window + ctx]))
+            if len(out) >= max_windows:
+                break
+        if not out:
+            raise CalibrationError(f"no calibration window: the {len(files)} file(s) are all shorter than "
+                                   f"{cfg.window_s:g} s")
     return np.stack(out[:max_windows])[:, None].astype(np.float32)
 
 
