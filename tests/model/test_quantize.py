@@ -13,7 +13,7 @@ import pytest
 
 from birdlive.model import DEFAULT_CHECKPOINT
 from birdlive.model.checkpoint import graph_path, int8_graph_path
-from birdlive.model.quantize import CalibrationError, export_int8
+from birdlive.model.quantize import FLOAT_BACKBONE, CalibrationError, export_int8
 from birdlive.streamer import load_scorer
 from birdlive.streamer.core.scorer import onnx_graph, pick_backend
 
@@ -51,21 +51,29 @@ def one_error_line(r) -> str:
     return r.stderr
 
 
-def test_the_int8_graph_quantises_the_backbone_only(exported):
+def test_the_int8_graph_quantises_the_backbone_but_its_first_stages(exported):
     nodes = onnx.load(str(int8_graph_path(exported))).graph.node
     ops = Counter(n.op_type for n in nodes)
     assert ops["QuantizeLinear"] and ops["DequantizeLinear"] and ops["GRU"] == 1
     quantised = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
     convs = [n for n in nodes if n.op_type == "Conv"]
-    assert all(n.input[0] in quantised for n in convs if n.name.startswith("/backbone/"))
-    assert not any(n.input[0] in quantised for n in convs if not n.name.startswith("/backbone/"))   # the head
+    int8 = [n for n in convs if n.name.startswith("/backbone/") and not n.name.startswith(FLOAT_BACKBONE)]
+    kept = [n for n in convs if n not in int8]      # the stem, the first two stages, the head
+    assert len(int8) >= 10 and any(n.name.startswith("/backbone/blocks.") for n in kept)
+    assert any(n.name.startswith("/head/") for n in kept)
+    assert all(n.input[0] in quantised for n in int8)
+    assert not any(n.input[0] in quantised or n.input[1] in quantised for n in kept)
 
 
-@pytest.mark.skip(reason="int8 re-export differed in bytes in a fresh clone (stop 23); to be made deterministic")
 def test_the_same_calibration_audio_gives_the_same_bytes(exported, tmp_path):
+    """In another folder and another process state: the module's export ran in a child process with numpy's BLAS
+    on every core, this one has it on one core (as any process that has loaded a scorer does, `OnnxScorer`), which
+    rounds the log-mel's matmul otherwise."""
+    from threadpoolctl import threadpool_limits
     again = tiny_copy(tmp_path)
     shutil.copy(graph_path(exported), graph_path(again))
-    assert export_int8(again, RECORDINGS) == int8_graph_path(again)
+    with threadpool_limits(1, user_api="blas"):
+        assert export_int8(again, RECORDINGS) == int8_graph_path(again)
     assert int8_graph_path(again).read_bytes() == int8_graph_path(exported).read_bytes()
     # a new float graph: the int8 one made from the old one goes (`export --int8` makes it anew)
     import torch
@@ -82,6 +90,8 @@ def test_the_onnx_backend_runs_the_int8_graph_where_there_is_one(exported, tmp_p
     assert onnx_graph(exported, "onnx") == int8_graph_path(exported)
     assert load_scorer(exported, "onnx", threads=1).graph == int8_graph_path(exported)
     assert load_scorer(exported, "onnx-float", threads=1).graph == graph_path(exported)
+    if pick_backend(exported, "auto") == "onnx":            # no GPU: auto is ONNX Runtime, the int8 graph
+        assert load_scorer(exported, "auto", threads=1).graph == int8_graph_path(exported)
     float_only = tiny_copy(tmp_path)
     shutil.copy(graph_path(exported), graph_path(float_only))
     assert load_scorer(float_only, "onnx", threads=1).graph == graph_path(float_only)
