@@ -13,7 +13,8 @@ runs them: the runner's numbers, held equal to it by tests/core):
 - event timing against hop 1: each hop-1 event matched to the same species' most overlapping event at this hop;
   the median and largest onset and offset shifts, and the hop-1 events with no match;
 - events on white, pink and brown noise (`--noise-minutes` each, -30 dBFS): must stay 0;
-- windows scored per audio second (1 / hop): the network's share of replay's time.
+- windows scored per audio second (1 / hop): the network's share of replay's time;
+- a 95 % paired bootstrap interval (1,000 resamples of the recordings) of the recording mAP's change against hop 1.
 """
 from __future__ import annotations
 
@@ -58,6 +59,19 @@ def timing(reference: list, events: list) -> dict:
             "offset": stats(shifts_off)}
 
 
+def paired_interval(scores: np.ndarray, base: np.ndarray, targets, masks, mc, draws: int = 1000) -> list[float]:
+    """95 % interval of recording mAP (this hop) − recording mAP (hop 1), resampling the recordings with
+    replacement (the same draw for both hops: a paired bootstrap, seeded)."""
+    rng = np.random.default_rng(0)
+    diffs = []
+    for _ in range(draws):
+        i = rng.integers(0, len(scores), len(scores))
+        a = clip_metrics(scores[i], targets[i], masks[i], mc.labels, mc.threshold_on, mc.names)["macro_map"]
+        b = clip_metrics(base[i], targets[i], masks[i], mc.labels, mc.threshold_on, mc.names)["macro_map"]
+        diffs.append(a - b)
+    return [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
+
+
 def events_of(model, track: np.ndarray, source: str) -> list:
     """`detect_offline`'s events from a track already computed."""
     cfg = model.cfg
@@ -83,7 +97,7 @@ def main() -> None:
     noise = noise_check_waves(a.noise_minutes, mc.sample_rate) if a.noise_minutes else []
     audio_s = sum(len(w) for w in waves) / mc.sample_rate
     print(f"{len(recs)} test recordings, {audio_s / 60:.1f} min", file=sys.stderr)
-    results, reference = {}, None
+    results, reference, base = {}, None, None
     for hop in [float(h) for h in a.hops.split(",")]:
         tracks = [framewise_track(model, w, hop) for w in waves]
         scores = np.stack([t.max(0) for t in tracks])
@@ -93,6 +107,7 @@ def main() -> None:
             kinds.update(classify_events([e.species for e in evs], r.primary, set(r.secondary)))
         flat = [e for evs in events for e in evs]
         reference = reference if reference is not None else flat
+        base = base if base is not None else scores
         m = clip_metrics(scores, targets, masks, mc.labels, mc.threshold_on, mc.names)
         results[str(hop)] = {
             "recording_map": m["macro_map"], "recording_top1": top1(scores, recs, mc.labels),
@@ -100,17 +115,18 @@ def main() -> None:
             "timing_vs_hop_1": timing(reference, flat),
             "noise_events": sum(len(events_of(model, framewise_track(model, x, hop), c)) for c, x in noise),
             "windows_per_audio_s": 1.0 / hop,
+            "recording_map_minus_hop_1_95pct": paired_interval(scores, base, targets, masks, mc),
         }
         print(hop, json.dumps(results[str(hop)]), file=sys.stderr, flush=True)
     print(f"{'hop s':>6} {'rec mAP':>8} {'rec top-1':>9} {'right':>6} {'second.':>7} {'wrong':>6} "
-          f"{'onset Δ med/max s':>18} {'offset Δ med/max s':>19} {'unmatched':>9} {'noise ev':>8}")
+          f"{'onset Δ med/max s':>18} {'offset Δ med/max s':>19} {'unmatched':>9} {'noise ev':>8} {'mAP Δ 95 %':>15}")
     for hop, r in results.items():
         t = r["timing_vs_hop_1"]
         on = f"{t['onset']['median_s']:.2f}/{t['onset']['max_s']:.2f}" if t["onset"] else "–"
         off = f"{t['offset']['median_s']:.2f}/{t['offset']['max_s']:.2f}" if t["offset"] else "–"
         print(f"{hop:>6} {r['recording_map']:8.3f} {r['recording_top1']:9.3f} {r['events_right']:6d} "
               f"{r['events_secondary']:7d} {r['events_wrong']:6d} {on:>18} {off:>19} {t['unmatched']:9d} "
-              f"{r['noise_events']:8d}")
+              f"{r['noise_events']:8d} {'%+.3f..%+.3f' % tuple(r['recording_map_minus_hop_1_95pct']):>15}")
     if a.json:
         a.json.write_text(json.dumps({"recordings": len(recs), "audio_s": audio_s, "model": a.model,
                                       "hops": results}, indent=1) + "\n")
