@@ -260,6 +260,7 @@ def calibrate(
         if not p.exists():
             _fail(f"{p}: no such file or folder")
     path = model or DEFAULT_CHECKPOINT
+    _refuse_writing_over_checkpoints({"report": report, "csv": csv_out}, [path] + ([out] if out else []))
     net = load_checkpoint(path)
     beside = checkpoint_paths(path)[1].parent / "split.json"
     split = split or (beside if beside.is_file() else None)
@@ -292,6 +293,18 @@ def calibrate(
                   f"({summary['n_raised']} raised above {summary['floor']:g}"
                   + (f", on {rng[0]:g}–{rng[1]:g}" if rng else "") + f"), the others keep the global pair "
                   f"({', '.join(f'{n} {r}' for r, n in summary['reasons'].items() if r != 'calibrated')}) → {written}")
+
+
+def _refuse_writing_over_checkpoints(outputs: dict[str, Optional[Path]], stems: list[Path]) -> None:
+    """A side output (`--report X.json` beside `--out X`) must not replace a checkpoint's own files: the report
+    would become the checkpoint's JSON, and nothing would say so until the model failed to load."""
+    from birdlive.model.checkpoint import checkpoint_paths, graph_path, int8_graph_path
+    own = {f.resolve(): stem for stem in stems
+           for f in (*checkpoint_paths(stem), graph_path(stem), int8_graph_path(stem))}
+    for option, p in outputs.items():
+        if p is not None and p.resolve() in own:
+            _fail(f"--{option} {p} would write over a file of the checkpoint {own[p.resolve()]}; give it another "
+                  f"name")
 
 
 def augment_demo(

@@ -314,3 +314,25 @@ def test_mqtt_host_that_does_not_resolve_still_detects(tmp_path):
     assert r.returncode == 0, r.stderr
     assert len(read_events_csv(csv)) == len(read_truth())
     assert any(line.startswith("warning:") and "no-such-host.invalid" in line for line in r.stderr.splitlines())
+
+
+@pytest.mark.parametrize("args", [
+    ["--out", "{tmp}/cal", "--report", "{tmp}/cal.json"],
+    ["--out", "{tmp}/cal", "--report", "{tmp}/cal.safetensors"],
+    ["--in-place", "--report", "{tmp}/tiny.json"],
+    ["--out", "{tmp}/cal", "--csv", "{tmp}/tiny.onnx"],
+], ids=["report-over-out-json", "report-over-out-weights", "report-over-model-json", "csv-over-model-graph"])
+def test_calibrate_refuses_a_side_output_over_a_checkpoints_own_file(tmp_path, args):
+    """`--out X --report X.json` would make the report X's checkpoint JSON: refused before anything is computed,
+    in one `error:` line, and the checkpoint's files are as they were."""
+    import shutil
+    for suffix in (".json", ".safetensors"):
+        shutil.copyfile(TINY.with_suffix(suffix), tmp_path / f"tiny{suffix}")
+    (tmp_path / "tiny.onnx").write_bytes(b"a graph")
+    (tmp_path / "data").mkdir()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    r = birdlive("calibrate", tmp_path / "data", "--model", tmp_path / "tiny", *[a.format(tmp=tmp_path) for a in args])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert "would write over a file of the checkpoint" in lines[0] and "Traceback" not in r.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before

@@ -203,14 +203,50 @@ def test_a_source_that_raises_mid_stream_loses_no_event(model, tmp_path, offline
     assert as_tuples(good) == as_tuples(offline_events)
 
 
-def test_stop_flushes_open_events_and_ends_promptly(model, tmp_path):
-    """Ctrl-C in the middle of a realtime replay: the runner returns within seconds, with what it saw."""
+class StopAt(Collect):
+    """A sink that sets `stop`, as Ctrl-C does, once its stream has been fed `at_s` seconds of audio. Statuses come
+    from the consumer's own thread, so where the stop falls is a fact of the audio, not of the machine's speed."""
+
+    def __init__(self, stop, at_s):
+        super().__init__()
+        self.stop, self.at_s = stop, at_s
+
+    def on_status(self, s):
+        super().on_status(s)
+        if s.audio_s >= self.at_s:
+            self.stop.set()
+
+
+def test_stop_flushes_open_events_and_ends_promptly(model, wave, offline_events):
+    """Stop in the middle of the trill at 4.2–4.69 s: the runner returns with the events of the audio it was fed,
+    the open trill included (cut where the audio ends), and its source reads at most three blocks past the stop
+    (one queued, one waiting for its place in the read-ahead, one read before the source thread sees the stop).
+
+    No clock: the stop comes from a sink at a given point of the audio, and with a read-ahead of one block and a
+    status every tick the consumer is fed one block per tick, so the audio fed is exactly the block that reached
+    the stop point and the run is the same on a loaded machine as on an idle one."""
+    block_s, stop_at_s = 0.25, 4.5
     stop = threading.Event()
-    got = Collect()
-    spec = SourceSpec(str(RECORDING), lambda: FileSource(RECORDING, model.cfg.sample_rate, block_s=0.5,
-                                                          realtime=True))
-    timer = threading.Timer(3.0, stop.set)
-    timer.start()
-    (status,) = run(model, [spec], [got], stop=stop)
-    assert status.state == "done" and 2.0 <= status.audio_s <= 6.0
-    assert got.statuses[-1].state == "done"
+    got = StopAt(stop, stop_at_s)
+    sources = []
+
+    def open_source():
+        sources.append(FileSource(RECORDING, model.cfg.sample_rate, block_s=block_s))
+        return sources[0]
+
+    runner = Runner(SharedScorer(model), [got], lambda name: StreamState(name, model.cfg), stop=stop,
+                    status_every_s=0.0, read_ahead_s=block_s)
+    (status,) = runner.run([SourceSpec(str(RECORDING), open_source)])
+    assert status.state == "done" and got.statuses[-1].state == "done"
+    assert status.audio_s == pytest.approx(stop_at_s, abs=1e-6)
+    # Ended promptly: the source was stopped, not read to its end (40 s).
+    read_s = sources[0].stats["samples"] / model.cfg.sample_rate
+    assert stop_at_s <= read_s <= stop_at_s + 3 * block_s + 1e-6
+    # Flushed: exactly the events of the fed audio alone, the trill still open at the stop among them.
+    fed = detect_offline(model, wave[:int(round(stop_at_s * model.cfg.sample_rate))], source=str(RECORDING))
+    assert [e.species for e in got.events] == [e.species for e in fed] == ["upsweep", "trill"]
+    frame = model.cfg.frame_s
+    for a, b in zip(got.events, fed):
+        assert abs(a.onset_s - b.onset_s) <= frame + 1e-6 and abs(a.offset_s - b.offset_s) <= frame + 1e-6
+    trill_whole = next(e for e in offline_events if e.species == "trill")
+    assert got.events[-1].offset_s <= stop_at_s < trill_whole.offset_s

@@ -145,19 +145,40 @@ def test_compressed_formats(tmp_path, fmt):
     assert peak_freq(x[SR // 4 : -SR // 4], SR) == pytest.approx(3000, rel=3e-3)
 
 
-def test_realtime_paces_to_wall_clock(tmp_path):
+class FakeClock:
+    """`time` for `birdlive.audio`: monotonic and wall time move only when the code sleeps, so pacing is checked
+    on the audio's own schedule, whatever the machine's load."""
+
+    def __init__(self, wall0=1.7e9):
+        self.now, self.wall0, self.sleeps = 0.0, wall0, []
+
+    def monotonic(self):
+        return self.now
+
+    def time(self):
+        return self.wall0 + self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_realtime_paces_to_wall_clock(tmp_path, monkeypatch):
+    """Each 0.2 s block of a 0.6 s file comes once its last sample exists (0.2, 0.4, 0.6 s after the start) and
+    is stamped with the wall time of its first sample."""
+    import birdlive.audio
+    clock = FakeClock()
+    monkeypatch.setattr(birdlive.audio, "time", clock)
     rate = 16000
     path = tmp_path / "rt.wav"
     sf.write(path, tone(500, 0.6, rate), rate)
-    t0 = time.time()
-    blocks = list(FileSource(path, SR, block_s=0.2, realtime=True))
-    took = time.time() - t0
-    assert 0.5 < took < 1.5
-    assert len(blocks) == 3
-    walls = [b.wall_time for b in blocks]
-    assert all(w is not None for w in walls)
-    assert walls[1] - walls[0] == pytest.approx(0.2, abs=1e-6)
-    assert abs(walls[0] - t0) < 0.2
+    delivered = []
+    for b in FileSource(path, SR, block_s=0.2, realtime=True):
+        delivered.append((clock.now, b))
+    assert [round(t, 6) for t, _ in delivered] == [0.2, 0.4, 0.6]
+    assert sum(clock.sleeps) == pytest.approx(0.6, abs=1e-6)
+    walls = [b.wall_time for _, b in delivered]
+    assert walls == pytest.approx([clock.wall0, clock.wall0 + 0.2, clock.wall0 + 0.4], abs=1e-6)
 
 
 def _assert_one_line(err: AudioSourceError, path) -> str:

@@ -192,9 +192,10 @@ def test_a_page_serves_while_a_detector_holds_a_write_lock_and_never_writes_even
     client = Client(serve("--db", db).url)
     writer = sqlite3.connect(db, isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")           # a detector mid-commit
-    t0 = time.monotonic()
+    # The lock is held through the whole request: a page that needed it could only fail (after the 30 s busy
+    # timeout, or the client's), so a full page proves it did not wait on it; no clock needed.
     status, _, page = client.request("GET", "/")
-    assert status == 200 and b"American Robin" in page and time.monotonic() - t0 < 5
+    assert status == 200 and b"American Robin" in page
     writer.execute("ROLLBACK")
     before = Path(db).stat().st_size, sqlite3.connect(db).execute("SELECT COUNT(*) FROM events").fetchone()
     client.request("GET", "/search?species=amerob")
