@@ -238,17 +238,15 @@ SLOW_TEARDOWN = ("torch", "onnxruntime", "numpy")
 def _exit(code) -> None:
     """Leave without the interpreter's teardown once a library in SLOW_TEARDOWN is loaded. By now every sink is
     closed (CSV flushed and fsync'ed) and every source stopped; what Python's own exit would still do that matters
-    is done here, in its order: say the message of a `sys.exit("…")`, wait for the threads that are not daemons,
-    run the atexit functions, flush stdout and stderr."""
+    is done here, in its order: say the message of a `sys.exit("…")`, wait for the threads that are not daemons
+    (threading's own exit step, which first tells executors' threads to end), run the atexit functions, flush
+    stdout and stderr."""
     if not any(name in sys.modules for name in SLOW_TEARDOWN):
         sys.exit(code)
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)    # as sys.exit("message") would
         code = 1
-    main_thread = threading.main_thread()
-    for t in threading.enumerate():
-        if t is not main_thread and not t.daemon:
-            t.join()
+    threading._shutdown()   # type: ignore[attr-defined]
     atexit._run_exitfuncs()
     try:
         sys.stdout.flush()
