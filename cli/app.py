@@ -6,10 +6,10 @@ a bug, reported in one line that says where its traceback was written (BIRDLIVE_
 """
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
-import tempfile
 import threading
 import traceback
 from pathlib import Path
@@ -228,18 +228,36 @@ def _needs_torch_extra(e: ModuleNotFoundError) -> bool:
     return (e.name or "").split(".")[0] in TORCH_EXTRA_MODULES
 
 
+# Libraries whose teardown at exit is slow (the interpreter frees their modules and objects one by one, the ONNX
+# Runtime session with them): torch's took about 1 s of every `replay` (a fifth of a 120 s file's whole run);
+# ONNX Runtime's and numpy's about 70 ms of CPU, a sixth of a 5 s clip's replay (measured, benchmarks/streaming.py's
+# start-up row).
+SLOW_TEARDOWN = ("torch", "onnxruntime", "numpy")
+
+
 def _exit(code) -> None:
-    """Leave without the interpreter's teardown once torch is loaded: it took about 1 s of every `replay` (a
-    fifth of a 120 s file's whole run). By now every sink is closed (CSV flushed and fsync'ed) and every source
-    stopped; only stdout and stderr are left to flush."""
-    if "torch" not in sys.modules:
+    """Leave without the interpreter's teardown once a library in SLOW_TEARDOWN is loaded. By now every sink is
+    closed (CSV flushed and fsync'ed) and every source stopped; what Python's own exit would still do that matters
+    is done here, in its order: say the message of a `sys.exit("…")`, wait for the threads that are not daemons
+    (threading's own exit step, which first tells executors' threads to end), run the atexit functions, flush
+    stdout and stderr."""
+    if not any(name in sys.modules for name in SLOW_TEARDOWN):
         sys.exit(code)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)    # as sys.exit("message") would
+        code = 1
+    threading._shutdown()   # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:             # a closed pipe (`birdlive replay … | head`): Python's exit reports it as it did
+        sys.exit(code)
+    os._exit(0 if code is None else code)
 
 
 def _save_traceback() -> str:
+    import tempfile
     fd, path = tempfile.mkstemp(prefix="birdlive-traceback-", suffix=".txt")
     with os.fdopen(fd, "w") as f:
         traceback.print_exc(file=f)

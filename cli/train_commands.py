@@ -6,17 +6,23 @@ app.command("calibrate")(calibrate), app.command("augment-demo")(augment_demo), 
 """
 from __future__ import annotations
 
+import functools
 import shlex
 import sys
 from pathlib import Path
 from typing import List, NoReturn, Optional
 
 import typer
-from rich.console import Console
 
 from birdlive.errors import needs_torch
 
-console = Console()
+
+@functools.cache
+def _console():
+    """rich's Console, made on first use: importing rich at module level cost every command, `replay` included,
+    about 30 ms of its start-up (this module is imported to register its commands)."""
+    from rich.console import Console
+    return Console()
 
 
 def _fail(msg: str) -> NoReturn:
@@ -146,9 +152,9 @@ def train(
                       threads=threads, val_max_windows=val_max_windows, val_composed=val_composed, device=device,
                       amp=not no_amp, cache_dir=str(cache_dir) if cache_dir else None, augment=aug,
                       command="birdlive " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
-    s = run_training(cfg, resume=resume, console=console)
+    s = run_training(cfg, resume=resume, console=_console())
     figs = f"val mAP {s['val_map']:.3f}" if s["val_map"] is not None else "no validation score"
-    console.print(f"[green]{'stopped' if s['interrupted'] else 'done'}[/]: step {s['steps']} of {s['total_steps']}, "
+    _console().print(f"[green]{'stopped' if s['interrupted'] else 'done'}[/]: step {s['steps']} of {s['total_steps']}, "
                   f"{s['time_s']:.0f} s, {s['cpu_s'] / 3600:.2f} CPU-h; best at step {s['best_step']} ({figs}) "
                   f"→ {s['best']}")
     if s["interrupted"]:
@@ -190,21 +196,21 @@ def evaluate(
                          offset_tolerance=offset_tolerance, noise_minutes=noise_minutes, noise_dbfs=noise_dbfs,
                          device=device)
     res["model"] = str(model or DEFAULT_CHECKPOINT)
-    console.print(results_table(res, rows))
+    _console().print(results_table(res, rows))
     if res.get("skipped_species"):
-        console.print(f"[yellow]skipped files of {len(res['skipped_species'])} species the model does not know[/]")
+        _console().print(f"[yellow]skipped files of {len(res['skipped_species'])} species the model does not know[/]")
     if "events" in res:
         ev = res["events"]
-        console.print(f"events (onset ±{ev['onset_tolerance']:g} s): F1 {fmt(ev['f1'])}  P {fmt(ev['precision'])}  "
+        _console().print(f"events (onset ±{ev['onset_tolerance']:g} s): F1 {fmt(ev['f1'])}  P {fmt(ev['precision'])}  "
                       f"R {fmt(ev['recall'])}  ({ev['n_reference']} reference, {ev['n_estimated']} detected)")
     if "noise_fp" in res:
         nf = res["noise_fp"]
         per = ", ".join(f"{c} {n}" for c, n in nf["events"].items())
-        console.print(f"false positives on {nf['minutes_each']:g} min each of pure noise at {nf['dbfs']:g} dBFS: "
+        _console().print(f"false positives on {nf['minutes_each']:g} min each of pure noise at {nf['dbfs']:g} dBFS: "
                       f"{nf['total']} events ({per})")
     if json_out:
         write_json(res, json_out)
-        console.print(f"results → {json_out}")
+        _console().print(f"results → {json_out}")
 
 
 def calibrate(
@@ -270,13 +276,13 @@ def calibrate(
     cache = AudioCache(cache_dir, net.cfg.sample_rate)
     items = validation_items(net.cfg, recs, snippet_paths, cache, composed, seed)
     n_rec = sum(not it.composed for it in items)
-    console.print(f"{len(items)} validation items ({n_rec} recordings, {len(items) - n_rec} composed windows) "
+    _console().print(f"{len(items)} validation items ({n_rec} recordings, {len(items) - n_rec} composed windows) "
                   f"from {info['split']['n_val_groups_found']} validation groups")
     noise = None
     if noise_dir:
         files = Holdout.load(holdout).training_noise(NoiseBank.from_dir(noise_dir).files, noise_dir)
         noise = noise_items(net.cfg, files, cache, seed=seed)
-        console.print(f"global pair: chosen with {len(noise)} noise items (coloured noise, {len(files)} files)")
+        _console().print(f"global pair: chosen with {len(noise)} noise items (coloured noise, {len(files)} files)")
     with cpu_threads(threads):
         table, summary = run_calibration(net, items, floor, min_positives, noise=noise, beta=beta)
     command = "birdlive " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -288,8 +294,8 @@ def calibrate(
         write_json(summary, report)
     rng = summary["on_range"]
     if "global" in summary:
-        console.print(f"global pair: on {summary['global']['on']:g} / off {summary['global']['off']:g}")
-    console.print(f"{summary['n_calibrated']} of {summary['n_species']} species calibrated "
+        _console().print(f"global pair: on {summary['global']['on']:g} / off {summary['global']['off']:g}")
+    _console().print(f"{summary['n_calibrated']} of {summary['n_species']} species calibrated "
                   f"({summary['n_raised']} raised above {summary['floor']:g}"
                   + (f", on {rng[0]:g}–{rng[1]:g}" if rng else "") + f"), the others keep the global pair "
                   f"({', '.join(f'{n} {r}' for r, n in summary['reasons'].items() if r != 'calibrated')}) → {written}")
@@ -328,7 +334,7 @@ def augment_demo(
     res = run_demo(file_a, file_b, out, window_s=window, seed=seed, augment=aug,
                    noise_dir=str(noise_dir) if noise_dir else None, model=str(model) if model else None)
     a = res["applied"]
-    console.print(f"labels {', '.join(a['labels'])}; B at {a['b']['gain_db']:+.1f} dB"
+    _console().print(f"labels {', '.join(a['labels'])}; B at {a['b']['gain_db']:+.1f} dB"
                   + (f", SNR {a['snr_db']:.1f} dB" if "snr_db" in a else "")
                   + f" → {res['wav']}, {res['png']}")
 
@@ -376,6 +382,6 @@ def export(
     files = calibration_for(model or DEFAULT_CHECKPOINT, calibrate) if int8 else []   # checked before the export
     torch.set_num_threads(1)        # one example batch is traced: more threads only cost start-up
     out = export_onnx(load_checkpoint(model or DEFAULT_CHECKPOINT), model or DEFAULT_CHECKPOINT)
-    console.print(f"wrote {out}")
+    _console().print(f"wrote {out}")
     if int8:
-        console.print(f"wrote {export_int8(model or DEFAULT_CHECKPOINT, files)}")
+        _console().print(f"wrote {export_int8(model or DEFAULT_CHECKPOINT, files)}")

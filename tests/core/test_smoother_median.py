@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from birdlive.streamer import EventSmoother, SmootherParams
+from birdlive.streamer.core.smoother import median_of_odd
 
 
 class FrameAtATime(EventSmoother):
@@ -75,3 +76,15 @@ def test_stream_shorter_than_half_the_filter():
     want = events(FrameAtATime, scores, params, [])
     assert [(e.onset_s, e.offset_s) for e in want] == [(0.0, 0.2)]
     assert events(EventSmoother, scores, params, []) == want
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=st.integers(1, 40), half=st.integers(0, 7), nans=st.integers(0, 5), seed=st.integers(0, 2**32 - 1))
+def test_median_of_odd_is_np_median_bit_for_bit(rows, half, nans, seed):
+    """The smoother's median (not np.median, whose first call imports numpy.ma: start-up time) gives np.median's
+    bits, ties and NaN (a row with one is NaN) included."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 4, (rows, 3, 2 * half + 1)).astype(np.float32) / np.float32(3)   # ties on purpose
+    x.reshape(-1)[rng.integers(0, x.size, nans)] = np.nan
+    got, want = median_of_odd(x), np.median(x, axis=-1)
+    assert got.dtype == want.dtype and np.array_equal(got.view(np.uint32), want.view(np.uint32))
