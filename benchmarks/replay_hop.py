@@ -296,6 +296,12 @@ def passes(r: dict, first: dict, margin: float) -> bool:
     return all(x > -margin for x in lows) and all(noise[k] <= noise_1[k] for k in ("coloured", "files"))
 
 
+def shown(path: str) -> str:
+    """A path as the JSON keeps it: relative to the repository where it lies inside."""
+    p = Path(path).resolve()
+    return p.relative_to(REPO).as_posix() if p.is_relative_to(REPO) else str(path)
+
+
 def measure(ctx, a, hops: list[float]) -> dict:
     model, mc, cache = ctx.model, ctx.mc, ctx.cache
     sets = recording_sets(ctx, a.run, a.max_per_set)
@@ -330,7 +336,7 @@ def measure(ctx, a, hops: list[float]) -> dict:
         results[str(h)] = r
         print(h, json.dumps({k: r["sets"]["pooled"][k] for k in ("recording_map", "recording_top1")}),
               file=sys.stderr, flush=True)
-    return {"model": a.model, "run": a.run, "audio_s": round(audio_s, 1),
+    return {"model": shown(a.model), "run": shown(a.run), "audio_s": round(audio_s, 1),
             "sets": {k: {"recordings": len(v), "species": len({r.primary for r in v})} for k, v in sets.items()},
             "draws": a.draws, "margin": a.margin, "raven_left_out": left_out,
             "noise": {k: v for k, v in noise.items() if k != "per_hop"}, "hops": results}
