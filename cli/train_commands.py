@@ -92,6 +92,9 @@ def train(
     no_reverb: bool = typer.Option(False, "--no-reverb", help="No impulse responses on composed calls."),
     no_eq: bool = typer.Option(False, "--no-eq", help="No random microphone EQ on the log-mel."),
     snr: str = typer.Option("0,20", "--snr", help="Noise SNR range in dB (whole window)."),
+    gain: Optional[str] = typer.Option(None, "--gain", help="Random overall gain range in dB, like -30,6 (whole "
+                                       "window; default: the augmentation set's, -12,6): a recorder's level varies "
+                                       "by tens of dB."),
     pitch: float = typer.Option(0.5, "--pitch", help="Pitch shift range, ± semitones."),
     frame_weight: float = typer.Option(0.5, "--frame-weight", help="Weight of the framewise loss."),
     checkpoint_minutes: float = typer.Option(2.0, "--checkpoint-minutes", help="Save the resumable state at least "
@@ -127,6 +130,8 @@ def train(
     from birdlive.train import train as run_training
     aug = AugmentConfig.preset(augment)     # our errors (OptionError, TrainError, …) reach `main` as one line
     aug.snr_db = _range(snr, "snr")
+    if gain is not None:
+        aug.gain_db = _range(gain, "gain")
     aug.pitch_semitones = pitch
     for flag, fields in ((no_mix, ["mix_prob"]), (no_noise, ["noise_prob"]), (no_stretch, ["stretch_prob"]),
                          (no_pitch, ["pitch_prob"]), (no_field_background, ["field_background_prob"]),

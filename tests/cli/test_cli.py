@@ -336,3 +336,12 @@ def test_calibrate_refuses_a_side_output_over_a_checkpoints_own_file(tmp_path, a
     assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:"), r.stderr
     assert "would write over a file of the checkpoint" in lines[0] and "Traceback" not in r.stderr
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize("option, value", [("--gain", "6,-30"), ("--gain", "loud"), ("--snr", "20,0")])
+def test_train_refuses_a_bad_range_in_one_line_before_any_run_folder(tmp_path, option, value):
+    (tmp_path / "snippets").mkdir()
+    r = birdlive("train", "--snippets", tmp_path / "snippets", option, value, "--run", tmp_path / "run")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: {option}"), r.stderr
+    assert not (tmp_path / "run").exists()
