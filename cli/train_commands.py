@@ -309,9 +309,8 @@ def calibrate(
 def _refuse_writing_over_checkpoints(outputs: dict[str, Optional[Path]], stems: list[Path]) -> None:
     """A side output (`--report X.json` beside `--out X`) must not replace a checkpoint's own files: the report
     would become the checkpoint's JSON, and nothing would say so until the model failed to load."""
-    from birdlive.model.checkpoint import checkpoint_paths, graph_path, int8_graph_path
-    own = {f.resolve(): stem for stem in stems
-           for f in (*checkpoint_paths(stem), graph_path(stem), int8_graph_path(stem))}
+    from birdlive.model.checkpoint import checkpoint_paths, derived_graph_paths
+    own = {f.resolve(): stem for stem in stems for f in (*checkpoint_paths(stem), *derived_graph_paths(stem))}
     for option, p in outputs.items():
         if p is not None and p.resolve() in own:
             _fail(f"--{option} {p} would write over a file of the checkpoint {own[p.resolve()]}; give it another "

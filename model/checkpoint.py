@@ -61,11 +61,23 @@ def int8_graph_path(path: str | Path) -> Path:
     return weights.with_suffix(".int8.onnx")
 
 
+def trunk_graph_paths(path: str | Path) -> tuple[Path, Path]:
+    """STEM.trunk.onnx and STEM.rest.onnx: STEM.onnx cut after the backbone's first stages, so that overlapping
+    windows share them (`birdlive.model.trunk`, `birdlive.streamer.core.trunk`)."""
+    weights, _ = checkpoint_paths(path)
+    return weights.with_suffix(".trunk.onnx"), weights.with_suffix(".rest.onnx")
+
+
+def derived_graph_paths(path: str | Path) -> tuple[Path, ...]:
+    """Every graph `birdlive export` makes from a checkpoint's weights: stale once the weights change."""
+    return (graph_path(path), int8_graph_path(path), *trunk_graph_paths(path))
+
+
 def save_checkpoint(model: BirdSED, path: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Writes STEM.safetensors + STEM.json. `dtype` (e.g. torch.float16) stores the floating-point tensors of at
     least `KEEP_FULL_BELOW` elements in that type; the others, and integer tensors, stay as they are. Returns STEM.
-    A STEM.onnx (and STEM.int8.onnx) made from earlier weights is removed: it would score with them (`birdlive
-    export` makes a new one)."""
+    A STEM.onnx (and its int8 and split graphs) made from earlier weights is removed: it would score with them
+    (`birdlive export` makes new ones)."""
     from safetensors.torch import save_file
 
     from .frontend import FROZEN_PREFIXES
@@ -74,8 +86,8 @@ def save_checkpoint(model: BirdSED, path: str | Path, dtype: torch.dtype | None 
     state = {k: _stored(v, dtype) for k, v in model.state_dict().items() if not k.startswith(FROZEN_PREFIXES)}
     with atomic_path(weights) as tmp:      # an interrupted save never leaves a half checkpoint behind
         save_file(state, str(tmp))
-    graph_path(path).unlink(missing_ok=True)
-    int8_graph_path(path).unlink(missing_ok=True)
+    for graph in derived_graph_paths(path):
+        graph.unlink(missing_ok=True)
     save_config(model.cfg, path)
     return weights.with_suffix("")
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from birdlive.files import atomic_path
 
-from .checkpoint import graph_path, int8_graph_path
+from .checkpoint import derived_graph_paths, graph_path
 from .sed import BirdSED
 
 OPSET = 17
@@ -123,10 +123,14 @@ def window_frames(model: BirdSED) -> int:
 
 @torch.inference_mode(False)
 def export_onnx(model: BirdSED, path: str | Path) -> Path:
-    """Write the graph of `model` (its checkpoint's STEM) to STEM.onnx, atomically; returns that path. An int8
-    graph of an earlier export (STEM.int8.onnx) is removed: `export --int8` makes it anew from this one."""
+    """Write the graph of `model` (its checkpoint's STEM) to STEM.onnx, atomically, and its split
+    (STEM.trunk.onnx + STEM.rest.onnx, `birdlive.model.trunk`) where the backbone has one; returns STEM.onnx. An
+    int8 graph of an earlier export (STEM.int8.onnx) is removed: `export --int8` makes it anew from this one."""
+    from .trunk import split_graph
+
     out = graph_path(path)
-    int8_graph_path(path).unlink(missing_ok=True)
+    for stale in derived_graph_paths(path):
+        stale.unlink(missing_ok=True)
     model = copy.deepcopy(model).cpu().eval()
     example = torch.from_numpy(np.random.default_rng(0).normal(-40.0, 10.0, (2, 1, window_frames(model),
                                                                             model.cfg.n_mels)).astype(np.float32))
@@ -142,6 +146,7 @@ def export_onnx(model: BirdSED, path: str | Path) -> Path:
                           dynamic_axes={INPUT: {0: "batch"}, OUTPUTS[0]: {0: "batch"}, OUTPUTS[1]: {0: "batch"}},
                           opset_version=OPSET, dynamo=False)
         fold_and_fuse(tmp)
+    split_graph(path)
     return out
 
 

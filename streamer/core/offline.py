@@ -99,7 +99,16 @@ def scorer_track(scorer: Scorer, wave: np.ndarray, hop_s: float = 1.0) -> np.nda
     (mel,) = scorer.logmel([padded[:n + 2 * ctx]])        # frames centred on samples 0, hop, …, n
     win_frames, mel_hop = cfg.window_samples // cfg.hop_length + 1, hop // cfg.hop_length
     windows = [mel[i * mel_hop:i * mel_hop + win_frames] for i in range(len(starts))]
-    return stitch(cfg, scorer.score(windows), starts, valid)
+    recording = _Recording()            # the stream the windows share work in (`Scorer.score`'s origins)
+    scores = []
+    for i in range(0, len(windows), 64):        # as a replay's ticks: memory stays that of 64 windows
+        part = range(i, min(i + 64, len(windows)))
+        scores += scorer.score([windows[k] for k in part], [(recording, k * mel_hop) for k in part])
+    return stitch(cfg, scores, starts, valid)
+
+
+class _Recording:
+    """A key for one recording's windows, which a scorer may hold work under while it lives."""
 
 
 def detect_offline(model: BirdSED, wave: np.ndarray, source: str = "", hop_s: float = 1.0,

@@ -47,8 +47,12 @@ class Scorer(Protocol):
         """Samples with their context (`StreamState.frontend_chunk`) → (frames, n_mels) raw log-mel each."""
         ...
 
-    def score(self, windows: list[np.ndarray]) -> list[np.ndarray]:
-        """(frames, n_mels) log-mel windows → framewise probabilities (n_out, K) each."""
+    def score(self, windows: list[np.ndarray], origins: list[tuple[object, int]] | None = None
+              ) -> list[np.ndarray]:
+        """(frames, n_mels) log-mel windows → framewise probabilities (n_out, K) each. `origins`, where given:
+        each window's stream (a key that lives as long as the stream: its `StreamState`) and first log-mel frame
+        in it, in order within each stream, so that a scorer may reuse work between a stream's overlapping
+        windows (`OnnxScorer`'s shared trunk); the scores are the same either way."""
         ...
 
 

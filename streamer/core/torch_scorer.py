@@ -51,8 +51,10 @@ class SharedScorer:
         return out  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def score(self, windows: list[np.ndarray]) -> list[np.ndarray]:
-        """(frames, n_mels) log-mel windows → framewise probabilities (n_out, K) each."""
+    def score(self, windows: list[np.ndarray], origins: list[tuple[object, int]] | None = None
+              ) -> list[np.ndarray]:
+        """(frames, n_mels) log-mel windows → framewise probabilities (n_out, K) each (`origins`: unused here;
+        on CUDA the whole window batch is cheap, and training evaluates through the full network)."""
         out: list[np.ndarray] = []
         for i in range(0, len(windows), self.batch_size):
             batch = torch.from_numpy(np.stack(windows[i:i + self.batch_size])[:, None]).to(self.device)

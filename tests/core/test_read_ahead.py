@@ -33,7 +33,7 @@ class ZeroScorer:
         ctx, hop = CFG.n_fft // 2, CFG.hop_length
         return [np.zeros(((len(c) - 2 * ctx) // hop + 1, CFG.n_mels), np.float32) for c in chunks]
 
-    def score(self, windows):
+    def score(self, windows, origins=None):
         n_out = int(round(CFG.window_s * CFG.out_fps))
         return [np.zeros((n_out, CFG.num_classes), np.float32) for _ in windows]
 

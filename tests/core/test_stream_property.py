@@ -70,7 +70,7 @@ class StubScorer:
         return [self.model.frontend.frames(torch.from_numpy(c)[None])[0, 0].numpy() for c in chunks]
 
     @torch.inference_mode()
-    def score(self, windows):
+    def score(self, windows, origins=None):
         return list(self.model.forward_logmel(torch.from_numpy(np.stack(windows))[:, None])["framewise"].numpy())
 
 

@@ -39,9 +39,9 @@ class SlowScorer(SharedScorer):
     """The default model's pace on a busy machine: while a window batch is scored, the decoder queues blocks
     ahead, and the end of the file arrives in one tick with several of them (what the crash needed)."""
 
-    def score(self, windows):
+    def score(self, windows, origins=None):
         time.sleep(0.005 * len(windows))
-        return super().score(windows)
+        return super().score(windows, origins)
 
 
 def test_damaged_mp3_replays_20_times_without_a_crash(damaged_mp3):
