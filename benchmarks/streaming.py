@@ -306,8 +306,8 @@ def rss_figures(audio: Path, backend: str, period_s: float = 0.5, tag: str = "rs
 
 def realtime_streams_figures(audio: Path, backend: str, seconds: float = 20.0, max_lag_s: float = 1.0) -> dict:
     """Row 4: the most real-time 32 kHz streams (0.1 s blocks, like a microphone) one process sustains with the
-    default model, every window scored and no source more than `max_lag_s` behind the wall clock
-    (benchmarks/realtime_streams.py). In this process: a stream count is not a start-up figure."""
+    default model, every window scored and none overdue by more than `max_lag_s`, no source that far behind the
+    wall clock (benchmarks/realtime_streams.py). In this process: a stream count is not a start-up figure."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from realtime_streams import max_streams
 

@@ -173,7 +173,7 @@ class Runner:
                 st.add_logmel(mel)
         cuts = [(st, w) for st in states for w in st.ready_windows()]
         if cuts:
-            origins = [(st, w.start_sample // st.mel_hop) for st, w in cuts]
+            origins: list[tuple[object, int]] = [(st, w.start_sample // st.mel_hop) for st, w in cuts]
             for (st, w), scores in zip(cuts, self.scorer.score([w.logmel for _, w in cuts], origins)):
                 self._emit(st, st.add_scores(w, scores))
 

@@ -10,7 +10,7 @@ import torch
 
 from birdlive.audio import FileSource
 from birdlive.model import load_checkpoint
-from birdlive.model.checkpoint import graph_path, save_checkpoint
+from birdlive.model.checkpoint import derived_graph_paths, graph_path, save_checkpoint, trunk_graph_paths
 from birdlive.model.dsp import LogMel
 from birdlive.model.export import export_onnx, window_frames
 
@@ -44,11 +44,21 @@ def test_onnx_graph_computes_what_torch_does(tiny_copy):
         np.testing.assert_allclose(clipwise, want["clipwise"].numpy(), atol=1e-4)
 
 
-def test_saving_new_weights_removes_the_stale_graph(tiny_copy):
+def test_saving_new_weights_removes_the_stale_graphs(tiny_copy):
     model = load_checkpoint(tiny_copy)
     export_onnx(model, tiny_copy)
+    for split in trunk_graph_paths(tiny_copy):      # as a backbone that splits leaves them
+        split.write_bytes(b"made from the old weights")
     save_checkpoint(model, tiny_copy)
-    assert not graph_path(tiny_copy).exists()
+    assert not any(p.exists() for p in derived_graph_paths(tiny_copy))
+
+
+def test_a_backbone_whose_windows_miss_the_trunk_grid_is_not_split(tiny_copy):
+    """The tiny preset's stem and stages 0-1 stride 8 in time: a 501-frame window's last frame is off that grid,
+    so its windows could not share trunk frames; export writes the full graph alone (which the scorer runs)."""
+    export_onnx(load_checkpoint(tiny_copy), tiny_copy)
+    assert graph_path(tiny_copy).is_file()
+    assert not any(p.exists() for p in trunk_graph_paths(tiny_copy))
 
 
 def test_export_command_writes_the_graph_beside_the_checkpoint(tiny_copy):
