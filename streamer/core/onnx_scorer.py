@@ -51,7 +51,7 @@ def shared_arena() -> bool:
 class OnnxScorer:
     """ONNX Runtime sessions, batches drawn from all streams (as `SharedScorer`). With the checkpoint's split graph
     (STEM.trunk.onnx + STEM.rest.onnx, `split`) a stream's overlapping windows share the backbone's first stages
-    (`SharedTrunk`: the same scores, a third less work); the full graph serves windows that cannot share."""
+    (`SharedTrunk`: the same scores, a long replay 1.3× less CPU); the full graph serves windows that cannot share."""
 
     def __init__(self, cfg: ModelConfig, graph: Path, threads: int | None = None, batch_size: int = 16,
                  split: tuple[Path, Path] | None = None):
