@@ -104,8 +104,7 @@ def split_graph(checkpoint: str | Path) -> tuple[Path, Path] | None:
             log.warning("%s: the split graph does not give the full graph's scores; not split", full)
             return None
         stride, edge = cut_shape
-        g = onnx.load(str(trunk))
-        for key, value in {"stride": stride, "edge": edge}.items():
+        for key, value in {"stride": stride, "edge": edge}.items():     # onto the graph saved above
             g.metadata_props.add(key=key, value=str(value))
         with atomic_path(trunk_out) as t:
             onnx.save(g, str(t))
