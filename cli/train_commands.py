@@ -95,6 +95,10 @@ def train(
     gain: Optional[str] = typer.Option(None, "--gain", help="Random overall gain range in dB, like -30,6 (whole "
                                        "window; default: the augmentation set's, -12,6): a recorder's level varies "
                                        "by tens of dB."),
+    note_gap: Optional[str] = typer.Option(None, "--note-gap", help="Seconds between the notes of a composed "
+                                           "snippet sequence, like 0.01,0.6: one steady tempo per sequence, drawn "
+                                           "log-uniformly (fast trills as often as spaced calls); default: each gap "
+                                           "drawn alone, uniform in 0.05-0.6."),
     pitch: float = typer.Option(0.5, "--pitch", help="Pitch shift range, ± semitones."),
     frame_weight: float = typer.Option(0.5, "--frame-weight", help="Weight of the framewise loss."),
     checkpoint_minutes: float = typer.Option(2.0, "--checkpoint-minutes", help="Save the resumable state at least "
@@ -126,7 +130,7 @@ def train(
     for value, name in ((max_steps, "max-steps"), (max_minutes, "max-minutes")):
         if value is not None and value <= 0:
             _fail(f"--{name} must be positive, not {value:g}")
-    from birdlive.train import AugmentConfig, TrainConfig     # torch: only once the options are known good
+    from birdlive.train import AugmentConfig, ComposerConfig, TrainConfig  # torch: once the options are known good
     from birdlive.train import train as run_training
     aug = AugmentConfig.preset(augment)     # our errors (OptionError, TrainError, …) reach `main` as one line
     aug.snr_db = _range(snr, "snr")
@@ -141,6 +145,11 @@ def train(
                 setattr(aug, f, 0.0)
     if no_specaug:
         aug.specaugment = False
+    composer = ComposerConfig()
+    if note_gap is not None:
+        composer.tempo_gap_s = _range(note_gap, "note-gap")
+        if composer.tempo_gap_s[0] <= 0:
+            _fail(f"--note-gap: gaps must be positive, not {note_gap!r}")
     wanted = None
     if species:
         sp = Path(species)
@@ -156,6 +165,7 @@ def train(
                       checkpoint_minutes=checkpoint_minutes, workers=workers,
                       threads=threads, val_max_windows=val_max_windows, val_composed=val_composed, device=device,
                       amp=not no_amp, cache_dir=str(cache_dir) if cache_dir else None, augment=aug,
+                      composer=composer,
                       command="birdlive " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     s = run_training(cfg, resume=resume, console=_console())
     figs = f"val mAP {s['val_map']:.3f}" if s["val_map"] is not None else "no validation score"

@@ -15,7 +15,10 @@ loss: unknown, not absent. Each species' track may be heard from farther away an
 (`augment.propagate`: low-pass, lower SNR, impulse response) before it is added; targets keep the notes' direct
 times.
 
-A run shorter than the number of notes drawn is repeated from its start (birds repeat their notes). Tempo and
+A run shorter than the number of notes drawn is repeated from its start (birds repeat their notes). The gaps are
+drawn one by one (`gap_s`, 0.05-0.6 s), or with `tempo_gap_s` (`birdlive train --note-gap`) as one steady tempo
+per sequence, so that repeated notes can form the fast trills of real songs (otherwise a 0.14-s note comes at
+most about five times a second, twice on average: no snippet species is ever heard trilling). Tempo and
 pitch changes act later, on the whole training window, in the log-mel domain (`augment.TempoPitchLogMel`): the
 composer only makes a window of the length and the frame rate it is asked for (`compose(..., n, fps)`).
 """
@@ -41,7 +44,9 @@ class NoSpeciesLeft(LookupError):
 class ComposerConfig:
     species: tuple[int, int] = (1, 3)             # species per composed window (inclusive)
     notes: tuple[int, int] = (2, 16)              # notes per sequence (inclusive; fewer when the run ends)
-    gap_s: tuple[float, float] = (0.05, 0.6)      # silence between consecutive notes
+    gap_s: tuple[float, float] = (0.05, 0.6)      # silence between consecutive notes (each drawn alone)
+    # or, when set, one tempo per sequence: a gap drawn log-uniformly in this range, each note's within ±25 % of it
+    tempo_gap_s: tuple[float, float] | None = None
     sequences: tuple[int, int] = (1, 2)           # sequences per species in one window
     snr_db: tuple[float, float] = (0.0, 25.0)     # call RMS (over its notes) vs background RMS
     background_dbfs: tuple[float, float] = (-55.0, -30.0)  # RMS of the noise bed
@@ -149,7 +154,7 @@ class Composer:
         notes = self.pool.sequence(species, rng, int(rng.integers(cfg.notes[0], cfg.notes[1] + 1)))
         if not notes:
             return np.zeros(0, np.float32), []
-        gaps = [int(rng.uniform(*cfg.gap_s) * sr) for _ in notes[1:]] + [0]
+        gaps = [int(g * sr) for g in self.gaps(len(notes) - 1, rng)] + [0]
         seq = np.zeros(sum(len(x) for x in notes) + sum(gaps), np.float32)
         spans, t = [], 0
         for x, g in zip(notes, gaps):
@@ -157,6 +162,16 @@ class Composer:
             spans.append((t, t + len(x)))
             t += len(x) + g
         return seq, spans
+
+    def gaps(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """Seconds of silence after each of a sequence's first `count` notes. With `tempo_gap_s` the sequence
+        keeps one tempo (a trill's 20 notes/s or a call every half second, as birds repeat notes), drawn
+        log-uniformly so that fast trills are as common as spaced calls; otherwise each gap is uniform in `gap_s`."""
+        cfg = self.cfg
+        if cfg.tempo_gap_s is None:
+            return rng.uniform(*cfg.gap_s, size=count)
+        lo, hi = np.log(cfg.tempo_gap_s[0]), np.log(cfg.tempo_gap_s[1])
+        return np.exp(rng.uniform(lo, hi)) * rng.uniform(0.75, 1.25, size=count)
 
     def track(self, species: str, rng: np.random.Generator, n: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
         """One species' sequences on a silent track of `n` samples, and their notes' (onset, offset) s.

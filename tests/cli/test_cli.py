@@ -338,7 +338,8 @@ def test_calibrate_refuses_a_side_output_over_a_checkpoints_own_file(tmp_path, a
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
-@pytest.mark.parametrize("option, value", [("--gain", "6,-30"), ("--gain", "loud"), ("--snr", "20,0")])
+@pytest.mark.parametrize("option, value", [("--gain", "6,-30"), ("--gain", "loud"), ("--snr", "20,0"),
+                                           ("--note-gap", "0,0.6"), ("--note-gap", "0.6,0.01")])
 def test_train_refuses_a_bad_range_in_one_line_before_any_run_folder(tmp_path, option, value):
     (tmp_path / "snippets").mkdir()
     r = birdlive("train", "--snippets", tmp_path / "snippets", option, value, "--run", tmp_path / "run")

@@ -224,6 +224,30 @@ def test_composer_strong_targets_match_where_the_notes_are(tmp_path):
     assert n_clear > 30                                                # the silence check did run
 
 
+def test_note_gaps_keep_one_tempo_per_sequence_with_trills_as_common_as_spaced_calls(tmp_path):
+    write_snippets(tmp_path / "snip", species=("up",), runs=1, notes=6)
+    ds = load_dataset(tmp_path / "snip")
+    pool = SnippetPool(ds.recordings, AudioCache(tmp_path / "cache", SR))
+
+    def composer(**kw):
+        return Composer(pool, ds.labels, NoiseBank(), SR, 10.0, 3.0, ComposerConfig(**kw), AugmentConfig.none())
+
+    rng = np.random.default_rng(3)
+    tempo = [composer(tempo_gap_s=(0.01, 0.6)).gaps(8, rng) for _ in range(400)]
+    assert all(g.max() / g.min() <= 1.25 / 0.75 + 1e-9 and 0.0075 <= g.min() and g.max() <= 0.75 for g in tempo)
+    medians = np.array([np.median(g) for g in tempo])
+    assert 0.3 < np.mean(medians < 0.05) < 0.5        # log-uniform: a fifth of the range holds log(5)/log(60) = 0.39
+    alone = [composer().gaps(8, rng) for _ in range(400)]
+    assert all(0.05 <= g.min() and g.max() <= 0.6 for g in alone)
+    assert np.mean([g.max() / g.min() > 2 for g in alone]) > 0.8     # each gap drawn alone: no tempo
+    assert composer().gaps(0, rng).shape == (0,)
+    # a trill: the run's notes back to back, 10 ms apart, in the composed window's events
+    _, events = composer(tempo_gap_s=(0.01, 0.01), notes=(6, 6), sequences=(1, 1),
+                         background_dbfs=(-70.0, -70.0)).compose(np.random.default_rng(2), n_species=1)
+    gaps = [b[1] - a[2] for a, b in zip(events, events[1:])]
+    assert len(events) >= 3 and all(0.007 <= g <= 0.013 for g in gaps), gaps
+
+
 def test_composed_window_for_a_slower_tempo_has_its_targets_on_the_stretched_grid(tmp_path):
     """A window that will be shown 1.25× slower is 0.8 of the samples, its frame targets at 12.5 frames/s of audio:
     frame j covers [j, j+1)/12.5 s of the samples, which the network will see at [j, j+1)/10 s."""
