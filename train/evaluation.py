@@ -219,14 +219,22 @@ def classify_events(species: list[str], primary: str, secondary: set[str]) -> Co
     return c
 
 
-def top1(scores: np.ndarray, recs: list[Recording], labels: list[str], among: list[str] | None = None) -> float | None:
-    """Share of recordings whose primary species has the highest score, among `among` (default: all labels)."""
+def top1_hits(scores: np.ndarray, recs: list[Recording], labels: list[str],
+              among: list[str] | None = None) -> list[bool]:
+    """For each recording whose primary species is among `among` (default: all labels), in order: does that
+    species have the highest score among them?"""
     cols = [labels.index(lab) for lab in (among or labels)]
     keep = [k for k, r in enumerate(recs) if r.primary in (among or labels)]
     if not keep:
-        return None
+        return []
     best = np.asarray(cols)[scores[np.ix_(keep, cols)].argmax(1)]
-    return float(np.mean([labels[b] == recs[k].primary for b, k in zip(best, keep)]))
+    return [labels[b] == recs[k].primary for b, k in zip(best, keep)]
+
+
+def top1(scores: np.ndarray, recs: list[Recording], labels: list[str], among: list[str] | None = None) -> float | None:
+    """Share of recordings whose primary species has the highest score, among `among` (default: all labels)."""
+    hits = top1_hits(scores, recs, labels, among)
+    return float(np.mean(hits)) if hits else None
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -396,7 +404,8 @@ def composed_figures(model, common: list[str], labels: list[str], composed, batc
 def gate_figures(model, common: list[str], labels: list[str], composed, recs: list[Recording], cache,
                  batch: int) -> dict:
     """The gate's figures of `model` on the species `common` to both models (targets are in `labels` order):
-    composed-window mAP and top-1, field-recording window mAP, recording mAP and recording top-1."""
+    composed-window mAP and top-1, field-recording window mAP, recording mAP and recording top-1 (and which
+    recordings it names right, for a paired comparison)."""
     index = {lab: k for k, lab in enumerate(model.cfg.labels)}
     ours, theirs = [index[lab] for lab in common], [labels.index(lab) for lab in common]
     c = composed_figures(model, common, labels, composed, batch)
@@ -408,8 +417,10 @@ def gate_figures(model, common: list[str], labels: list[str], composed, recs: li
         return np.stack([getattr(it, attr) for it in its])[:, theirs]
     w = clip_metrics(w_scores, stack(win_items, "target"), stack(win_items, "mask"), common)
     r = clip_metrics(r_scores, stack(rec_items, "target"), stack(rec_items, "mask"), common)
+    hits = top1_hits(r_scores, recs, common)
     return {"composed_map": c["macro_map"], "composed_top1": c["top1"], "xc_window_map": w["macro_map"],
-            "xc_recording_map": r["macro_map"], "xc_recording_top1": top1(r_scores, recs, common)}
+            "xc_recording_map": r["macro_map"], "xc_recording_top1": float(np.mean(hits)) if hits else None,
+            "xc_recording_right": [int(h) for h in hits]}
 
 
 # ------------------------------------------------------------------------------ North American field test
