@@ -58,9 +58,7 @@ sys.path.insert(0, str(HERE))
 
 from evaluate_default import ALBERTA_DIR, REPO, arguments, setup  # noqa: E402
 
-from birdlive.streamer.core.offline import framewise_track  # noqa: E402
-from birdlive.streamer.core.smoother import EventSmoother  # noqa: E402
-from birdlive.streamer.core.stream import default_params  # noqa: E402
+from birdlive.streamer.core.offline import events_of_track, framewise_track  # noqa: E402
 from birdlive.train.datasets import name_key  # noqa: E402
 from birdlive.train.evaluate import clip_metrics  # noqa: E402
 from birdlive.train.evaluation import (NA_CHORUS, background_files, classify_events, load_run,  # noqa: E402
@@ -111,13 +109,6 @@ def raven_boxes(mc, data_root: Path) -> tuple[dict[str, tuple[Path, list[Box]]],
     return out, left_out
 
 
-def events_of(model, track: np.ndarray, source: str) -> list:
-    """`detect_offline`'s events from a track already computed."""
-    cfg = model.cfg
-    smoother = EventSmoother(cfg.labels, cfg.names, cfg.frame_s, default_params(cfg), source=source)
-    return smoother.push(track) + smoother.finish()
-
-
 def score(model, waves, hops: list[float], cpu: Counter | None = None) -> dict[float, tuple[np.ndarray, list]]:
     """Per hop: each wave's recording scores (max of the track) and events. `waves` yields (source, wave), one
     at a time, so that only one recording is in memory; `cpu` gathers the tracks' CPU seconds per hop."""
@@ -129,7 +120,7 @@ def score(model, waves, hops: list[float], cpu: Counter | None = None) -> dict[f
             if cpu is not None:
                 cpu[h] += time.process_time() - t0
             out[h][0].append(track.max(0))
-            out[h][1].append(events_of(model, track, source))
+            out[h][1].append(events_of_track(model.cfg, track, source))
     return {h: (np.stack(s) if s else np.zeros((0, model.cfg.num_classes)), e) for h, (s, e) in out.items()}
 
 

@@ -114,8 +114,12 @@ class _Recording:
 def detect_offline(model: BirdSED, wave: np.ndarray, source: str = "", hop_s: float = 1.0,
                    params: SmootherParams | None = None, event_filter: EventFilter | None = None) -> list[Event]:
     """Events of a whole waveform (mono float32 at the model's rate)."""
-    cfg = model.cfg
+    return events_of_track(model.cfg, framewise_track(model, wave, hop_s), source, params, event_filter)
+
+
+def events_of_track(cfg: ModelConfig, track: np.ndarray, source: str = "", params: SmootherParams | None = None,
+                    event_filter: EventFilter | None = None) -> list[Event]:
+    """The events of a framewise track already computed (`framewise_track`): what `detect_offline` returns."""
     smoother = EventSmoother(cfg.labels, cfg.names, cfg.frame_s, params or default_params(cfg), source=source)
     keep = event_filter or EventFilter()
-    track = framewise_track(model, wave, hop_s)
     return [e for e in smoother.push(track) + smoother.finish() if keep(e)]
