@@ -429,6 +429,18 @@ def test_gate_compares_two_models_on_the_validation_groups_of_the_species_both_k
     assert gate.paired_top1([1, 0, 1], [0, 1, 1])["sign_test_p"] == 1.0
 
 
+def test_tempo_probe_scores_each_model_under_three_note_gap_regimes(tmp_path):
+    run, recs, split = tiny_run(tmp_path)
+    probe = load_script("tempo_probe")
+    out = tmp_path / "tempo.json"
+    assert probe.main(["--run", str(run), "--models", str(run / "best"), "--per-species", "2", "--threads", "1",
+                       "--out", str(out)]) == 0
+    res = json.loads(out.read_text())[str(run / "best")]
+    assert set(res) == {"gaps_alone", "tempo", "trills"}
+    assert len({r["windows"] for r in res.values()}) == 1 and res["trills"]["windows"] > 0
+    assert all(0 <= r["macro_map"] <= 1 for r in res.values())
+
+
 def test_evaluate_default_scores_the_test_split_only(tmp_path):
     """benchmarks/evaluate_default.py end to end on a made-up run (random tiny model, no BirdNET): it reads the
     test groups and nothing else, refuses a split without them, and reports the never-trained-on noise apart."""
