@@ -236,8 +236,10 @@ def test_note_gaps_keep_one_tempo_per_sequence_with_trills_as_common_as_spaced_c
     tempo = [composer(tempo_gap_s=(0.01, 0.6)).gaps(8, rng) for _ in range(400)]
     assert all(g.max() / g.min() <= 1.25 / 0.75 + 1e-9 and 0.0075 <= g.min() and g.max() <= 0.75 for g in tempo)
     medians = np.array([np.median(g) for g in tempo])
-    assert 0.3 < np.mean(medians < 0.05) < 0.5        # log-uniform: a fifth of the range holds log(5)/log(60) = 0.39
+    assert 0.3 < np.mean(medians < 0.05) < 0.5        # log-uniform: P(tempo < 0.05 s) = log(5) / log(60) = 0.39
     alone = [composer().gaps(8, rng) for _ in range(400)]
+    a, b = np.random.default_rng(9), np.random.default_rng(9)   # the default draws as before: resumed runs unchanged
+    assert composer().gaps(5, a).tolist() == [b.uniform(0.05, 0.6) for _ in range(5)] and a.random() == b.random()
     assert all(0.05 <= g.min() and g.max() <= 0.6 for g in alone)
     assert np.mean([g.max() / g.min() > 2 for g in alone]) > 0.8     # each gap drawn alone: no tempo
     assert composer().gaps(0, rng).shape == (0,)
