@@ -467,14 +467,25 @@ def measure_step_s(model: BirdSED, cfg: TrainConfig, trainset: WindowSet, device
 
 
 def validate(model: BirdSED, data: RunData, cfg: TrainConfig, device) -> dict:
+    """Macro mAP etc. over every validation item (the whole recordings first, then the composed windows), and
+    apart the whole recordings alone: with four composed windows a species against one recording each, the
+    composed windows outweigh the field audio in val_map, and a checkpoint can gain there while it names real
+    recordings worse (v3t: val_map 0.519 → 0.526 from step 6,000 to 7,500, gate recording top-1 0.45 → 0.32)."""
     if not data.val_items:
         return {}
     scores = predict_items(model, data.val_items, cfg.batch_size, device)
     model.train()
-    m = clip_metrics(scores, np.stack([it.target for it in data.val_items]),
-                     np.stack([it.mask for it in data.val_items]), data.labels, model.cfg.threshold_on, data.names)
-    return {"val_map": m["macro_map"], "val_f1": m["f1_micro"], "val_top1": m["top1"], "val_f1_best": m["f1_best"],
-            "val_f1_best_threshold": m["f1_best_threshold"], "val_worst": m["worst"][:3]}
+    targets, masks = np.stack([it.target for it in data.val_items]), np.stack([it.mask for it in data.val_items])
+    m = clip_metrics(scores, targets, masks, data.labels, model.cfg.threshold_on, data.names)
+    row = {"val_map": m["macro_map"], "val_f1": m["f1_micro"], "val_top1": m["top1"], "val_f1_best": m["f1_best"],
+           "val_f1_best_threshold": m["f1_best_threshold"], "val_worst": m["worst"][:3]}
+    n = data.n_val_files
+    if n:
+        rec = clip_metrics(scores[:n], targets[:n], masks[:n], data.labels, model.cfg.threshold_on, data.names)
+        row["val_rec_map"] = rec["macro_map"]
+        # the top species is one of the recording's own (primary or co-labelled), whatever its background
+        row["val_rec_top1"] = float(targets[np.arange(n), scores[:n].argmax(1)].mean())
+    return row
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -711,7 +722,8 @@ def _log_row(run: Path, rows: list[dict], row: dict, console) -> None:
         f.write(json.dumps(row) + "\n")
     plot_curves(rows, run / "curves.png")
     console.print(f"step {row['step']:6d}  loss {_f(row.get('train_loss'))}  val mAP {_f(row.get('val_map'))}  "
-                  f"F1 {_f(row.get('val_f1'))}  top-1 {_f(row.get('val_top1'))}  {row['time_s']:.0f} s  "
+                  f"F1 {_f(row.get('val_f1'))}  top-1 {_f(row.get('val_top1'))}  recordings mAP "
+                  f"{_f(row.get('val_rec_map'))} top-1 {_f(row.get('val_rec_top1'))}  {row['time_s']:.0f} s  "
                   f"{row['cpu_s'] / 3600:.2f} CPU-h", highlight=False)
 
 
@@ -723,7 +735,8 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     a.plot([r["step"] for r in trained], [r["train_loss"] for r in trained], label="train loss")
     a.set_xlabel("step"), a.set_ylabel("loss"), a.grid(alpha=0.3)
     hours = [r.get("cpu_s", 0.0) / 3600 for r in rows]
-    for key, lab in (("val_map", "val macro mAP"), ("val_f1", "val F1@thr"), ("val_top1", "val top-1")):
+    for key, lab in (("val_map", "val macro mAP"), ("val_f1", "val F1@thr"), ("val_top1", "val top-1"),
+                     ("val_rec_map", "val recordings mAP"), ("val_rec_top1", "val recordings top-1")):
         ys = [r.get(key) for r in rows]
         if any(y is not None for y in ys):
             b.plot(hours, [np.nan if y is None else y for y in ys], label=lab, marker=".")
@@ -747,6 +760,7 @@ def _provenance(cfg: TrainConfig, data: RunData, prog: Progress, row: dict) -> d
                      "split_file": "split.json", "augment": cfg.augment.to_dict(),
                      "date": datetime.date.today().isoformat()},
         "heldout": {"macro_map": row.get("val_map"), "f1": row.get("val_f1"), "top1": row.get("val_top1"),
+                    "recordings_map": row.get("val_rec_map"), "recordings_top1": row.get("val_rec_top1"),
                     "f1_best": row.get("val_f1_best"), "f1_best_threshold": row.get("val_f1_best_threshold"),
                     "n_items": len(data.val_items), "n_files": data.n_val_files, "n_groups": len(split.val)},
     }

@@ -421,9 +421,11 @@ def test_gate_compares_two_models_on_the_validation_groups_of_the_species_both_k
     for who in ("candidate", "incumbent"):
         assert 0 <= res[who]["composed_map"] <= 1 and 0 <= res[who]["xc_recording_top1"] <= 1
         assert len(res[who]["xc_recording_right"]) == len(val_xc)
-    pair, n = res["paired_recording_top1"], len(val_xc)
-    assert pair["only_candidate_right"] - pair["only_incumbent_right"] == round(
-        n * (res["candidate"]["xc_recording_top1"] - res["incumbent"]["xc_recording_top1"]))
+    n = len(val_xc)
+    for how in ("", "_mean"):
+        pair = res["paired_recording_top1" + how]
+        assert pair["only_candidate_right"] - pair["only_incumbent_right"] == round(
+            n * (res["candidate"]["xc_recording_top1" + how] - res["incumbent"]["xc_recording_top1" + how]))
     assert gate.paired_top1([1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0]) == {
         "only_candidate_right": 5, "only_incumbent_right": 0, "sign_test_p": 0.0625}     # 2 / 2**5
     assert gate.paired_top1([1, 0, 1], [0, 1, 1])["sign_test_p"] == 1.0

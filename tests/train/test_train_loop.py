@@ -85,6 +85,7 @@ def test_run_folder_has_split_logs_and_curves(trained):
     assert rows[0]["train_loss"] is None and rows[-1]["train_loss"] < rows[1]["train_loss"]
     assert all(a["cpu_s"] <= b["cpu_s"] and a["windows"] < b["windows"] for a, b in zip(rows, rows[1:]))
     assert max(r["val_map"] for r in rows) == pytest.approx(s["val_map"])
+    assert all(r["val_rec_map"] == pytest.approx(r["val_map"]) for r in rows)   # no snippets: every item a file
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for f in ("best.safetensors", "best.json", "last.safetensors", "last.json", STATE, "train.json"):
         assert (run / f).is_file(), f
@@ -122,6 +123,28 @@ def test_learning_rate_is_a_function_of_the_step():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert lrs[100:] == pytest.approx([0.1] * 20)                           # the floor, flat after the end
     assert steps_for_budget(600, 0.5, 10.0, 100) == 1000                    # 0.5 s a step + 0.1 s validation
+
+
+def test_validation_reports_the_whole_recordings_apart_from_the_composed_windows(monkeypatch):
+    """val_map pools every item; val_rec_* see the recordings alone (the first `n_val_files` items), so a model
+    that names the recordings right and the composed windows wrong shows it."""
+    from types import SimpleNamespace
+
+    from birdlive.train import loop
+    from birdlive.train.windows import EvalItem
+
+    def item(target, mask=(1, 1, 1)):
+        return EvalItem("x", np.zeros((1, 8), np.float32), np.array(target, np.float32), np.array(mask, np.float32))
+    items = [item((1, 0, 0)), item((0, 1, 1)), item((0, 0, 1), (1, 0, 1)),     # recordings (the 2nd: two species)
+             item((1, 0, 0)), item((0, 1, 0))]                                  # composed windows
+    scores = np.array([[.9, .1, .2], [.1, .2, .8], [.1, .9, .7],   # recordings: the 2nd's top is its co-label,
+                       [.1, .8, .2], [.9, .1, .1]], np.float32)    # the 3rd's top is masked (a background species)
+    monkeypatch.setattr(loop, "predict_items", lambda *a, **k: scores)
+    model = SimpleNamespace(train=lambda: None, cfg=SimpleNamespace(threshold_on=0.5))
+    data = SimpleNamespace(val_items=items, n_val_files=3, labels=["a", "b", "c"], names=["A", "B", "C"])
+    row = loop.validate(model, data, SimpleNamespace(batch_size=4), "cpu")
+    assert row["val_rec_map"] == pytest.approx(1.0) and row["val_map"] < 0.9
+    assert row["val_rec_top1"] == pytest.approx(2 / 3)           # the masked top is not one of its own
 
 
 def weights(run):
