@@ -462,3 +462,22 @@ def test_evaluate_default_scores_the_test_split_only(tmp_path):
     Split(0, 0.2, split.train + split.test, split.val).save(run / "split.json")      # two-way: no test list
     with pytest.raises(SystemExit, match="no test list"):
         ev.main(args)
+
+
+def test_average_checkpoints_is_the_mean_of_the_weights_and_refuses_other_species(tmp_path):
+    import torch
+
+    from birdlive.model import BirdSED, create_config, load_checkpoint, save_checkpoint
+    soup = load_script("average_checkpoints")
+    torch.manual_seed(0)
+    for name in ("a", "b"):
+        save_checkpoint(BirdSED(create_config("tiny", ["x", "y"])), tmp_path / name)
+    save_checkpoint(BirdSED(create_config("tiny", ["x", "z"])), tmp_path / "other")
+    assert soup.main(["--out", str(tmp_path / "soup"), str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    a, b, mixed = (load_checkpoint(tmp_path / n).state_dict() for n in ("a", "b", "soup"))
+    head = [k for k in a if a[k].is_floating_point() and not torch.equal(a[k], b[k])]
+    assert head                                     # two seeds' heads differ: the mean is not either of them
+    for k in head:
+        torch.testing.assert_close(mixed[k], (a[k] + b[k]) / 2)
+    with pytest.raises(SystemExit, match="another network or species list"):
+        soup.main(["--out", str(tmp_path / "no"), str(tmp_path / "a"), str(tmp_path / "other")])
