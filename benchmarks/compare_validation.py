@@ -20,9 +20,13 @@ recordings only one of the two names right, with the sign test's p-value (a lead
 under the rule, and is noise); and recording top-1 with the MEAN over each recording's windows instead of the max,
 with its own paired split (on these recordings the max lets one loud window of a background species outrank the
 recording's own: the mean names the primary species more often for every model tried, 2026-12-03, and moves less
-from one checkpoint to the next). The incumbent may have trained on some of these recordings (its own split was another
-one): with `--incumbent-split` (its run's split.json) the groups it trained on are left out, so neither model has
-heard any of the data it is compared on; without it the gate leans towards keeping the incumbent.
+from one checkpoint to the next); and the recordings each model finds at the incumbent's false-alarm count (the
+incumbent at its global threshold, the candidate at its lowest threshold with no more wrong recording-species
+pairs: `matched_false_alarms`), which foresees what calibrating the candidate would give back.
+
+The incumbent may have trained on some of these recordings (its own split was another one): with
+`--incumbent-split` (its run's split.json) the groups it trained on are left out, so neither model has heard any
+of the data it is compared on; without it the gate leans towards keeping the incumbent.
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ from birdlive.model import load_checkpoint
 from birdlive.train.cache import AudioCache
 from birdlive.train.datasets import Split
 from birdlive.train.evaluation import (add_scoring_options, composed_figures, composed_set, gate_figures, load_run,
-                                       per_recording, recording_windows, top1)
+                                       matched_false_alarms, per_recording, recording_windows, top1)
 from birdlive.train.threads import cpu_threads
 from birdlive.train.windows import predict_items
 
@@ -112,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                                                 res["incumbent"]["xc_recording_right"])
     res["paired_recording_top1_mean"] = paired_top1(res["candidate"]["xc_recording_right_mean"],
                                                      res["incumbent"]["xc_recording_right_mean"])
+    res["matched_false_alarms"] = matched_false_alarms(res["candidate"]["xc_operating_points"],
+                                                       res["incumbent"]["xc_operating_points"],
+                                                       inc.cfg.threshold_on)
     res["settings"] = {"candidate": a.candidate, "incumbent": a.incumbent, "run": a.run,
                        "incumbent_split": a.incumbent_split, "groups_left_out": len(left_out),
                        "common_species": len(common), "composed_windows": len(items),
@@ -129,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         pair = res[key]
         print(f"recordings only the candidate names right ({how} over windows): {pair['only_candidate_right']}, "
               f"only the incumbent: {pair['only_incumbent_right']} (sign test p = {pair['sign_test_p']:.2f})")
+    m = res["matched_false_alarms"]
+    print(f"recordings with their species above threshold at the incumbent's {m['wrong_pairs']} wrong pairs: "
+          f"candidate {m['candidate_right']} (at {m['candidate_threshold']:.2f}), incumbent {m['incumbent_right']} "
+          f"(at its {m['incumbent_threshold']:.2f})")
     print("candidate wins" if res["candidate_wins"] else "the incumbent stays")
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=1))

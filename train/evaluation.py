@@ -422,11 +422,40 @@ def gate_figures(model, common: list[str], labels: list[str], composed, recs: li
     w = clip_metrics(w_scores, stack(win_items, "target"), stack(win_items, "mask"), common)
     r = clip_metrics(r_scores, stack(rec_items, "target"), stack(rec_items, "mask"), common)
     hits = top1_hits(r_scores, recs, common)
+    op = operating_points(r_scores, stack(rec_items, "target"), stack(rec_items, "mask"))
     return {"composed_map": c["macro_map"], "composed_top1": c["top1"], "xc_window_map": w["macro_map"],
             "xc_recording_map": r["macro_map"], "xc_recording_top1": float(np.mean(hits)) if hits else None,
             "xc_recording_right": [int(h) for h in hits],
             "xc_recording_top1_mean": float(np.mean(mean_hits)) if mean_hits else None,
-            "xc_recording_right_mean": [int(h) for h in mean_hits]}
+            "xc_recording_right_mean": [int(h) for h in mean_hits], "xc_operating_points": op}
+
+
+OPERATING_GRID = np.round(np.arange(0.05, 0.955, 0.01), 2)
+
+
+def operating_points(r_scores: np.ndarray, targets: np.ndarray, masks: np.ndarray,
+                     grid: np.ndarray = OPERATING_GRID) -> dict:
+    """At each threshold of `grid`: the recordings where one of their own species reaches it ("right"), and the
+    (recording, species) pairs where a species that is not in the recording does ("wrong"; background species
+    are neither). The recording-level stand-in for recordings with a right event and wrong events: the max over
+    windows, without the smoother or per-species thresholds."""
+    pos, neg = targets > 0.5, (targets <= 0.5) & (masks > 0.5)
+    above = r_scores[None] >= grid[:, None, None]                 # (thresholds, recordings, species)
+    return {"thresholds": grid.tolist(), "right": (above & pos).any(2).sum(1).tolist(),
+            "wrong": (above & neg).sum((1, 2)).tolist()}
+
+
+def matched_false_alarms(candidate: dict, incumbent: dict, threshold: float) -> dict:
+    """Right recordings of each model at the incumbent's false alarms: the incumbent at `threshold` (its global
+    on), the candidate at the lowest threshold with no more wrong pairs. A model that scores everything higher
+    gains nothing here, as it would gain nothing once calibrated."""
+    t_inc = next((k for k, t in enumerate(incumbent["thresholds"]) if t >= threshold - 1e-9),
+                 len(incumbent["thresholds"]) - 1)
+    budget = incumbent["wrong"][t_inc]
+    t_cand = next((k for k, w in enumerate(candidate["wrong"]) if w <= budget), len(candidate["wrong"]) - 1)
+    return {"wrong_pairs": budget, "incumbent_threshold": incumbent["thresholds"][t_inc],
+            "incumbent_right": incumbent["right"][t_inc], "candidate_threshold": candidate["thresholds"][t_cand],
+            "candidate_right": candidate["right"][t_cand], "candidate_wrong": candidate["wrong"][t_cand]}
 
 
 # ------------------------------------------------------------------------------ North American field test

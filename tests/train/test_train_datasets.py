@@ -426,9 +426,25 @@ def test_gate_compares_two_models_on_the_validation_groups_of_the_species_both_k
         pair = res["paired_recording_top1" + how]
         assert pair["only_candidate_right"] - pair["only_incumbent_right"] == round(
             n * (res["candidate"]["xc_recording_top1" + how] - res["incumbent"]["xc_recording_top1" + how]))
+    m = res["matched_false_alarms"]
+    assert m["candidate_wrong"] <= m["wrong_pairs"] or m["candidate_threshold"] == 0.95
     assert gate.paired_top1([1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0]) == {
         "only_candidate_right": 5, "only_incumbent_right": 0, "sign_test_p": 0.0625}     # 2 / 2**5
     assert gate.paired_top1([1, 0, 1], [0, 1, 1])["sign_test_p"] == 1.0
+
+
+def test_operating_points_count_right_recordings_and_wrong_pairs_and_match_the_incumbents_false_alarms():
+    from birdlive.train.evaluation import matched_false_alarms, operating_points
+    scores = np.array([[.9, .5, .1], [.2, .7, .65]])
+    targets = np.array([[1, 0, 0], [0, 1, 0]])
+    masks = np.array([[1, 0, 1], [1, 1, 1]])          # b is a background species of the first recording: neither
+    op = operating_points(scores, targets, masks, np.array([0.4, 0.6, 0.8]))
+    assert op == {"thresholds": [0.4, 0.6, 0.8], "right": [2, 2, 1], "wrong": [1, 1, 0]}
+    louder = {"thresholds": [0.4, 0.6, 0.8], "right": [2, 2, 2], "wrong": [5, 1, 0]}
+    m = matched_false_alarms(louder, op, threshold=0.6)
+    assert (m["wrong_pairs"], m["incumbent_right"], m["candidate_threshold"], m["candidate_right"]) == (1, 2, 0.6, 2)
+    m = matched_false_alarms(louder, op, threshold=0.8)    # no wrong pair allowed: the candidate moves up to 0.8
+    assert (m["wrong_pairs"], m["incumbent_right"], m["candidate_threshold"], m["candidate_right"]) == (0, 1, 0.8, 2)
 
 
 def test_tempo_probe_scores_each_model_under_three_note_gap_regimes(tmp_path):
