@@ -24,6 +24,10 @@ from one checkpoint to the next); and the recordings each model finds at the inc
 incumbent at its global threshold, the candidate at its lowest threshold with no more wrong recording-species
 pairs: `matched_false_alarms`), which foresees what calibrating the candidate would give back.
 
+`--candidate A+B[+C…]` gates an output ensemble: the mean of the checkpoints' clipwise probabilities (they must
+share their species list). Not a product feature (it costs one network per member at run time); it tells whether
+an ensemble of our own checkpoints would be worth distilling into one network.
+
 The incumbent may have trained on some of these recordings (its own split was another one): with
 `--incumbent-split` (its run's split.json) the groups it trained on are left out, so neither model has heard any
 of the data it is compared on; without it the gate leans towards keeping the incumbent.
@@ -39,6 +43,8 @@ import json
 import math
 import sys
 from pathlib import Path
+
+import torch
 
 from birdlive.model import load_checkpoint
 from birdlive.train.cache import AudioCache
@@ -69,6 +75,26 @@ def figures(model, common: list[str], labels: list[str], composed, composed_fiel
     return out
 
 
+class MeanOfModels(torch.nn.Module):
+    """An output ensemble: the mean of its members' clipwise probabilities, with the first member's config."""
+
+    def __init__(self, members: list):
+        super().__init__()
+        if any(m.cfg.labels != members[0].cfg.labels for m in members[1:]):
+            raise SystemExit("the ensemble's checkpoints differ in their species lists")
+        self.members = torch.nn.ModuleList(members)
+        self.cfg = members[0].cfg
+
+    def forward(self, x: torch.Tensor) -> dict:
+        return {"clipwise": torch.stack([m(x)["clipwise"].float() for m in self.members]).mean(0)}
+
+
+def load_candidate(spec: str):
+    """One checkpoint, or `A+B[+C…]`: the output ensemble of those checkpoints."""
+    paths = spec.split("+")
+    return load_checkpoint(paths[0]) if len(paths) == 1 else MeanOfModels([load_checkpoint(p) for p in paths])
+
+
 def paired_top1(candidate: list[int], incumbent: list[int]) -> dict:
     """The recordings only one of the two models names right (the others say nothing about which is better), and
     the two-sided sign-test p-value of that split: how likely a split at least this uneven is when the two models
@@ -82,7 +108,8 @@ def paired_top1(candidate: list[int], incumbent: list[int]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--candidate", required=True, help="checkpoint that would become the default")
+    ap.add_argument("--candidate", required=True, help="checkpoint that would become the default; "
+                    "A+B[+C…]: the output ensemble of those checkpoints")
     ap.add_argument("--run", required=True, help="the candidate's run folder (train.json, split.json)")
     ap.add_argument("--incumbent", default="model/weights/default", help="the committed default")
     ap.add_argument("--incumbent-split", default=None, help="the incumbent's split.json: leave out the groups "
@@ -98,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     va_snip = [r for r in val.snippets if r.group not in heard]
     alberta = [r for r in va_long if r.group.split(":", 1)[0] == ALBERTA_DIR]
     va_long = [r for r in va_long if r not in alberta]
-    cand, inc = load_checkpoint(a.candidate), load_checkpoint(a.incumbent)
+    cand, inc = load_candidate(a.candidate), load_checkpoint(a.incumbent)
     for k in ("sample_rate", "window_s"):
         if getattr(cand.cfg, k) != getattr(inc.cfg, k):
             raise SystemExit(f"the two models differ in {k}: no common windows")

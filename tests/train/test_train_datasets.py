@@ -433,6 +433,28 @@ def test_gate_compares_two_models_on_the_validation_groups_of_the_species_both_k
     assert gate.paired_top1([1, 0, 1], [0, 1, 1])["sign_test_p"] == 1.0
 
 
+def test_gate_scores_an_output_ensemble_as_the_mean_of_its_members_probabilities(tmp_path):
+    import torch
+
+    from birdlive.model import BirdSED, load_checkpoint, save_checkpoint
+    run, _, _ = tiny_run(tmp_path)
+    gate = load_script("compare_validation")
+    a = load_checkpoint(run / "best")
+    torch.manual_seed(2)
+    save_checkpoint(BirdSED(a.cfg), run / "second")
+    b = load_checkpoint(run / "second")
+    pair = gate.load_candidate(f"{run / 'best'}+{run / 'second'}").eval()
+    x = torch.randn(2, int(a.cfg.sample_rate * a.cfg.window_s))
+    with torch.no_grad():
+        want = (a(x)["clipwise"] + b(x)["clipwise"]) / 2
+        assert not torch.allclose(a(x)["clipwise"], b(x)["clipwise"])
+        assert torch.allclose(pair(x)["clipwise"], want, atol=1e-6)
+    assert pair.cfg.labels == a.cfg.labels
+    assert not isinstance(gate.load_candidate(str(run / "best")), gate.MeanOfModels)
+    with pytest.raises(SystemExit, match="species lists"):
+        gate.load_candidate(f"{run / 'best'}+{run / 'other'}")      # "other" knows 3 of the species
+
+
 def test_operating_points_count_right_recordings_and_wrong_pairs_and_match_the_incumbents_false_alarms():
     from birdlive.train.evaluation import matched_false_alarms, operating_points
     scores = np.array([[.9, .5, .1], [.2, .7, .65]])
