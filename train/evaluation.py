@@ -420,9 +420,10 @@ def gate_figures(model, common: list[str], labels: list[str], composed, recs: li
     def stack(its, attr):
         return np.stack([getattr(it, attr) for it in its])[:, theirs]
     w = clip_metrics(w_scores, stack(win_items, "target"), stack(win_items, "mask"), common)
-    r = clip_metrics(r_scores, stack(rec_items, "target"), stack(rec_items, "mask"), common)
+    r_target, r_mask = stack(rec_items, "target"), stack(rec_items, "mask")
+    r = clip_metrics(r_scores, r_target, r_mask, common)
     hits = top1_hits(r_scores, recs, common)
-    op = operating_points(r_scores, stack(rec_items, "target"), stack(rec_items, "mask"))
+    op = operating_points(r_scores, r_target, r_mask)
     return {"composed_map": c["macro_map"], "composed_top1": c["top1"], "xc_window_map": w["macro_map"],
             "xc_recording_map": r["macro_map"], "xc_recording_top1": float(np.mean(hits)) if hits else None,
             "xc_recording_right": [int(h) for h in hits],
