@@ -8,25 +8,34 @@ candidate; the test groups are left to `evaluate_default.py`), on the species bo
 
 1. composed validation windows (`--per-species` per species, the validation snippet runs, coloured-noise bed,
    seeded): macro mAP and top-1 on single-species windows;
-2. the validation xeno-canto recordings, whole: window mAP (5 s windows, hop 5 s), recording-level mAP and top-1
-   (max over windows; top-1 among the common species).
+2. the validation xeno-canto recordings, whole, scored as events are made (`track_scores`): the stitched
+   framewise track of 5 s windows every 1 s, as replay, analyze and `birdlive calibrate` compute it; per
+   recording the maximum of each species' track (an event's peak is that track's maximum over the event):
+   recording-level mAP and top-1 (top-1 among the common species: is the recording's top event its own species,
+   thresholds aside).
 
-The candidate wins when its composed mAP, its recording top-1 and its recording mAP are all at least the
-incumbent's. Reported apart, outside the rule (so that the rule stays the one v2 was chosen by): the same composed
+The candidate wins when its composed mAP, its recording top-1 and its recording mAP (2.) are all at least the
+incumbent's. Until 2026-12-03 the recording figures came from the clipwise scores of back-to-back 5 s windows
+(max over windows), a path no event takes; they are still computed and printed (`xc_recording_*`; window mAP
+`xc_window_map` too) so that older gate JSONs stay comparable: on the same recordings and checkpoints the two paths
+disagree by several recordings in top-1 (2026-12-03: v3t's step 11,500 names 23 by the clipwise max, 28 by the
+track; v3b 26 and 25).
+
+Reported apart, outside the rule: the same composed
 notes over the quiet stretches of the validation recordings instead of coloured noise (v2 learnt its North American
 birds over coloured noise only, so the noise bed favours it), and the Alberta Ovenbird clips of the validation split
 (real North American field audio): Ovenbird top-1 and the share of clips where it reaches the threshold; and the
 recordings only one of the two names right, with the sign test's p-value (a lead of one or two of 62 recordings wins
-under the rule, and is noise); and recording top-1 with the MEAN over each recording's windows instead of the max,
-with its own paired split (on these recordings the max lets one loud window of a background species outrank the
-recording's own: the mean names the primary species more often for every model tried, 2026-12-03, and moves less
-from one checkpoint to the next); and the recordings each model finds at the incumbent's false-alarm count (the
-incumbent at its global threshold, the candidate at its lowest threshold with no more wrong recording-species
-pairs: `matched_false_alarms`), which foresees what calibrating the candidate would give back.
+under the rule, and is noise), for the track and for the clipwise max; and clipwise recording top-1 with the MEAN
+over each recording's windows instead of the max, with its own paired split (a max lets one loud window of a
+background species outrank the recording's own); and the recordings each model finds at the incumbent's
+false-alarm count (the incumbent at its global threshold, the candidate at its lowest threshold with no more wrong
+recording-species pairs: `matched_false_alarms`, on the track and on the clipwise max), which foresees what
+calibrating the candidate would give back.
 
-`--candidate A+B[+C…]` gates an output ensemble: the mean of the checkpoints' clipwise probabilities (they must
-share their species list). Not a product feature (it costs one network per member at run time); it tells whether
-an ensemble of our own checkpoints would be worth distilling into one network.
+`--candidate A+B[+C…]` gates an output ensemble: the mean of the checkpoints' probabilities, clipwise and
+framewise (they must share their species list and log-mel). Not a product feature (it costs one network per
+member at run time); it tells whether an ensemble of our own checkpoints would be worth distilling into one.
 
 The incumbent may have trained on some of these recordings (its own split was another one): with
 `--incumbent-split` (its run's split.json) the groups it trained on are left out, so neither model has heard any
@@ -55,6 +64,12 @@ from birdlive.train.threads import cpu_threads
 from birdlive.train.windows import predict_items
 
 ALBERTA_DIR = "ovenbird-alberta"     # real North American field clips: reported apart, not in the rule
+RULE = ("composed_map", "xc_track_top1", "xc_track_map")    # all at least the incumbent's: the candidate wins
+# the recordings each model names right, by suffix of the result's key: the track's max (the rule's), the clipwise
+# max over windows (the rule's until 2026-12-03; its key keeps the old name), the clipwise mean
+PAIRED = {"_track": "xc_track_right", "": "xc_recording_right", "_mean": "xc_recording_right_mean"}
+MATCHED = {"_track": "xc_track_operating_points", "": "xc_operating_points"}
+DESCRIBE = {"_track": "the track's max", "": "clipwise, max over windows", "_mean": "clipwise, mean over windows"}
 
 
 def figures(model, common: list[str], labels: list[str], composed, composed_field, recs, alberta, cache,
@@ -82,11 +97,23 @@ class MeanOfModels(torch.nn.Module):
         super().__init__()
         if any(m.cfg.labels != members[0].cfg.labels for m in members[1:]):
             raise SystemExit("the ensemble's checkpoints differ in their species lists")
+        if any(_input(m.cfg) != _input(members[0].cfg) for m in members[1:]):
+            raise SystemExit("the ensemble's checkpoints differ in their log-mel or window layout")
         self.members = torch.nn.ModuleList(members)
         self.cfg = members[0].cfg
+        self.frontend = members[0].frontend      # one log-mel for all (`framewise_track` computes it once)
 
     def forward(self, x: torch.Tensor) -> dict:
         return {"clipwise": torch.stack([m(x)["clipwise"].float() for m in self.members]).mean(0)}
+
+    def forward_logmel(self, logmel: torch.Tensor) -> dict:
+        return {"framewise": torch.stack([m.forward_logmel(logmel)["framewise"].float()
+                                          for m in self.members]).mean(0)}
+
+
+def _input(cfg) -> tuple:
+    return (cfg.sample_rate, cfg.n_fft, cfg.hop_length, cfg.n_mels, cfg.fmin, cfg.fmax, cfg.logmel_floor_db,
+            cfg.window_s, cfg.out_fps)
 
 
 def load_candidate(spec: str):
@@ -137,15 +164,13 @@ def main(argv: list[str] | None = None) -> int:
         field = composed_set(cand.cfg, cfg, va_snip, cache, a.per_species, a.seed, backgrounds=va_long)[:3]
         res = {name: figures(m, common, val.labels, (items, tg, mk), field, va_long, alberta, cache, a.batch)
                for name, m in (("candidate", cand), ("incumbent", inc))}
-    keys = ("composed_map", "xc_recording_top1", "xc_recording_map")
-    res["candidate_wins"] = all(res["candidate"][k] >= res["incumbent"][k] for k in keys)
-    res["paired_recording_top1"] = paired_top1(res["candidate"]["xc_recording_right"],
-                                                res["incumbent"]["xc_recording_right"])
-    res["paired_recording_top1_mean"] = paired_top1(res["candidate"]["xc_recording_right_mean"],
-                                                     res["incumbent"]["xc_recording_right_mean"])
-    res["matched_false_alarms"] = matched_false_alarms(res["candidate"]["xc_operating_points"],
-                                                       res["incumbent"]["xc_operating_points"],
-                                                       inc.cfg.threshold_on)
+    c, i = res["candidate"], res["incumbent"]
+    res["rule"] = list(RULE)
+    res["candidate_wins"] = all(c[k] >= i[k] for k in RULE)
+    for how, right in PAIRED.items():
+        res["paired_recording_top1" + how] = paired_top1(c[right], i[right])
+    for how, points in MATCHED.items():
+        res["matched_false_alarms" + how] = matched_false_alarms(c[points], i[points], inc.cfg.threshold_on)
     res["settings"] = {"candidate": a.candidate, "incumbent": a.incumbent, "run": a.run,
                        "incumbent_split": a.incumbent_split, "groups_left_out": len(left_out),
                        "common_species": len(common), "composed_windows": len(items),
@@ -154,19 +179,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"validation split of {a.run}: {len(common)} species both know, {len(items)} composed windows, "
           f"{len(va_long)} xeno-canto recordings, {len(alberta)} Alberta Ovenbird clips (apart)"
           + (f"; {len(left_out)} groups the incumbent trained on left out" if heard else ""))
-    print(f"{'':22s} {'candidate':>10s} {'incumbent':>10s}")
-    for k in ("composed_map", "composed_top1", "xc_window_map", "xc_recording_map", "xc_recording_top1",
-              "xc_recording_top1_mean", "composed_field_map", "alberta_top1", "alberta_ovenbird_detected"):
-        if res["candidate"].get(k) is not None:
-            print(f"{k:26s} {res['candidate'][k]:10.3f} {res['incumbent'][k]:10.3f}")
-    for key, how in (("paired_recording_top1", "max"), ("paired_recording_top1_mean", "mean")):
-        pair = res[key]
-        print(f"recordings only the candidate names right ({how} over windows): {pair['only_candidate_right']}, "
+    print(f"{'':22s} {'candidate':>10s} {'incumbent':>10s}   (* the rule)")
+    for k in ("composed_map", "composed_top1", "xc_track_map", "xc_track_top1", "xc_window_map", "xc_recording_map",
+              "xc_recording_top1", "xc_recording_top1_mean", "composed_field_map", "alberta_top1",
+              "alberta_ovenbird_detected"):
+        if c.get(k) is not None:
+            print(f"{k:26s} {c[k]:10.3f} {i[k]:10.3f}" + ("   *" if k in RULE else ""))
+    for how in PAIRED:
+        pair = res["paired_recording_top1" + how]
+        print(f"recordings only the candidate names right ({DESCRIBE[how]}): {pair['only_candidate_right']}, "
               f"only the incumbent: {pair['only_incumbent_right']} (sign test p = {pair['sign_test_p']:.2f})")
-    m = res["matched_false_alarms"]
-    print(f"recordings with their species above threshold at the incumbent's {m['wrong_pairs']} wrong pairs: "
-          f"candidate {m['candidate_right']} (at {m['candidate_threshold']:.2f}), incumbent {m['incumbent_right']} "
-          f"(at its {m['incumbent_threshold']:.2f})")
+    for how in MATCHED:
+        m = res["matched_false_alarms" + how]
+        print(f"recordings with their species above threshold at the incumbent's {m['wrong_pairs']} wrong pairs "
+              f"({DESCRIBE[how]}): candidate {m['candidate_right']} (at {m['candidate_threshold']:.2f}), "
+              f"incumbent {m['incumbent_right']} (at its {m['incumbent_threshold']:.2f})")
     print("candidate wins" if res["candidate_wins"] else "the incumbent stays")
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=1))

@@ -408,7 +408,9 @@ def gate_figures(model, common: list[str], labels: list[str], composed, recs: li
                  batch: int) -> dict:
     """The gate's figures of `model` on the species `common` to both models (targets are in `labels` order):
     composed-window mAP and top-1, field-recording window mAP, recording mAP and recording top-1 (and which
-    recordings it names right, for a paired comparison), and recording top-1 with the mean over windows."""
+    recordings it names right, for a paired comparison), and recording top-1 with the mean over windows — all
+    from clipwise scores of back-to-back windows — and the same recording figures from the track events come
+    from (`track_scores`)."""
     index = {lab: k for k, lab in enumerate(model.cfg.labels)}
     ours, theirs = [index[lab] for lab in common], [labels.index(lab) for lab in common]
     c = composed_figures(model, common, labels, composed, batch)
@@ -424,11 +426,35 @@ def gate_figures(model, common: list[str], labels: list[str], composed, recs: li
     r = clip_metrics(r_scores, r_target, r_mask, common)
     hits = top1_hits(r_scores, recs, common)
     op = operating_points(r_scores, r_target, r_mask)
+    t_scores = track_scores(model, recs, cache)[:, ours]
+    t = clip_metrics(t_scores, r_target, r_mask, common)
+    t_hits = top1_hits(t_scores, recs, common)
     return {"composed_map": c["macro_map"], "composed_top1": c["top1"], "xc_window_map": w["macro_map"],
             "xc_recording_map": r["macro_map"], "xc_recording_top1": float(np.mean(hits)) if hits else None,
             "xc_recording_right": [int(h) for h in hits],
             "xc_recording_top1_mean": float(np.mean(mean_hits)) if mean_hits else None,
-            "xc_recording_right_mean": [int(h) for h in mean_hits], "xc_operating_points": op}
+            "xc_recording_right_mean": [int(h) for h in mean_hits], "xc_operating_points": op,
+            "xc_track_map": t["macro_map"], "xc_track_top1": float(np.mean(t_hits)) if t_hits else None,
+            "xc_track_right": [int(h) for h in t_hits],
+            "xc_track_operating_points": operating_points(t_scores, r_target, r_mask)}
+
+
+TRACK_HOP_S = 1.0     # the streamer's default hop, and the one calibration scores with
+
+
+def track_scores(model, recs: list[Recording], cache) -> np.ndarray:
+    """(recordings, K): the maximum over each whole recording of the score track its events come from — the
+    framewise scores of 5 s windows every `TRACK_HOP_S`, stitched (`framewise_track`, as replay, analyze and
+    `birdlive calibrate` compute it). An event's peak is this track's maximum over the event (after a 0.3 s
+    median), so a recording's top event is, thresholds aside, its species with the highest maximum here; the
+    clipwise scores of back-to-back windows (`per_recording`) are a path no event takes."""
+    from birdlive.streamer.core.offline import framewise_track
+    out = np.zeros((len(recs), model.cfg.num_classes), np.float32)
+    for k, r in enumerate(recs):
+        track = framewise_track(model, np.asarray(cache.load(r.path), np.float32), TRACK_HOP_S)
+        if len(track):
+            out[k] = track.max(0)
+    return out
 
 
 OPERATING_GRID = np.round(np.arange(0.05, 0.955, 0.01), 2)

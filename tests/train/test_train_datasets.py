@@ -420,14 +420,18 @@ def test_gate_compares_two_models_on_the_validation_groups_of_the_species_both_k
     assert res["settings"]["xc_recordings"] == len(val_xc)
     for who in ("candidate", "incumbent"):
         assert 0 <= res[who]["composed_map"] <= 1 and 0 <= res[who]["xc_recording_top1"] <= 1
-        assert len(res[who]["xc_recording_right"]) == len(val_xc)
+        assert 0 <= res[who]["xc_track_top1"] <= 1 and 0 <= res[who]["xc_track_map"] <= 1
+        assert len(res[who]["xc_recording_right"]) == len(res[who]["xc_track_right"]) == len(val_xc)
+    assert res["rule"] == ["composed_map", "xc_track_top1", "xc_track_map"]
+    assert res["candidate_wins"] == all(res["candidate"][k] >= res["incumbent"][k] for k in res["rule"])
     n = len(val_xc)
-    for how in ("", "_mean"):
+    for how, top in (("", "xc_recording_top1"), ("_mean", "xc_recording_top1_mean"), ("_track", "xc_track_top1")):
         pair = res["paired_recording_top1" + how]
         assert pair["only_candidate_right"] - pair["only_incumbent_right"] == round(
-            n * (res["candidate"]["xc_recording_top1" + how] - res["incumbent"]["xc_recording_top1" + how]))
-    m = res["matched_false_alarms"]
-    assert m["candidate_wrong"] <= m["wrong_pairs"] or m["candidate_threshold"] == 0.95
+            n * (res["candidate"][top] - res["incumbent"][top]))
+    for how in ("", "_track"):
+        m = res["matched_false_alarms" + how]
+        assert m["candidate_wrong"] <= m["wrong_pairs"] or m["candidate_threshold"] == 0.95
     assert gate.paired_top1([1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0]) == {
         "only_candidate_right": 5, "only_incumbent_right": 0, "sign_test_p": 0.0625}     # 2 / 2**5
     assert gate.paired_top1([1, 0, 1], [0, 1, 1])["sign_test_p"] == 1.0
@@ -449,6 +453,10 @@ def test_gate_scores_an_output_ensemble_as_the_mean_of_its_members_probabilities
         want = (a(x)["clipwise"] + b(x)["clipwise"]) / 2
         assert not torch.allclose(a(x)["clipwise"], b(x)["clipwise"])
         assert torch.allclose(pair(x)["clipwise"], want, atol=1e-6)
+    wave = np.random.default_rng(0).normal(0, 0.1, int(a.cfg.sample_rate * 7.5)).astype(np.float32)
+    from birdlive.streamer.core.offline import framewise_track
+    assert np.allclose(framewise_track(pair, wave), (framewise_track(a, wave) + framewise_track(b, wave)) / 2,
+                       atol=1e-6)
     assert pair.cfg.labels == a.cfg.labels
     assert not isinstance(gate.load_candidate(str(run / "best")), gate.MeanOfModels)
     with pytest.raises(SystemExit, match="species lists"):
