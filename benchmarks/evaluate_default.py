@@ -380,10 +380,12 @@ def birdnet_recordings(ctx: Context, scored, bw: np.ndarray, det_rows: list[dict
         "window_level": {"birdnet": _common_metrics(ctx, bw, w_tg, w_mk, common, wr),
                          "ours": _common_metrics(ctx, scored.w_scores, w_tg, w_mk, common, wr)},
         "recording_level": {"birdnet": _common_metrics(ctx, br, r_tg, r_mk, common, xcr),
-                            "ours": _common_metrics(ctx, scored.r_scores, r_tg, r_mk, common, xcr)},
+                            "ours": _common_metrics(ctx, scored.r_scores, r_tg, r_mk, common, xcr),
+                            "ours_track": _common_metrics(ctx, scored.t_scores, r_tg, r_mk, common, xcr)},
         "recording_top1_common": {
             "birdnet": top1(np.nan_to_num(br[np.ix_(xcr, common)], nan=-1), recs, common_l) if xcr else None,
-            "ours": top1(scored.r_scores[np.ix_(xcr, common)], recs, common_l) if xcr else None},
+            "ours": top1(scored.r_scores[np.ix_(xcr, common)], recs, common_l) if xcr else None,
+            "ours_track": top1(scored.t_scores[np.ix_(xcr, common)], recs, common_l) if xcr else None},
         "recording_top1_all_classes_birdnet": float(np.mean([x["top1_all_classes_right"] for x in sel]))
         if sel else None,
         "ours_common": {"recordings_with_right_event": sum(x["events_right"] > 0 for x in ours_sel),
@@ -604,7 +606,9 @@ def build_tables(res: dict, mc, c_runs: dict) -> list[Tab]:
     t = Tab("Test xeno-canto Puerto Rico recordings (whole recordings)", cols,
             note="Secondary (`also`) species: masked in AP (neither positive nor negative), their events counted "
                  "apart, not as wrong. Top-1: the species with the highest max-over-windows score within the "
-                 "species set is the primary. Events: ours from detect_offline at the default thresholds; "
+                 "species set is the primary; 'event track': recording scores from the stitched framewise track "
+                 "events come from (5 s windows every 1 s), the gate's since 2026-12-03. "
+                 "Events: ours from detect_offline at the default thresholds; "
                  f"BirdNET's 3 s detections ≥ {BIRDNET_MIN_CONF} (no location filter), consecutive ones of a species "
                  "merged into one event; for BirdNET 'wrong' = wrong species in our label set + species outside it."
                  + (f" 'common' = the {len(bn['common_labels'])} species both models know (BirdNET V2.4 lacks "
@@ -613,6 +617,9 @@ def build_tables(res: dict, mc, c_runs: dict) -> list[Tab]:
           xc["recording_level"]["macro_map"], xc["recording_top1"],
           f"{xc['recordings_with_right_event']}/{xc['n_recordings']}", xc["events_right"], xc["events_secondary"],
           xc["events_wrong"])
+    if "recording_top1_track" in xc:
+        t.add("birdlive, event track", f"all {mc.num_classes}", xc["n_recordings"], None,
+              xc["recording_level_track"]["macro_map"], xc["recording_top1_track"], None, None, None, None)
     if bn:
         b = bn["xc"]
         n = b["n_recordings_common"]
@@ -621,6 +628,10 @@ def build_tables(res: dict, mc, c_runs: dict) -> list[Tab]:
               b["recording_level"]["ours"]["macro_map"], b["recording_top1_common"]["ours"],
               f"{oc['recordings_with_right_event']}/{n}", oc["events_right"], oc["events_secondary"],
               oc["events_wrong"])
+        if "ours_track" in b["recording_top1_common"]:
+            t.add("birdlive, event track", f"common {len(bn['common_labels'])}", n, None,
+                  b["recording_level"]["ours_track"]["macro_map"], b["recording_top1_common"]["ours_track"],
+                  None, None, None, None)
         bc = b["birdnet_common"]
         t.add("BirdNET V2.4", f"common {len(bn['common_labels'])}", n, b["window_level"]["birdnet"]["macro_map"],
               b["recording_level"]["birdnet"]["macro_map"], b["recording_top1_common"]["birdnet"],

@@ -194,6 +194,7 @@ class ScoredRecordings:
     owner: np.ndarray
     w_scores: np.ndarray          # (windows, K)
     r_scores: np.ndarray          # (recordings, K): max over windows
+    t_scores: np.ndarray | None = None   # (recordings, K): max of the track events come from (`track_scores`)
 
     def targets(self, level: str) -> tuple[np.ndarray, np.ndarray]:
         items = self.win_items if level == "window" else self.rec_items
@@ -382,11 +383,14 @@ def recordings_stage(model, recs: list[Recording], cache, also: dict[str, list[s
     scored = score_recordings(model, recs, cache, batch)
     xc_win = clip_metrics(scored.w_scores, *scored.targets("window"), mc.labels, mc.threshold_on, mc.names)
     xc_rec = clip_metrics(scored.r_scores, *scored.targets("recording"), mc.labels, mc.threshold_on, mc.names)
+    scored.t_scores = track_scores(model, recs, cache)
+    xc_track = clip_metrics(scored.t_scores, *scored.targets("recording"), mc.labels, mc.threshold_on, mc.names)
     rows = recording_events(model, scored, cache, also)
     return {
         "n_recordings": len(recs), "audio_s": round(sum(x["seconds"] for x in rows), 1),
         "n_windows": len(scored.win_items), "window_level": slim(xc_win), "recording_level": slim(xc_rec),
         "recording_top1": top1(scored.r_scores, recs, mc.labels),
+        "recording_level_track": slim(xc_track), "recording_top1_track": top1(scored.t_scores, recs, mc.labels),
         "recordings_with_right_event": sum(x["events_right"] > 0 for x in rows),
         "events_right": sum(x["events_right"] for x in rows),
         "events_secondary": sum(x["events_secondary"] for x in rows),
