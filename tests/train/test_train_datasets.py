@@ -502,6 +502,7 @@ def test_evaluate_default_scores_the_test_split_only(tmp_path):
     res = json.loads((tmp_path / "r.json").read_text())
     test_files = {Path(r.path).stem for r in split.select(recs, "test") if "/xc/" in r.path}
     assert {Path(x["file"]).stem for x in res["xc"]["recordings"]} == test_files and "XC1" not in test_files
+    assert 0 <= res["xc"]["recording_top1_track"] <= 1 and 0 <= res["xc"]["recording_level_track"]["macro_map"] <= 1
     assert res["settings"]["test_snippet_runs"] == len([g for g in split.test if g.startswith("ess:")])
     noise = res["background_noise"]["files"]
     assert noise["blanket/storm.ogg"]["heldout"] and not noise["blanket/rain.ogg"]["heldout"]
