@@ -69,7 +69,7 @@ def test_onnx_scores_and_events_equal_torchs_on_a_real_recording(both):
     a, b = replay(lean, REAL), replay(full, REAL)
     assert a.track.shape == b.track.shape and len(a.track) > 400
     assert np.abs(a.track - b.track).max() < 1e-3
-    assert len(a.events) >= 3
+    assert len(a.events) >= 2                 # something to compare: the demo's warbler, twice
     assert [(e.species, e.onset_s, e.offset_s) for e in a.events] == \
            [(e.species, e.onset_s, e.offset_s) for e in b.events]
     for x, y in zip(a.events, b.events):

@@ -48,7 +48,7 @@ def test_a_replay_scores_as_the_full_graph_does(scorers):
     shared, alone = scorers
     a, b = replay(shared, REAL), replay(alone, REAL)
     assert len(a.track) > 400 and np.abs(a.track - b.track).max() < SAME
-    assert len(a.events) >= 3
+    assert len(a.events) >= 2                 # something to compare: the demo's warbler, twice
     assert [(e.species, e.onset_s, e.offset_s) for e in a.events] == \
            [(e.species, e.onset_s, e.offset_s) for e in b.events]
 

@@ -82,14 +82,15 @@ def test_the_default_model_knows_where_its_species_live():
 
 
 def test_replay_keeps_the_events_of_the_users_region(tmp_path):
-    """The demo recording is Puerto Rican: at home its bullfinch is found; told the microphone is in Seattle,
-    birdlive reports none of its Puerto Rican birds (and still runs to the end)."""
+    """The demo recording is Puerto Rican: at home its Adelaide's Warbler (a Puerto Rican endemic, behind the
+    bullfinch) is found; told the microphone is in Seattle, birdlive reports none of its Puerto Rican birds (and
+    still runs to the end)."""
     from tests.common import ROOT, birdlive, read_events_csv
     demo = ROOT / "recordings" / "XC737279.mp3"
     at_home, in_seattle = tmp_path / "pr.csv", tmp_path / "wa.csv"
     r = birdlive("replay", demo, "--no-live", "--csv", at_home, "--region", "puerto-rico")
     assert r.returncode == 0, r.stderr
-    assert "Melopyrrha_portoricensis" in {row["species"] for row in read_events_csv(at_home)}
+    assert "Setophaga_adelaidae" in {row["species"] for row in read_events_csv(at_home)}
     r = birdlive("replay", demo, "--no-live", "--csv", in_seattle, "--lat", "47.61", "--lon", "-122.33")
     assert r.returncode == 0, r.stderr
     assert not {row["species"] for row in read_events_csv(in_seattle)} & {"Melopyrrha_portoricensis",
