@@ -91,7 +91,8 @@ def figures(model, common: list[str], labels: list[str], composed, composed_fiel
 
 
 class MeanOfModels(torch.nn.Module):
-    """An output ensemble: the mean of its members' clipwise probabilities, with the first member's config."""
+    """An output ensemble: the mean of its members' probabilities (clipwise, and framewise for the track), with
+    the first member's config and log-mel."""
 
     def __init__(self, members: list):
         super().__init__()
