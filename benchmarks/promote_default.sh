@@ -6,7 +6,7 @@
 #
 #   bash benchmarks/promote_default.sh CANDIDATE_STEM RUN_FOLDER
 #
-# e.g. bash benchmarks/promote_default.sh /tmp/gate/v3t_s10500/best model/weights/default_v3t_run
+# e.g. bash benchmarks/promote_default.sh model/weights/default_v3t_run/step10500 model/weights/default_v3t_run
 set -euo pipefail
 [ $# -eq 2 ] || { echo "usage: bash benchmarks/promote_default.sh CANDIDATE_STEM RUN_FOLDER" >&2; exit 2; }
 candidate=$1 run=$2
