@@ -58,12 +58,11 @@ import torch
 from birdlive.model import load_checkpoint
 from birdlive.train.cache import AudioCache
 from birdlive.train.datasets import Split
-from birdlive.train.evaluation import (add_scoring_options, composed_figures, composed_set, gate_figures, load_run,
-                                       matched_false_alarms, per_recording, recording_windows, top1)
+from birdlive.train.evaluation import (ALBERTA_DIR, add_scoring_options, composed_figures, composed_set, gate_figures,
+                                       load_run, matched_false_alarms, per_recording, recording_windows, top1)
 from birdlive.train.threads import cpu_threads
 from birdlive.train.windows import predict_items
 
-ALBERTA_DIR = "ovenbird-alberta"     # real North American field clips: reported apart, not in the rule
 RULE = ("composed_map", "xc_track_top1", "xc_track_map")    # all at least the incumbent's: the candidate wins
 # the recordings each model names right, by suffix of the result's key: the track's max (the rule's), the clipwise
 # max over windows (the rule's until 2026-12-03; its key keeps the old name), the clipwise mean

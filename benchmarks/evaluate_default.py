@@ -67,15 +67,15 @@ from birdlive.streamer import default_params, file_specs, make_runner
 from birdlive.train.cache import AudioCache
 from birdlive.train.datasets import Holdout, Split
 from birdlive.train.evaluate import clip_metrics, noise_false_positives
-from birdlive.train.evaluation import (SubsetData, background_noise_stage, composed_stage, load_run, na_field_stage,
-                                       norm, per_recording, recordings_stage, resolve, slim, soundscape_stage, top1)
+from birdlive.train.evaluation import (ALBERTA_DIR, SubsetData, background_noise_stage, composed_stage, load_run,
+                                       na_field_stage, norm, per_recording, recordings_stage, resolve, slim,
+                                       soundscape_stage, top1)
 from birdlive.train.loop import TrainConfig
 from birdlive.train.threads import cpu_threads
 
 REPO = Path(__file__).resolve().parents[1]
 console = Console(width=140)
 
-ALBERTA_DIR = "ovenbird-alberta"    # its test clips belong to the North American field test, not to "xc"
 BIRDNET_MIN_CONF = 0.25          # BirdNET's default detection confidence
 
 

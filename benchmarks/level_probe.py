@@ -23,11 +23,11 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from evaluate_default import ALBERTA_DIR, REPO, arguments, setup  # noqa: E402
+from evaluate_default import REPO, arguments, setup  # noqa: E402
 
 from birdlive.streamer.core.offline import framewise_track  # noqa: E402
 from birdlive.train.evaluate import clip_metrics  # noqa: E402
-from birdlive.train.evaluation import load_run, na_field_data, recording_windows, top1  # noqa: E402
+from birdlive.train.evaluation import ALBERTA_DIR, load_run, na_field_data, recording_windows, top1  # noqa: E402
 
 
 def main() -> None:

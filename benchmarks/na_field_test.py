@@ -22,11 +22,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from evaluate_default import ALBERTA_DIR, REPO, birdnet_top1, run_birdnet_windows, write_wav
+from evaluate_default import REPO, birdnet_top1, run_birdnet_windows, write_wav
 
 from birdlive.model import load_checkpoint
 from birdlive.train.cache import AudioCache
-from birdlive.train.evaluation import add_scoring_options, load_run, na_field_stage, resolve
+from birdlive.train.evaluation import ALBERTA_DIR, add_scoring_options, load_run, na_field_stage, resolve
 from birdlive.train.threads import cpu_threads
 
 

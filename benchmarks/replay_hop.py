@@ -56,12 +56,12 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from evaluate_default import ALBERTA_DIR, REPO, arguments, setup  # noqa: E402
+from evaluate_default import REPO, arguments, setup  # noqa: E402
 
 from birdlive.streamer.core.offline import events_of_track, framewise_track  # noqa: E402
 from birdlive.train.datasets import name_key  # noqa: E402
 from birdlive.train.evaluate import clip_metrics  # noqa: E402
-from birdlive.train.evaluation import (NA_CHORUS, background_files, classify_events, load_run,  # noqa: E402
+from birdlive.train.evaluation import (ALBERTA_DIR, NA_CHORUS, background_files, classify_events, load_run,  # noqa: E402
                                        na_field_data, read_raven, resolve, top1)
 from birdlive.train.synthetic import noise_check_waves  # noqa: E402
 from birdlive.train.windows import recording_items  # noqa: E402

@@ -34,14 +34,13 @@ from birdlive.model import load_checkpoint
 from birdlive.train.augment import AugmentConfig, FieldBackgrounds, NoiseBank, db_to_gain, power
 from birdlive.train.cache import AudioCache
 from birdlive.train.composer import Composer, SnippetPool
-from birdlive.train.evaluation import add_scoring_options, load_run
+from birdlive.train.evaluation import ALBERTA_DIR, add_scoring_options, load_run
 from birdlive.train.loop import TrainConfig
 from birdlive.train.threads import cpu_threads
 from birdlive.train.windows import EvalItem, predict_items
 
 BACKGROUNDS = ("noise", "pr_field", "na_field")
 NOTES_DBFS = -25.0          # RMS of the notes (over the samples they occupy); the bed is `--snr` dB below
-ALBERTA_DIR = "ovenbird-alberta"
 
 
 def probe_windows(test, species: list[str], cfg: TrainConfig, cache, sample_rate: int, out_fps: float,

@@ -48,6 +48,7 @@ SOUNDSCAPE_S = 60.0
 SOUNDSCAPE_SPECIES = (2, 4)      # species per soundscape
 SOUNDSCAPE_SEQUENCES = (3, 6)    # note sequences per species in one soundscape
 NA_FIELD_DIR = "xc-north-america"
+ALBERTA_DIR = "ovenbird-alberta"    # real recorder clips: their test ones join the North American field test
 NA_CHORUS = "soundscapes-na/Recording_1_Segment_07-snippet"
 
 
@@ -357,14 +358,21 @@ def background_noise_stage(model, noise_root: Path, holdout: Holdout, cache, max
             "training": total(False)}
 
 
-def recording_events(model, scored: ScoredRecordings, cache, also: dict[str, list[str]]) -> list[dict]:
-    """Per recording: top-1, and `detect_offline` events sorted into right / background (`also`) / wrong."""
+def recording_events(model, scored: ScoredRecordings, cache,
+                     also: dict[str, list[str]]) -> tuple[list[dict], np.ndarray]:
+    """Per recording: top-1, and its events (`events_of_track`, as `detect_offline` makes them) sorted into right /
+    background (`also`) / wrong; and (recordings, K) the maxima of the same tracks (`track_scores`' figures), so
+    each track is computed once."""
+    from birdlive.streamer.core.offline import events_of_track
     mc, out = model.cfg, []
+    t_scores = np.zeros((len(scored.recs), mc.num_classes), np.float32)
     for k, r in enumerate(scored.recs):
         also_names = also.get(str(Path(r.path).resolve()), [])
         sec = set(r.secondary) | {lab for lab in mc.labels if norm(lab) in {norm(x) for x in also_names}}
         wave = cache.load(r.path)
-        evs = detect_events(model, wave, source=r.path)
+        track = recording_track(model, wave)
+        t_scores[k] = track_max(track, mc.num_classes)
+        evs = events_of_track(mc, track, source=r.path)
         cls = classify_events([e.species for e in evs], r.primary, sec)
         out.append({
             "file": Path(r.path).relative_to(Path(r.path).parents[1]).as_posix(), "species": r.primary,
@@ -374,7 +382,7 @@ def recording_events(model, scored: ScoredRecordings, cache, also: dict[str, lis
             "events_right": cls["right"], "events_secondary": cls["secondary"], "events_wrong": cls["wrong"],
             "wrong_species": dict(Counter(e.species for e in evs if e.species != r.primary and e.species not in sec)),
         })
-    return out
+    return out, t_scores
 
 
 def recordings_stage(model, recs: list[Recording], cache, also: dict[str, list[str]], batch: int):
@@ -383,9 +391,8 @@ def recordings_stage(model, recs: list[Recording], cache, also: dict[str, list[s
     scored = score_recordings(model, recs, cache, batch)
     xc_win = clip_metrics(scored.w_scores, *scored.targets("window"), mc.labels, mc.threshold_on, mc.names)
     xc_rec = clip_metrics(scored.r_scores, *scored.targets("recording"), mc.labels, mc.threshold_on, mc.names)
-    scored.t_scores = track_scores(model, recs, cache)
+    rows, scored.t_scores = recording_events(model, scored, cache, also)
     xc_track = clip_metrics(scored.t_scores, *scored.targets("recording"), mc.labels, mc.threshold_on, mc.names)
-    rows = recording_events(model, scored, cache, also)
     return {
         "n_recordings": len(recs), "audio_s": round(sum(x["seconds"] for x in rows), 1),
         "n_windows": len(scored.win_items), "window_level": slim(xc_win), "recording_level": slim(xc_rec),
@@ -452,13 +459,19 @@ def track_scores(model, recs: list[Recording], cache) -> np.ndarray:
     `birdlive calibrate` compute it). An event's peak is this track's maximum over the event (after a 0.3 s
     median), so a recording's top event is, thresholds aside, its species with the highest maximum here; the
     clipwise scores of back-to-back windows (`per_recording`) are a path no event takes."""
+    return np.stack([track_max(recording_track(model, cache.load(r.path)), model.cfg.num_classes) for r in recs]) \
+        if recs else np.zeros((0, model.cfg.num_classes), np.float32)
+
+
+def recording_track(model, wave: np.ndarray) -> np.ndarray:
+    """(frames, K): the stitched framewise track of a whole recording, every `TRACK_HOP_S`."""
     from birdlive.streamer.core.offline import framewise_track
-    out = np.zeros((len(recs), model.cfg.num_classes), np.float32)
-    for k, r in enumerate(recs):
-        track = framewise_track(model, np.asarray(cache.load(r.path), np.float32), TRACK_HOP_S)
-        if len(track):
-            out[k] = track.max(0)
-    return out
+    return framewise_track(model, np.asarray(wave, np.float32), TRACK_HOP_S)
+
+
+def track_max(track: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K,): each species' maximum over a track (zeros for a recording too short to make one)."""
+    return track.max(0) if len(track) else np.zeros(num_classes, np.float32)
 
 
 OPERATING_GRID = np.round(np.arange(0.05, 0.955, 0.01), 2)

@@ -528,3 +528,26 @@ def test_average_checkpoints_is_the_mean_of_the_weights_and_refuses_other_specie
         torch.testing.assert_close(mixed[k], (a[k] + b[k]) / 2)
     with pytest.raises(SystemExit, match="another network or species list"):
         soup.main(["--out", str(tmp_path / "no"), str(tmp_path / "a"), str(tmp_path / "other")])
+
+
+def test_recording_events_come_from_one_track_per_recording_as_detect_offline_makes_them(tmp_path):
+    """evaluate_default's recording stage computes each recording's track once: its events are detect_offline's,
+    and the recording's track maxima are track_scores'."""
+    from birdlive.model import load_checkpoint
+    from birdlive.streamer.core.offline import detect_offline, framewise_track
+    from birdlive.train.cache import AudioCache
+    from birdlive.train.evaluation import recording_events, score_recordings, track_scores
+    run, recs, _ = tiny_run(tmp_path)
+    model = load_checkpoint(run / "best").eval()
+    model.cfg.threshold_on, model.cfg.threshold_off = 0.3, 0.2      # a random net: low enough to make events
+    xc = [r for r in recs if "/xc/" in r.path]
+    cache = AudioCache(tmp_path / "cache", model.cfg.sample_rate)
+    scored = score_recordings(model, xc, cache, batch=4)
+    rows, t_scores = recording_events(model, scored, cache, also={})
+    want = [detect_offline(model, cache.load(r.path), source=r.path) for r in xc]
+    assert sum(map(len, want)) > 0
+    for row, evs in zip(rows, want, strict=True):
+        assert row["events_right"] + row["events_secondary"] + row["events_wrong"] == len(evs)
+    np.testing.assert_allclose(t_scores, track_scores(model, xc, cache), rtol=0, atol=1e-6)
+    by_hand = [framewise_track(model, cache.load(r.path), hop_s=1.0).max(0) for r in xc]    # the streamer's hop
+    np.testing.assert_allclose(t_scores, np.stack(by_hand), rtol=0, atol=1e-6)
