@@ -180,20 +180,33 @@ needs_servers = pytest.mark.skipif(streams.missing_tools() is not None, reason=s
 # Thresholds below the default model's calibrated ones, the same for replay and listen: the recording's calls then
 # peak well above them, and `_matches_replay` asks only for events clear of the threshold by MARGIN (a lossy codec
 # and a stream's other window positions move a score by a few hundredths: an event at the threshold may go either
-# way, in replay as in any stream).
+# way, in replay as in any stream). A short note can move more: with v3t's step 14,000 an oriole note at 2.3 s
+# peaks at 0.33 in replay and at 0.47 over RTSP. So a clear event of the stream is checked against replay at
+# NEAR_THRESHOLDS instead: the stream may lift a call replay hears faintly over the threshold, but invents none.
 THRESHOLDS = ["--threshold-on", "0.35", "--threshold-off", "0.25"]
+NEAR_THRESHOLDS = ["--threshold-on", "0.2", "--threshold-off", "0.12"]
 MARGIN = 0.1
 
 
 @pytest.fixture(scope="module")
 def replayed(tmp_path_factory) -> list[tuple[str, float, float, float]]:
     """`birdlive replay` of the recording with the default model: the events a stream of it must give."""
-    out = tmp_path_factory.mktemp("replay") / "replay.csv"
-    r = birdlive("replay", REAL, *THRESHOLDS, "--no-live", "--csv", out)
-    assert r.returncode == 0, r.stderr
-    events = _rows(out)
+    events = _replay(tmp_path_factory, THRESHOLDS)
     assert len({e[0] for e in events if e[3] >= 0.35 + MARGIN}) >= 2, events
     return events
+
+
+@pytest.fixture(scope="module")
+def replayed_near(tmp_path_factory) -> list[tuple[str, float, float, float]]:
+    """The same replay at NEAR_THRESHOLDS: every call replay hears at all, what a stream's events may be."""
+    return _replay(tmp_path_factory, NEAR_THRESHOLDS)
+
+
+def _replay(tmp_path_factory, thresholds: list[str]) -> list[tuple[str, float, float, float]]:
+    out = tmp_path_factory.mktemp("replay") / "replay.csv"
+    r = birdlive("replay", REAL, *thresholds, "--no-live", "--csv", out)
+    assert r.returncode == 0, r.stderr
+    return _rows(out)
 
 
 def _rows(csv: Path, source: str | None = None) -> list[tuple[str, float, float, float]]:
@@ -233,25 +246,27 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.kill()
 
 
-def _matches_replay(replayed, got, within_s: float) -> tuple[float, list, list]:
+def _matches_replay(replayed, near, got, within_s: float) -> tuple[float, list, list]:
     """Stream events against replay's, both before `within_s` seconds of the recording: one offset (when the stream
-    started within the recording), then every event of either that is clear of the threshold must have one of its
-    species in the other within 0.5 s. Returns the offset, replay's events missed and the stream's extra ones."""
+    started within the recording); then every event of replay clear of the threshold must have one of its species
+    in the stream's with an onset within 0.5 s, and every clear event of the stream must overlap (±0.5 s) one of
+    its species in replay at NEAR_THRESHOLDS (`near`). Returns the offset, replay's events missed and the stream's
+    extra ones."""
     d = best_alignment([e[:3] for e in replayed], [e[:3] for e in got], tol=0.5)
     shifted = [(s, a - d, b - d, p) for s, a, b, p in got]
     mine = [e for e in shifted if e[1] < within_s]
     theirs = [e for e in replayed if e[1] < within_s]
     clear = 0.35 + MARGIN
-
-    def unmatched(these, others):
-        return [e for e in these if e[3] >= clear and not any(o[0] == e[0] and abs(o[1] - e[1]) <= 0.5
-                                                               for o in others)]
-    return d, unmatched(theirs, mine), unmatched(mine, theirs)
+    missed = [e for e in theirs if e[3] >= clear and not any(o[0] == e[0] and abs(o[1] - e[1]) <= 0.5
+                                                             for o in mine)]
+    extra = [e for e in mine if e[3] >= clear and not any(o[0] == e[0] and o[1] - 0.5 <= e[2] and e[1] <= o[2] + 0.5
+                                                          for o in near)]
+    return d, missed, extra
 
 
 @pytest.mark.network
 @needs_servers
-def test_listen_to_rtsp_and_icecast_beside_a_closed_port(replayed, tmp_path):
+def test_listen_to_rtsp_and_icecast_beside_a_closed_port(replayed, replayed_near, tmp_path):
     rtsp = streams.RtspServer(tmp_path / "rtsp", REAL).start()
     icecast = streams.IcecastServer(tmp_path / "icecast", REAL).start()
     closed = f"rtsp://birder:s3cret@127.0.0.1:{free_port()}/nothing"
@@ -273,7 +288,7 @@ def test_listen_to_rtsp_and_icecast_beside_a_closed_port(replayed, tmp_path):
     # every stream of the recording finds replay's events at the same times (the RTSP server starts each client
     # at the recording's start; Icecast's burst gives a late listener the station's sound from its start)
     for url in (rtsp.url, icecast.url):
-        d, missed, extra = _matches_replay(replayed, _events(csv, url), 36.0)   # 41 s heard: the calls to 36 s whole
+        d, missed, extra = _matches_replay(replayed, replayed_near, _events(csv, url), 36.0)   # the calls to 36 s
         assert not missed and not extra, (url, d, missed, extra, replayed)
         assert abs(d) < 1.0, (url, d)
     # wall times: Icecast's burst (the station's sound since it went on the air) is dated back, not stamped with
@@ -293,10 +308,11 @@ def test_listen_to_rtsp_and_icecast_beside_a_closed_port(replayed, tmp_path):
 
 @pytest.mark.network
 @needs_servers
-def test_rtsp_server_killed_and_restarted_resumes_with_the_gap_counted(replayed, tmp_path):
+def test_rtsp_server_killed_and_restarted_resumes_with_the_gap_counted(replayed, replayed_near, tmp_path):
     rtsp = streams.RtspServer(tmp_path / "rtsp", REAL).start()
     csv = tmp_path / "live.csv"
-    clear = sorted(e[1] for e in replayed if e[3] >= 0.35 + MARGIN)
+    clear_events = sorted((e for e in replayed if e[3] >= 0.35 + MARGIN), key=lambda e: e[1])
+    clear = [e[1] for e in clear_events]
     second = clear[1]                                       # kill once replay's second clear event is in the CSV
     proc = _listen(["--url", rtsp.url], csv, tmp_path)
     try:
@@ -307,8 +323,8 @@ def test_rtsp_server_killed_and_restarted_resumes_with_the_gap_counted(replayed,
         wait_until(lambda: "stream lost" in _stderr(tmp_path), 60, "the outage warning")
         wait_until(lambda: time.time() - killed > 3, 10, "an outage of a few seconds")
         rtsp.start()
-        before = len(_events(csv, rtsp.url))
-        wait_until(lambda: len(_events(csv, rtsp.url)) > before, 120, "an event after the restart")
+        wait_until(lambda: any(e[0] == clear_events[0][0] and e[1] > second + 2.0 for e in _events(csv, rtsp.url)),
+                   120, "replay's first clear event after the restart")
     finally:
         _stop(proc)
         rtsp.stop()
@@ -318,14 +334,15 @@ def test_rtsp_server_killed_and_restarted_resumes_with_the_gap_counted(replayed,
     events = _events(csv, rtsp.url)
     # the first connection: every event replay has before the kill, at its time
     first = [e for e in events if e[1] < second + 2.0]
-    d, missed, extra = _matches_replay(replayed, first, second + 0.5)
+    d, missed, extra = _matches_replay(replayed, replayed_near, first, second + 0.5)
     assert not missed and not extra and abs(d) < 1.0, (d, missed, extra)
-    # after the restart the recording starts again: its first event, later by the gap on the stream clock too
+    # after the restart the recording starts again: its first clear event, later by the gap on the stream clock too
     after = [r for r in rows if float(r["onset_s"]) > second + 2.0]
     assert after, rows
     wall = lambda r: _iso(r["wall_onset"]) - float(r["onset_s"])     # noqa: E731 - when stream time 0 was
     assert abs(wall(after[0]) - wall(rows[0])) < 1.0, rows       # the outage is in stream time: both clocks agree
-    assert float(after[0]["onset_s"]) > second + 3.0 + clear[0] - 0.5
+    again = next(r for r in after if r["species"] == clear_events[0][0])
+    assert float(again["onset_s"]) > second + 3.0 + clear[0] - 0.5
     assert [w for w in err.splitlines() if w.startswith("warning:")] == [
         next(w for w in err.splitlines() if "stream lost" in w)]
     summary = next(line for line in err.splitlines() if line.startswith(rtsp.url) and " audio in " in line)
