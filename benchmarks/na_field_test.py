@@ -90,7 +90,8 @@ def print_model(name: str, r: dict) -> None:
         f = r.get(key)
         if f:
             line = (f"  {key:18s} {f['n_recordings']:3d} recordings, {f['species']:2d} species: top-1 "
-                    f"{f['recording_top1']:.3f} (North American species only {f['recording_top1_na_only']:.3f}), "
+                    f"{f['recording_top1']:.3f} (North American species only {f['recording_top1_na_only']:.3f}, "
+                    f"{rank_line(f.get('recording_rank_na_only'))}), "
                     f"recording mAP {f['recording_level']['macro_map']:.3f}, right event in "
                     f"{f['recordings_with_right_event']}, wrong events {f['events_wrong']}")
             bn = r.get("birdnet", {}).get(key)
@@ -103,6 +104,13 @@ def print_model(name: str, r: dict) -> None:
     if ch:
         print(f"  chorus: ranks of the species present {ch['rank_of_present']}, events {ch['event_species']}, "
               f"event F1 {ch['events']['f1']:.3f}")
+
+
+def rank_line(r: dict | None) -> str:
+    if not r:
+        return "no rank"
+    return (f"right species' median rank {r['median']:g}: first in {r['first']}, top 3 in {r['top3']}, "
+            f"top 10 in {r['top10']} of {r['n']}")
 
 
 if __name__ == "__main__":

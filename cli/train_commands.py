@@ -103,6 +103,9 @@ def train(
     frame_weight: float = typer.Option(0.5, "--frame-weight", help="Weight of the framewise loss."),
     checkpoint_minutes: float = typer.Option(2.0, "--checkpoint-minutes", help="Save the resumable state at least "
                                              "this often (and at every validation)."),
+    keep_every: Optional[int] = typer.Option(None, "--keep-every", help="Also keep the weights every N steps "
+                                             "(at the validation that reaches it) as RUN/stepN, to gate later; "
+                                             "with --resume the run's setting unless given."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes (and parallel decoding)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: cores - 1)."),
     val_max_windows: int = typer.Option(24, "--val-max-windows", help="Windows scored per validation file."),
@@ -127,7 +130,7 @@ def train(
         _fail(f"--init {init}: no checkpoint there (give STEM of STEM.safetensors + STEM.json, or 'imagenet')")
     if guide and not Path(guide + ".json").is_file() and not (Path(guide).is_dir() or Path(guide).is_file()):
         _fail(f"--guide {guide}: no checkpoint there (give STEM of STEM.safetensors + STEM.json)")
-    for value, name in ((max_steps, "max-steps"), (max_minutes, "max-minutes")):
+    for value, name in ((max_steps, "max-steps"), (max_minutes, "max-minutes"), (keep_every, "keep-every")):
         if value is not None and value <= 0:
             _fail(f"--{name} must be positive, not {value:g}")
     from birdlive.train import AugmentConfig, ComposerConfig, TrainConfig  # torch: once the options are known good
@@ -162,7 +165,7 @@ def train(
                       epochs=validations, epoch_size=val_every, max_steps=max_steps, max_minutes=max_minutes,
                       batch_size=batch_size, lr=lr, val_fraction=val_fraction, test_fraction=test_fraction,
                       split_file=str(split) if split else None, seed=seed, frame_weight=frame_weight,
-                      checkpoint_minutes=checkpoint_minutes, workers=workers,
+                      checkpoint_minutes=checkpoint_minutes, keep_every=keep_every, workers=workers,
                       threads=threads, val_max_windows=val_max_windows, val_composed=val_composed, device=device,
                       amp=not no_amp, cache_dir=str(cache_dir) if cache_dir else None, augment=aug,
                       composer=composer,

@@ -236,6 +236,24 @@ def top1_hits(scores: np.ndarray, recs: list[Recording], labels: list[str],
     return [labels[b] == recs[k].primary for b, k in zip(best, keep)]
 
 
+def primary_ranks(scores: np.ndarray, recs: list[Recording], labels: list[str],
+                  among: list[str] | None = None) -> list[int]:
+    """For each recording whose primary species is among `among` (default: all labels), in order: the rank of
+    that species' score among theirs (1 = highest; a tie counts against it, as a birder reading a list would)."""
+    cols = [labels.index(lab) for lab in (among or labels)]
+    keep = [k for k, r in enumerate(recs) if r.primary in (among or labels)]
+    return [int((scores[k, cols] >= scores[k, labels.index(recs[k].primary)]).sum()) for k in keep]
+
+
+def rank_summary(ranks: list[int]) -> dict | None:
+    """Median rank and how many recordings have their species first, in the top 3 and in the top 10."""
+    if not ranks:
+        return None
+    r = np.asarray(ranks)
+    return {"n": len(ranks), "median": float(np.median(r)), "first": int((r == 1).sum()),
+            "top3": int((r <= 3).sum()), "top10": int((r <= 10).sum())}
+
+
 def top1(scores: np.ndarray, recs: list[Recording], labels: list[str], among: list[str] | None = None) -> float | None:
     """Share of recordings whose primary species has the highest score, among `among` (default: all labels)."""
     hits = top1_hits(scores, recs, labels, among)
@@ -576,8 +594,9 @@ def chorus_stage(model, data_root: str | Path, cache, batch: int) -> dict | None
 def na_field_stage(model, data_root: str | Path, alberta: list[Recording], na_labels: list[str], cache,
                    batch: int) -> tuple[dict, dict[str, ScoredRecordings]]:
     """The North American field test split: xeno-canto USA/Canada recordings, the run's test Alberta clips and
-    the dawn chorus. Top-1 over all the model's species, and over its North American species only. Returns the
-    figures and the scored recordings per set (for a side-by-side with another model)."""
+    the dawn chorus. Top-1 over all the model's species, and over its North American species only, with where
+    the right species ranks among those (a model that names it second is nearer than one that names it
+    fiftieth). Returns the figures and the scored recordings per set (for a side-by-side with another model)."""
     mc = model.cfg
     field = na_field_data(data_root, mc.labels, mc.names)
     out: dict[str, object] = {"na_labels": len(na_labels)}
@@ -586,6 +605,8 @@ def na_field_stage(model, data_root: str | Path, alberta: list[Recording], na_la
         if recs:
             fig, scores[key] = recordings_stage(model, recs, cache, {}, batch)
             fig["recording_top1_na_only"] = top1(scores[key].r_scores, recs, mc.labels, na_labels)
+            fig["recording_rank_na_only"] = rank_summary(primary_ranks(scores[key].r_scores, recs, mc.labels,
+                                                                       na_labels))
             fig["species"] = len({r.primary for r in recs})
             out[key] = fig
     out["xc_north_america_unknown_species"] = field.unknown

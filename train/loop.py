@@ -37,6 +37,7 @@ Run folder:
     curves.png       loss against steps, validation figures against CPU-hours
     best.safetensors + best.json     the best validation macro mAP so far (`load_checkpoint(RUN)`)
     last.safetensors + last.json     the latest weights, as a checkpoint
+    stepN.safetensors + stepN.json   with --keep-every: the weights at step N, kept for a later gate
     state.safetensors                everything `--resume` needs (weights, optimizer, RNG, step, best), one file
                                      written under a temporary name and renamed: a kill -9 loses at most the
                                      steps since the last save (`checkpoint_minutes`, and at every validation)
@@ -120,6 +121,8 @@ class TrainConfig:
     val_max_windows: int = 24         # windows per validation file (evenly spread)
     val_composed: int | None = None   # composed validation windows (default: 4 per species with held-out runs)
     checkpoint_minutes: float = 2.0   # resumable state saved at least this often (and at every validation)
+    keep_every: int | None = None     # > 0: also keep the weights as RUN/stepN at the first validation at or past
+                                      # each multiple of this many steps (candidates to gate later; None/0: none)
     workers: int = 0                  # DataLoader worker processes (0: windows are made in the training process)
     threads: int | None = None        # torch CPU threads; default: all cores but one (see `train`)
     device: str = "auto"              # auto | cpu | cuda | cuda:N
@@ -135,7 +138,8 @@ class TrainConfig:
 
     # what a resumed run may change (None: keep the run's): where and how fast it runs, not what it learns;
     # max_minutes then bounds the session only (None: no bound)
-    RESUMABLE = ("run_dir", "max_minutes", "checkpoint_minutes", "workers", "threads", "device", "cache_dir")
+    RESUMABLE = ("run_dir", "max_minutes", "checkpoint_minutes", "keep_every", "workers", "threads", "device",
+                 "cache_dir")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -629,6 +633,7 @@ def _loop(cfg: TrainConfig, run: Path, stepper: Stepper, data: RunData, prog: Pr
                 losses = []
                 _log_row(run, rows, row, console)
                 _keep_best(run, model, cfg, data, prog, row)
+                _keep_step(run, model, cfg, data, prog, row, (prog.step - 1) // per_val * per_val)
             if prog.step % per_val == 0 or time.time() - last_save >= cfg.checkpoint_minutes * 60:
                 _save(run, stepper, cfg, data, prog, console, show)
                 saved_at, last_save = prog.step, time.time()
@@ -657,6 +662,16 @@ def _keep_best(run: Path, model: BirdSED, cfg: TrainConfig, data: RunData, prog:
                      "val_f1": row.get("val_f1"), "val_top1": row.get("val_top1")}
         model.cfg.extra = _provenance(cfg, data, prog, row)
         save_checkpoint(model, run / "best")
+
+
+def _keep_step(run: Path, model: BirdSED, cfg: TrainConfig, data: RunData, prog: Progress, row: dict,
+               previous_validation: int) -> None:
+    """RUN/stepN when a multiple of `keep_every` lies in (previous validation, this one]: the run's `best` picks
+    one checkpoint by the validation mAP, and a gate on whole recordings may prefer another."""
+    every = cfg.keep_every or 0
+    if every > 0 and prog.step // every > previous_validation // every:
+        model.cfg.extra = _provenance(cfg, data, prog, row)
+        save_checkpoint(model, run / f"step{prog.step}")
 
 
 def _save(run: Path, stepper: Stepper, cfg: TrainConfig, data: RunData, prog: Progress, console, show: bool) -> None:

@@ -120,6 +120,19 @@ def test_top1_counts_the_primary_among_the_species_asked_for():
     assert top1(scores, recs, LABELS, among=["c"]) is None              # no recording of c
 
 
+def test_primary_ranks_count_from_one_among_the_species_asked_for_and_ties_count_against():
+    from birdlive.train.datasets import Recording
+    from birdlive.train.evaluation import primary_ranks, rank_summary
+    recs = [Recording(f"/{i}.wav", [sp], [], str(i)) for i, sp in enumerate("abc")]
+    scores = np.array([[0.9, 0.1, 0.8], [0.2, 0.3, 0.9], [0.6, 0.6, 0.1]])
+    assert primary_ranks(scores, recs, LABELS) == [1, 2, 3]
+    assert primary_ranks(scores, recs, LABELS, among=["a", "b"]) == [1, 1]   # c's recording is left out
+    tied = [Recording("/t.wav", ["b"], [], "t")]
+    assert primary_ranks(np.array([[0.5, 0.5, 0.1]]), tied, LABELS) == [2]
+    assert rank_summary([1, 2, 3, 12]) == {"n": 4, "median": 2.5, "first": 1, "top3": 3, "top10": 3}
+    assert rank_summary([]) is None
+
+
 def test_north_american_field_recordings_take_the_models_labels_by_common_name(tmp_path):
     import soundfile as sf
     from birdlive.train.evaluation import NA_FIELD_DIR, na_field_data, read_raven

@@ -189,7 +189,7 @@ def test_time_budget_becomes_steps_once_and_resume_keeps_the_schedule(tmp_path, 
 
 def test_sigterm_stops_after_a_step_and_resume_is_bit_identical(tmp_path, monkeypatch):
     from birdlive.train.loop import Stepper
-    common = small_run(tmp_path, max_steps=10, checkpoint_minutes=60.0)
+    common = small_run(tmp_path, max_steps=10, checkpoint_minutes=60.0, keep_every=3)
     train(TrainConfig(run_dir=str(tmp_path / "a"), **common), show_progress=False)
     original, calls = Stepper.__call__, []
 
@@ -209,6 +209,11 @@ def test_sigterm_stops_after_a_step_and_resume_is_bit_identical(tmp_path, monkey
     assert all(torch.equal(a[k], c[k]) for k in a)                          # stopping + resuming changes nothing
     rows = [json.loads(x) for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 2, 4, 6, 8, 10]
+    # --keep-every 3, kept across the resume: the validations at or past steps 3, 6 and 9
+    assert sorted(p.name for p in (tmp_path / "c").glob("step*.json")) == ["step10.json", "step4.json", "step6.json"]
+    assert json.loads((tmp_path / "c" / "step6.json").read_text())["extra"]["training"]["step"] == 6
+    kept = load_file(str(tmp_path / "c" / "step10.safetensors"))
+    assert all(torch.equal(a[k], kept[k]) for k in a)
 
 
 def test_kill_9_loses_only_the_steps_since_the_last_save(tmp_path):
