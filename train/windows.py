@@ -264,16 +264,25 @@ def composed_items(composer: Composer, count: int, seed: int) -> list[EvalItem]:
     return items
 
 
-@torch.no_grad()
 def predict_items(model, items: list[EvalItem], batch_size: int = 16, device="cpu") -> np.ndarray:
     """(len(items), K) clipwise scores: the max over each item's windows."""
+    return predict_items_and_peaks(model, items, batch_size, device)[0]
+
+
+@torch.no_grad()
+def predict_items_and_peaks(model, items: list[EvalItem], batch_size: int = 16,
+                            device="cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Two (len(items), K) arrays from one pass: the clipwise scores and the framewise peaks (the highest frame of
+    each species, what the event track is made of), each the max over the item's windows."""
     model.eval()
     flat = [(k, w) for k, it in enumerate(items) for w in it.windows]
-    scores = np.zeros((len(items), model.cfg.num_classes), np.float32)
+    clip = np.zeros((len(items), model.cfg.num_classes), np.float32)
+    peak = np.zeros_like(clip)
     for s in range(0, len(flat), batch_size):
         chunk = flat[s:s + batch_size]
-        x = torch.from_numpy(np.stack([w for _, w in chunk])).to(device)
-        p = model(x)["clipwise"].float().cpu().numpy()
-        for (k, _), row in zip(chunk, p):
-            scores[k] = np.maximum(scores[k], row)
-    return scores
+        out = model(torch.from_numpy(np.stack([w for _, w in chunk])).to(device))
+        c, f = out["clipwise"].float().cpu().numpy(), out["framewise"].float().amax(1).cpu().numpy()
+        for (k, _), c_row, f_row in zip(chunk, c, f):
+            clip[k] = np.maximum(clip[k], c_row)
+            peak[k] = np.maximum(peak[k], f_row)
+    return clip, peak

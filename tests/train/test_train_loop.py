@@ -139,12 +139,32 @@ def test_validation_reports_the_whole_recordings_apart_from_the_composed_windows
              item((1, 0, 0)), item((0, 1, 0))]                                  # composed windows
     scores = np.array([[.9, .1, .2], [.1, .2, .8], [.1, .9, .7],   # recordings: the 2nd's top is its co-label,
                        [.1, .8, .2], [.9, .1, .1]], np.float32)    # the 3rd's top is masked (a background species)
-    monkeypatch.setattr(loop, "predict_items", lambda *a, **k: scores)
+    peaks = scores.copy()
+    peaks[0] = [.2, .6, .1]                                        # the first recording's track peaks on b
+    monkeypatch.setattr(loop, "predict_items_and_peaks", lambda *a, **k: (scores, peaks))
     model = SimpleNamespace(train=lambda: None, cfg=SimpleNamespace(threshold_on=0.5))
     data = SimpleNamespace(val_items=items, n_val_files=3, labels=["a", "b", "c"], names=["A", "B", "C"])
     row = loop.validate(model, data, SimpleNamespace(batch_size=4), "cpu")
     assert row["val_rec_map"] == pytest.approx(1.0) and row["val_map"] < 0.9
     assert row["val_rec_top1"] == pytest.approx(2 / 3)           # the masked top is not one of its own
+    assert row["val_rec_track_top1"] == pytest.approx(1 / 3)     # the framewise peaks judge apart
+    assert row["val_rec_track_map"] < 1.0
+
+
+def test_framewise_peaks_are_the_highest_frame_of_each_species_over_an_items_windows():
+    from birdlive.model import BirdSED, create_config
+    from birdlive.train.windows import EvalItem, predict_items, predict_items_and_peaks
+    torch.manual_seed(0)
+    model = BirdSED(create_config("tiny", ["a", "b", "c"]))
+    rng = np.random.default_rng(0)
+    items = [EvalItem(str(k), rng.normal(0, 0.1, (n, 32000)).astype(np.float32), None, None)
+             for k, n in enumerate((1, 3))]
+    clip, peaks = predict_items_and_peaks(model, items, batch_size=2)
+    with torch.no_grad():
+        out = model(torch.from_numpy(items[1].windows))
+    assert np.allclose(peaks[1], out["framewise"].amax((0, 1)).numpy(), atol=1e-6)
+    assert np.allclose(clip[1], out["clipwise"].amax(0).numpy(), atol=1e-6)
+    assert np.array_equal(clip, predict_items(model, items, batch_size=2))
 
 
 def weights(run):
