@@ -105,7 +105,7 @@ def train(
                                              "this often (and at every validation)."),
     keep_every: Optional[int] = typer.Option(None, "--keep-every", help="Also keep the weights every N steps "
                                              "(at the validation that reaches it) as RUN/stepN, to gate later; "
-                                             "with --resume the run's setting unless given."),
+                                             "0: none; with --resume the run's setting unless given."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes (and parallel decoding)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: cores - 1)."),
     val_max_windows: int = typer.Option(24, "--val-max-windows", help="Windows scored per validation file."),
@@ -130,9 +130,11 @@ def train(
         _fail(f"--init {init}: no checkpoint there (give STEM of STEM.safetensors + STEM.json, or 'imagenet')")
     if guide and not Path(guide + ".json").is_file() and not (Path(guide).is_dir() or Path(guide).is_file()):
         _fail(f"--guide {guide}: no checkpoint there (give STEM of STEM.safetensors + STEM.json)")
-    for value, name in ((max_steps, "max-steps"), (max_minutes, "max-minutes"), (keep_every, "keep-every")):
+    for value, name in ((max_steps, "max-steps"), (max_minutes, "max-minutes")):
         if value is not None and value <= 0:
             _fail(f"--{name} must be positive, not {value:g}")
+    if keep_every is not None and keep_every < 0:
+        _fail(f"--keep-every must be 0 (keep none) or a number of steps, not {keep_every}")
     from birdlive.train import AugmentConfig, ComposerConfig, TrainConfig  # torch: once the options are known good
     from birdlive.train import train as run_training
     aug = AugmentConfig.preset(augment)     # our errors (OptionError, TrainError, …) reach `main` as one line

@@ -337,7 +337,8 @@ def test_cli_errors_are_one_red_line(tmp_path):
                           "unknown augmentation preset"],
                          [["train", tmp_path, "--init", tmp_path / "nothing", "--run", tmp_path / "run"],
                           "no checkpoint there"],
-                         [["train", tmp_path, "--max-steps", "0", "--run", tmp_path / "run"], "must be positive"]):
+                         [["train", tmp_path, "--max-steps", "0", "--run", tmp_path / "run"], "must be positive"],
+                         [["train", tmp_path, "--keep-every", "-5", "--run", tmp_path / "run"], "--keep-every"]):
         r = birdlive(*args)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr
