@@ -53,6 +53,23 @@ class SpeciesMetrics(TypedDict):
     false_alarms: int
 
 
+def species_ap(y: np.ndarray, s: np.ndarray) -> float | None:
+    """One species' average precision over the items where it is known: None without a positive, 1.0 when every
+    item is one."""
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return None
+    return 1.0 if n_pos == len(y) else float(average_precision_score(y, s))
+
+
+def macro_ap(scores: np.ndarray, targets: np.ndarray, masks: np.ndarray) -> float | None:
+    """clip_metrics' macro mAP alone (the mean of `species_ap` over the species with a positive): for resampling."""
+    targets, masks = np.asarray(targets) > 0.5, np.asarray(masks) > 0.5
+    aps = [ap for k in range(scores.shape[1])
+           if (ap := species_ap(targets[masks[:, k], k], scores[masks[:, k], k])) is not None]
+    return float(np.mean(aps)) if aps else None
+
+
 def clip_metrics(scores: np.ndarray, targets: np.ndarray, masks: np.ndarray | None, labels: list[str],
                  threshold: float = 0.5, names: list[str] | None = None, worst: int = 5) -> dict:
     """scores, targets, masks: (N, K). Returns a JSON-able dict (see the module docstring)."""
@@ -68,8 +85,7 @@ def clip_metrics(scores: np.ndarray, targets: np.ndarray, masks: np.ndarray | No
         m = masks[:, k]
         y, s = targets[m, k], scores[m, k]
         n_pos = int(y.sum())
-        ap = float(average_precision_score(y, s)) if n_pos > 0 and n_pos < len(y) else (1.0 if n_pos and
-                                                                                          n_pos == len(y) else None)
+        ap = species_ap(y, s)
         if n_pos:
             p, r, f, _ = precision_recall_fscore_support(y, pred[m, k], average="binary", zero_division=0)
         else:

@@ -36,7 +36,7 @@ from .augment import AugmentConfig, FieldBackgrounds, NoiseBank
 from .composer import Composer, SnippetPool
 from .datasets import (AUDIO_EXTENSIONS, Holdout, Recording, Split, is_excluded, load_dataset, merge, name_key,
                        select_species)
-from .evaluate import RefEvent, clip_metrics, detect_events, event_metrics
+from .evaluate import RefEvent, clip_metrics, detect_events, event_metrics, macro_ap
 from .windows import EvalItem, composed_items, predict_items, recording_items
 
 if TYPE_CHECKING:
@@ -465,7 +465,29 @@ def gate_figures(model, common: list[str], labels: list[str], composed, recs: li
             "xc_recording_right_mean": [int(h) for h in mean_hits], "xc_operating_points": op,
             "xc_track_map": t["macro_map"], "xc_track_top1": float(np.mean(t_hits)) if t_hits else None,
             "xc_track_right": [int(h) for h in t_hits],
-            "xc_track_operating_points": operating_points(t_scores, r_target, r_mask)}
+            "xc_track_operating_points": operating_points(t_scores, r_target, r_mask),
+            TRACK_ARRAYS: (t_scores, r_target, r_mask)}
+
+
+TRACK_ARRAYS = "_xc_track_arrays"   # gate_figures' scores, targets and masks of the recordings: not for the JSON
+
+
+def paired_bootstrap_map(a: np.ndarray, b: np.ndarray, targets: np.ndarray, masks: np.ndarray,
+                         resamples: int = 1000, seed: int = 0) -> dict:
+    """How sure is a difference in recording mAP between two models' scores of the same recordings? Both are
+    scored on the same resamples of the recordings (with replacement): the difference a − b as measured, its
+    2.5th and 97.5th percentiles over the resamples, and the share of resamples where a is ahead."""
+    rng = np.random.default_rng(seed)
+    n, diffs = len(a), []
+    for _ in range(resamples):
+        idx = rng.integers(0, n, n)
+        ma, mb = macro_ap(a[idx], targets[idx], masks[idx]), macro_ap(b[idx], targets[idx], masks[idx])
+        if ma is not None and mb is not None:
+            diffs.append(ma - mb)
+    d = np.asarray(diffs)
+    measured = macro_ap(a, targets, masks) - macro_ap(b, targets, masks)
+    return {"difference": measured, "interval_95": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))],
+            "share_ahead": float((d > 0).mean()), "resamples": len(d), "seed": seed}
 
 
 TRACK_HOP_S = 1.0     # the streamer's default hop, and the one calibration scores with

@@ -432,6 +432,10 @@ def test_gate_compares_two_models_on_the_validation_groups_of_the_species_both_k
     for how in ("", "_track"):
         m = res["matched_false_alarms" + how]
         assert m["candidate_wrong"] <= m["wrong_pairs"] or m["candidate_threshold"] == 0.95
+    boot = res["bootstrap_xc_track_map"]
+    assert boot["difference"] == pytest.approx(res["candidate"]["xc_track_map"] - res["incumbent"]["xc_track_map"])
+    assert boot["interval_95"][0] <= boot["interval_95"][1] and 0 <= boot["share_ahead"] <= 1
+    assert not any(k.startswith("_") for k in res["candidate"])       # the arrays stay out of the JSON
     assert gate.paired_top1([1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0]) == {
         "only_candidate_right": 5, "only_incumbent_right": 0, "sign_test_p": 0.0625}     # 2 / 2**5
     assert gate.paired_top1([1, 0, 1], [0, 1, 1])["sign_test_p"] == 1.0
@@ -461,6 +465,25 @@ def test_gate_scores_an_output_ensemble_as_the_mean_of_its_members_probabilities
     assert not isinstance(gate.load_candidate(str(run / "best")), gate.MeanOfModels)
     with pytest.raises(SystemExit, match="species lists"):
         gate.load_candidate(f"{run / 'best'}+{run / 'other'}")      # "other" knows 3 of the species
+
+
+def test_paired_bootstrap_of_map_is_sure_of_a_clear_lead_and_unsure_of_none():
+    from birdlive.train.evaluate import clip_metrics, macro_ap
+    from birdlive.train.evaluation import paired_bootstrap_map
+    rng = np.random.default_rng(3)
+    targets = np.eye(4)[rng.integers(0, 4, 40)]
+    masks = np.ones_like(targets)
+    masks[0, 1] = 0                                              # a background species: neither right nor wrong
+    good = targets * 0.6 + rng.uniform(0, 0.5, targets.shape)    # ranks most recordings right
+    noise = rng.uniform(0, 1, targets.shape)
+    assert macro_ap(good, targets, masks) == pytest.approx(
+        clip_metrics(good, targets, masks, list("abcd"))["macro_map"])
+    clear = paired_bootstrap_map(good, noise, targets, masks, resamples=200)
+    assert clear["difference"] > 0.3 and clear["interval_95"][0] > 0 and clear["share_ahead"] == 1.0
+    same = paired_bootstrap_map(good, good, targets, masks, resamples=50)
+    assert same["difference"] == 0 and same["interval_95"] == [0.0, 0.0] and same["share_ahead"] == 0.0
+    assert paired_bootstrap_map(good, noise, targets, masks, resamples=50, seed=7) == \
+        paired_bootstrap_map(good, noise, targets, masks, resamples=50, seed=7)      # seeded: the same figures
 
 
 def test_operating_points_count_right_recordings_and_wrong_pairs_and_match_the_incumbents_false_alarms():
