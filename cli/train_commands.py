@@ -99,6 +99,9 @@ def train(
                                            "snippet sequence, like 0.01,0.6: one steady tempo per sequence, drawn "
                                            "log-uniformly (fast trills as often as spaced calls); default: each gap "
                                            "drawn alone, uniform in 0.05-0.6."),
+    snippet_share: Optional[float] = typer.Option(None, "--snippet-share", help="Share of training windows "
+                                                  "composed from --snippets, the rest cut from the recordings "
+                                                  "(default 0.5 with both)."),
     pitch: float = typer.Option(0.5, "--pitch", help="Pitch shift range, ± semitones."),
     frame_weight: float = typer.Option(0.5, "--frame-weight", help="Weight of the framewise loss."),
     checkpoint_minutes: float = typer.Option(2.0, "--checkpoint-minutes", help="Save the resumable state at least "
@@ -133,6 +136,8 @@ def train(
     for value, name in ((max_steps, "max-steps"), (max_minutes, "max-minutes")):
         if value is not None and value <= 0:
             _fail(f"--{name} must be positive, not {value:g}")
+    if snippet_share is not None and not 0.0 <= snippet_share <= 1.0:
+        _fail(f"--snippet-share must be between 0 and 1, not {snippet_share:g}")
     if keep_every is not None and keep_every < 0:
         _fail(f"--keep-every must be 0 (keep none) or a number of steps, not {keep_every}")
     from birdlive.train import AugmentConfig, ComposerConfig, TrainConfig  # torch: once the options are known good
@@ -163,7 +168,7 @@ def train(
     cfg = TrainConfig(run_dir=str(run), species=wanted, data=[str(p) for p in data or []],
                       snippets=[str(p) for p in snippets], noise_dir=str(noise_dir) if noise_dir else None,
                       holdout=str(holdout) if holdout else None, preset=preset, init=init, freeze=freeze,
-                      guide=guide, window_s=window,
+                      guide=guide, window_s=window, snippet_share=snippet_share,
                       epochs=validations, epoch_size=val_every, max_steps=max_steps, max_minutes=max_minutes,
                       batch_size=batch_size, lr=lr, val_fraction=val_fraction, test_fraction=test_fraction,
                       split_file=str(split) if split else None, seed=seed, frame_weight=frame_weight,

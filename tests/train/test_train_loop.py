@@ -244,7 +244,8 @@ def test_kill_9_loses_only_the_steps_since_the_last_save(tmp_path):
     train(TrainConfig(run_dir=str(tmp_path / "whole"), **common), show_progress=False)
     args = [common["data"][0], "--preset", "tiny", "--window", "1", "--epoch-size", "64", "--batch-size", "8",
             "--lr", "2e-3", "--max-steps", "24", "--val-fraction", "0.34", "--seed", "1", "--cache-dir",
-            common["cache_dir"], "--threads", "1", "--checkpoint-minutes", "0", "--run", str(tmp_path / "cut")]
+            common["cache_dir"], "--threads", "1", "--checkpoint-minutes", "0", "--run", str(tmp_path / "cut"),
+            "--keep-every", "12", "--snippet-share", "0.3"]     # neither changes a weight (no snippets here)
     proc = subprocess.Popen([*BIRDLIVE, "train", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state, deadline = tmp_path / "cut" / STATE, time.monotonic() + 120
     while not state.is_file() and proc.poll() is None and time.monotonic() < deadline:
@@ -257,6 +258,9 @@ def test_kill_9_loses_only_the_steps_since_the_last_save(tmp_path):
     resumed = birdlive("train", "--run", tmp_path / "cut", "--resume", "--threads", "1")
     assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr
     assert json.loads((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 24
+    kept = json.loads((tmp_path / "cut" / "train.json").read_text())
+    assert kept["keep_every"] == 12 and kept["snippet_share"] == 0.3          # the command line's, kept by --resume
+    assert (tmp_path / "cut" / "step24.safetensors").is_file()
     a, c = weights(tmp_path / "whole"), weights(tmp_path / "cut")
     assert all(torch.equal(a[k], c[k]) for k in a)
 
@@ -338,7 +342,9 @@ def test_cli_errors_are_one_red_line(tmp_path):
                          [["train", tmp_path, "--init", tmp_path / "nothing", "--run", tmp_path / "run"],
                           "no checkpoint there"],
                          [["train", tmp_path, "--max-steps", "0", "--run", tmp_path / "run"], "must be positive"],
-                         [["train", tmp_path, "--keep-every", "-5", "--run", tmp_path / "run"], "--keep-every"]):
+                         [["train", tmp_path, "--keep-every", "-5", "--run", tmp_path / "run"], "--keep-every"],
+                         [["train", tmp_path, "--snippet-share", "1.5", "--run", tmp_path / "run"],
+                          "between 0 and 1"]):
         r = birdlive(*args)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr
