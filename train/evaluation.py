@@ -485,7 +485,10 @@ def paired_bootstrap_map(a: np.ndarray, b: np.ndarray, targets: np.ndarray, mask
         if ma is not None and mb is not None:
             diffs.append(ma - mb)
     d = np.asarray(diffs)
-    measured = macro_ap(a, targets, masks) - macro_ap(b, targets, masks)
+    ma, mb = macro_ap(a, targets, masks), macro_ap(b, targets, masks)
+    if ma is None or mb is None:
+        raise ValueError("no recording with a known species: nothing to compare")
+    measured = ma - mb
     return {"difference": measured, "interval_95": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))],
             "share_ahead": float((d > 0).mean()), "resamples": len(d), "seed": seed}
 
