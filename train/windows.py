@@ -265,15 +265,20 @@ def composed_items(composer: Composer, count: int, seed: int) -> list[EvalItem]:
 
 
 def predict_items(model, items: list[EvalItem], batch_size: int = 16, device="cpu") -> np.ndarray:
-    """(len(items), K) clipwise scores: the max over each item's windows."""
-    return predict_items_and_peaks(model, items, batch_size, device)[0]
+    """(len(items), K) clipwise scores: the max over each item's windows. Only the clipwise output is read, so
+    any network with one will do (an ensemble's mean, an ONNX graph)."""
+    return _predict(model, items, batch_size, device, peaks=False)[0]
 
 
-@torch.no_grad()
 def predict_items_and_peaks(model, items: list[EvalItem], batch_size: int = 16,
                             device="cpu") -> tuple[np.ndarray, np.ndarray]:
     """Two (len(items), K) arrays from one pass: the clipwise scores and the framewise peaks (the highest frame of
     each species, what the event track is made of), each the max over the item's windows."""
+    return _predict(model, items, batch_size, device, peaks=True)
+
+
+@torch.no_grad()
+def _predict(model, items: list[EvalItem], batch_size: int, device, peaks: bool) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     flat = [(k, w) for k, it in enumerate(items) for w in it.windows]
     clip = np.zeros((len(items), model.cfg.num_classes), np.float32)
@@ -281,7 +286,8 @@ def predict_items_and_peaks(model, items: list[EvalItem], batch_size: int = 16,
     for s in range(0, len(flat), batch_size):
         chunk = flat[s:s + batch_size]
         out = model(torch.from_numpy(np.stack([w for _, w in chunk])).to(device))
-        c, f = out["clipwise"].float().cpu().numpy(), out["framewise"].float().amax(1).cpu().numpy()
+        c = out["clipwise"].float().cpu().numpy()
+        f = out["framewise"].float().amax(1).cpu().numpy() if peaks else c
         for (k, _), c_row, f_row in zip(chunk, c, f):
             clip[k] = np.maximum(clip[k], c_row)
             peak[k] = np.maximum(peak[k], f_row)

@@ -166,6 +166,13 @@ def test_framewise_peaks_are_the_highest_frame_of_each_species_over_an_items_win
     assert np.allclose(clip[1], out["clipwise"].amax(0).numpy(), atol=1e-6)
     assert np.array_equal(clip, predict_items(model, items, batch_size=2))
 
+    class ClipwiseOnly(torch.nn.Module):       # as the gate's output ensemble: no framewise output
+        cfg = model.cfg
+
+        def forward(self, x):
+            return {"clipwise": model(x)["clipwise"]}
+    assert np.array_equal(clip, predict_items(ClipwiseOnly(), items, batch_size=2))
+
 
 def weights(run):
     return load_file(str(run / "last.safetensors"))
