@@ -71,7 +71,7 @@ from .augment import AugmentConfig, FieldBackgrounds, ImpulseResponses, NoiseBan
 from .cache import AudioCache
 from .composer import Composer, ComposerConfig, SnippetPool
 from .datasets import Holdout, Split, extend_split, split_groups
-from .evaluate import clip_metrics
+from .evaluate import clip_metrics, macro_ap
 from .guide import guide_pass
 from .evaluation import load_recordings
 from .threads import cpu_threads
@@ -490,8 +490,7 @@ def validate(model: BirdSED, data: RunData, cfg: TrainConfig, device) -> dict:
         row["val_rec_map"] = rec["macro_map"]
         # the top species is one of the recording's own (primary or co-labelled), whatever its background
         row["val_rec_top1"] = float(targets[np.arange(n), scores[:n].argmax(1)].mean())
-        track = clip_metrics(peaks[:n], targets[:n], masks[:n], data.labels, model.cfg.threshold_on, data.names)
-        row["val_rec_track_map"] = track["macro_map"]
+        row["val_rec_track_map"] = macro_ap(peaks[:n], targets[:n], masks[:n])
         row["val_rec_track_top1"] = float(targets[np.arange(n), peaks[:n].argmax(1)].mean())
     return row
 
