@@ -92,23 +92,31 @@ def test_screenshots_of_the_pages(watched, browser, tmp_path):
         assert (folder / f"{name}.png").stat().st_size > 10_000
 
 
+def reviews_in(db) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT event_id, verdict, species, reviewer FROM reviews ORDER BY id").fetchall()
+
+
 def test_a_review_click_survives_a_reload(watched, browser):
     served, db = watched[0], watched[1]
+    before = len(reviews_in(db))
     browser.get(served.url + "search?species=Setophaga_adelaidae")
     row = browser.find_element("css selector", "tr.event")
     event_id = row.get_attribute("data-id")
     row.find_element("css selector", "button[value=reject]").click()
-    wait_for(lambda: browser.execute_script("return document.readyState") == "complete", timeout=10)
+    # a click posts a form; a reload before the server has answered would cancel that post, so wait for the
+    # review itself to be stored (not for a readyState the old page may still report)
+    assert wait_for(lambda: len(reviews_in(db)) == before + 1, timeout=10)
     browser.refresh()
     row = browser.find_element("css selector", f'tr.event[data-id="{event_id}"]')
     assert row.find_element("css selector", ".verdict.reject").text == "reject · tester"
     other = browser.find_elements("css selector", "tr.event")[-1]
     other.find_element("css selector", "input[name=species]").send_keys("no bird")
     other.find_element("css selector", "button[value=relabel]").click()
+    assert wait_for(lambda: len(reviews_in(db)) == before + 2, timeout=10)
     browser.refresh()
-    with sqlite3.connect(db) as conn:
-        reviews = conn.execute("SELECT event_id, verdict, species, reviewer FROM reviews ORDER BY id").fetchall()
-    assert reviews[0] == (int(event_id), "reject", None, "tester") and reviews[-1][1:] == ("relabel", "", "tester")
+    reviews = reviews_in(db)
+    assert reviews[before] == (int(event_id), "reject", None, "tester") and reviews[-1][1:] == ("relabel", "", "tester")
     browser.get(served.url + "search?unreviewed=1&species=Setophaga_adelaidae")
     shown = {r.get_attribute("data-id") for r in browser.find_elements("css selector", "tr.event")}
     assert event_id not in shown
