@@ -523,10 +523,20 @@ def write_outputs(a: argparse.Namespace, result: dict, tables: list) -> None:
 # ------------------------------------------------------------------------------------------------ tables
 
 def build_tables(res: dict, mc, c_runs: dict) -> list[Tab]:
-    s, comp, bn = res["settings"], res["composed_windows"], res.get("birdnet")
+    """The report's tables, in the order of the markdown: settings, composed windows, soundscapes, noise,
+    the Puerto Rican recordings, the North American field test, speed."""
     name = {lab: (nm or lab) for lab, nm in zip(mc.labels, mc.names)}
-    tabs = []
+    tabs = [settings_table(res["settings"])]
+    tabs += composed_tables(res, mc, c_runs, name)
+    tabs += [soundscape_table(res), noise_table(res)]
+    tabs += [xc_summary_table(res, mc, name), xc_recordings_table(res, name)]
+    if res.get("na_field"):
+        tabs += na_field_tables(res["na_field"], res.get("birdnet"), name)
+    tabs += speed_tables(res)
+    return tabs
 
+
+def settings_table(s: dict) -> Tab:
     t = Tab("Model and detector settings", ["setting", "value"])
     for k in ("model", "weights_sha1", "step", "total_steps", "training_cpu_hours", "validation_map_at_save",
               "labels", "backbone", "threshold_on", "threshold_off", "median_s", "min_duration_s", "merge_gap_s",
@@ -534,9 +544,12 @@ def build_tables(res: dict, mc, c_runs: dict) -> list[Tab]:
               "seed", "split", "test_snippet_species", "test_snippet_runs", "test_recordings", "holdout",
               "torch_threads"):
         t.add(k, s.get(k))
-    tabs.append(t)
+    return t
 
-    # 1 + 4: composed windows
+
+def composed_tables(res: dict, mc, c_runs: dict, name: dict) -> list[Tab]:
+    s, comp, bn = res["settings"], res["composed_windows"], res.get("birdnet")
+    tabs = []
     t = Tab("Composed test windows (essential-set runs of the test split)",
             ["model", "species set", "windows", "species", "macro mAP", "top-1 (single-species)", "F1@thr micro",
              "best F1 (at thr)"],
@@ -563,9 +576,11 @@ def build_tables(res: dict, mc, c_runs: dict) -> list[Tab]:
             row.append(bn_ap.get(sp["label"]) if sp["label"] in bn["common_labels"] else "n/a")
         t.add(*row)
     tabs.append(t)
+    return tabs
 
-    # 2: soundscapes
-    sc = res["soundscapes"]
+
+def soundscape_table(res: dict) -> Tab:
+    s, sc = res["settings"], res["soundscapes"]
     t = Tab(f"Event F1 on composed test soundscapes ({sc['n']} × {sc['seconds_each']:g} s, onset ±0.5 s)",
             ["reference", "ref events", "detected", "TP", "precision", "recall", "F1 (micro)", "F1 (macro)"],
             note=f"{sc['species_present']} species; notes = every snippet; bouts = a species' notes merged when "
@@ -578,9 +593,10 @@ def build_tables(res: dict, mc, c_runs: dict) -> list[Tab]:
         m = sc[key]
         t.add(lab, m["tp"] + m["fn"], m["tp"] + m["fp"], m["tp"], m["precision"], m["recall"], m["f1"],
               m["f1_macro"])
-    tabs.append(t)
+    return t
 
-    # 3 + 6: noise
+
+def noise_table(res: dict) -> Tab:
     cn, bg = res["coloured_noise"], res["background_noise"]
     t = Tab("Events on noise at the default thresholds (goal 0)", ["noise", "seconds", "events", "species"],
             note=f"Coloured noise at {cn['dbfs']:g} dBFS; real files at their recorded level. 'never trained on': "
@@ -596,10 +612,11 @@ def build_tables(res: dict, mc, c_runs: dict) -> list[Tab]:
                        ("training", "total real training backgrounds")):
         if key in bg:
             t.add(f"{label} ({bg[key]['files']})", f"{bg[key]['seconds']:.1f}", bg[key]["events"], "")
-    tabs.append(t)
+    return t
 
-    # 5: xc
-    xc = res["xc"]
+
+def xc_summary_table(res: dict, mc, name: dict) -> Tab:
+    xc, bn = res["xc"], res.get("birdnet")
     cols = ["model", "species set", "recordings", "window mAP", "recording mAP", "recording top-1",
             "recs with right event", "right events", "secondary events", "wrong events"]
     unknown = ", ".join(name.get(x, x) for x in bn["windows_meta"]["unknown_labels"]) if bn else ""
@@ -640,8 +657,11 @@ def build_tables(res: dict, mc, c_runs: dict) -> list[Tab]:
               f"({bc['events_wrong_in_our_set']} + {bc['events_wrong_outside_our_set']})")
         t.add("BirdNET V2.4", "all 6522 (its detections)", n, None, None, b["recording_top1_all_classes_birdnet"],
               None, None, None, None)
-    tabs.append(t)
+    return t
 
+
+def xc_recordings_table(res: dict, name: dict) -> Tab:
+    xc, bn = res["xc"], res.get("birdnet")
     ap_w = {sp["label"]: sp["ap"] for sp in xc["window_level"]["species"]}
     bn_w = {sp["label"]: sp["ap"] for sp in bn["xc"]["window_level"]["birdnet"]["species"]} if bn else {}
     bn_by_file = {x["file"]: x for x in bn["xc"]["recordings"]} if bn else {}
@@ -665,12 +685,11 @@ def build_tables(res: dict, mc, c_runs: dict) -> list[Tab]:
                 row += ["n/a (not in BirdNET)", _common(y["top1_all_classes"]),
                         f"-/{y['events_secondary']}/{y['events_wrong_in_our_set'] + y['events_wrong_outside_our_set']}"]
         t.add(*row)
-    tabs.append(t)
+    return t
 
-    if res.get("na_field"):
-        tabs += na_field_tables(res["na_field"], bn, name)
 
-    # speed
+def speed_tables(res: dict) -> list[Tab]:
+    tabs = []
     sp = res["speed"]
     t = Tab("Replay speed, same machine, same run (audio seconds per wall second)",
             ["model", "path", "audio s", "threads", "real-time factor"],
