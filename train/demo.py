@@ -35,19 +35,8 @@ def augment_demo(file_a: str | Path, file_b: str | Path, out_dir: str | Path, wi
     applied: dict = {"seed": seed, "window_s": window_s}
     parts = []
     for key, f in (("a", file_a), ("b", file_b)):
-        x = decode(f, sr)
-        if len(x) == 0:
-            raise OptionError(f"{f}: no audio")
-        factor = float(rng.uniform(*aug.stretch_range)) if rng.random() < aug.stretch_prob else 1.0
-        w, start = crop(x, int(np.ceil(n / factor)), rng, aug.energy_crop, sr, energy_profile(x, sr))
-        if factor != 1.0:
-            w = time_stretch(w, factor)
-        semis = float(rng.uniform(-aug.pitch_semitones, aug.pitch_semitones)) if rng.random() < aug.pitch_prob else 0.0
-        if semis:
-            w = pitch_shift(w, sr, semis)
-        parts.append(fix_length(w, n))
-        applied[key] = {"file": str(f), "label": Path(f).parent.name, "crop_start_s": round(max(0, start) / sr, 3),
-                        "stretch": round(factor, 3), "pitch_semitones": round(semis, 3)}
+        w, applied[key] = _augmented_crop(f, aug, rng, sr, n)
+        parts.append(w)
     gain_b = float(rng.uniform(*aug.mix_gain_db))
     y = parts[0] + db_to_gain(gain_b) * parts[1]
     applied["b"]["gain_db"] = round(gain_b, 2)
@@ -71,12 +60,34 @@ def augment_demo(file_a: str | Path, file_b: str | Path, out_dir: str | Path, wi
     with torch.no_grad():
         mels = [frontend.normalize(frontend(torch.from_numpy(np.asarray(z, np.float32))[None]))[0, 0].T.numpy()
                 for z in (parts[0], parts[1], y)]
-    from matplotlib.figure import Figure     # the object API: no pyplot, no global backend switch
-    fig = Figure(figsize=(9, 7.5))
-    axes = fig.subplots(3, 1, sharex=True)
     titles = [f"A: {applied['a']['label']}", f"B: {applied['b']['label']} ({gain_b:+.1f} dB)",
               "mixture + augmentation: " + ", ".join(applied["labels"])
               + (f", SNR {applied['snr_db']:.1f} dB" if "snr_db" in applied else "")]
+    _plot_mels(png, mels, titles, window_s)
+    return {"wav": str(wav), "png": str(png), "applied": applied}
+
+
+def _augmented_crop(f: str | Path, aug: AugmentConfig, rng: np.random.Generator, sr: int, n: int) -> tuple:
+    """An energy crop of `f`, n samples long after a chance time-stretch and pitch-shift; and what was applied."""
+    x = decode(f, sr)
+    if len(x) == 0:
+        raise OptionError(f"{f}: no audio")
+    factor = float(rng.uniform(*aug.stretch_range)) if rng.random() < aug.stretch_prob else 1.0
+    w, start = crop(x, int(np.ceil(n / factor)), rng, aug.energy_crop, sr, energy_profile(x, sr))
+    if factor != 1.0:
+        w = time_stretch(w, factor)
+    semis = float(rng.uniform(-aug.pitch_semitones, aug.pitch_semitones)) if rng.random() < aug.pitch_prob else 0.0
+    if semis:
+        w = pitch_shift(w, sr, semis)
+    return fix_length(w, n), {"file": str(f), "label": Path(f).parent.name,
+                              "crop_start_s": round(max(0, start) / sr, 3), "stretch": round(factor, 3),
+                              "pitch_semitones": round(semis, 3)}
+
+
+def _plot_mels(png: Path, mels: list, titles: list[str], window_s: float) -> None:
+    from matplotlib.figure import Figure     # the object API: no pyplot, no global backend switch
+    fig = Figure(figsize=(9, 7.5))
+    axes = fig.subplots(3, 1, sharex=True)
     for ax, m, t in zip(axes, mels, titles):
         ax.imshow(m, origin="lower", aspect="auto", extent=(0, window_s, 0, m.shape[0]), cmap="magma")
         ax.set_title(t, fontsize=10)
@@ -84,4 +95,3 @@ def augment_demo(file_a: str | Path, file_b: str | Path, out_dir: str | Path, wi
     axes[-1].set_xlabel("seconds")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
-    return {"wav": str(wav), "png": str(png), "applied": applied}
