@@ -136,7 +136,7 @@ def paired_top1(candidate: list[int], incumbent: list[int]) -> dict:
     return {"only_candidate_right": only_c, "only_incumbent_right": only_i, "sign_test_p": p}
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--candidate", required=True, help="checkpoint that would become the default; "
                     "A+B[+C…]: the output ensemble of those checkpoints")
@@ -146,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
                     "it trained on")
     ap.add_argument("--per-species", type=int, default=4, help="composed windows per validation species")
     add_scoring_options(ap)
-    a = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = arguments(argv)
     run = load_run(a.run)
     cfg, val = run.cfg, run.subset("val")
     heard = set(Split.load(a.incumbent_split).train) if a.incumbent_split else set()
@@ -181,9 +185,19 @@ def main(argv: list[str] | None = None) -> int:
                        "common_species": len(common), "composed_windows": len(items),
                        "xc_recordings": len(va_long), "alberta_clips": len(alberta), "per_species": a.per_species,
                        "seed": a.seed}
-    print(f"validation split of {a.run}: {len(common)} species both know, {len(items)} composed windows, "
-          f"{len(va_long)} xeno-canto recordings, {len(alberta)} Alberta Ovenbird clips (apart)"
-          + (f"; {len(left_out)} groups the incumbent trained on left out" if heard else ""))
+    report(res)
+    if a.out:
+        Path(a.out).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+def report(res: dict) -> None:
+    """The gate's figures side by side, the rule's marked, then the paired tests and the verdict."""
+    s, c, i = res["settings"], res["candidate"], res["incumbent"]
+    print(f"validation split of {s['run']}: {s['common_species']} species both know, {s['composed_windows']} "
+          f"composed windows, {s['xc_recordings']} xeno-canto recordings, {s['alberta_clips']} Alberta Ovenbird "
+          "clips (apart)"
+          + (f"; {s['groups_left_out']} groups the incumbent trained on left out" if s["incumbent_split"] else ""))
     print(f"{'':22s} {'candidate':>10s} {'incumbent':>10s}   (* the rule)")
     for k in ("composed_map", "composed_top1", "xc_track_map", "xc_track_top1", "xc_window_map", "xc_recording_map",
               "xc_recording_top1", "xc_recording_top1_mean", "composed_field_map", "alberta_top1",
@@ -204,10 +218,6 @@ def main(argv: list[str] | None = None) -> int:
               f"({DESCRIBE[how]}): candidate {m['candidate_right']} (at {m['candidate_threshold']:.2f}), "
               f"incumbent {m['incumbent_right']} (at its {m['incumbent_threshold']:.2f})")
     print("candidate wins" if res["candidate_wins"] else "the incumbent stays")
-    if a.out:
-        Path(a.out).write_text(json.dumps(res, indent=1))
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
