@@ -122,8 +122,6 @@ def split_chunks(y, overlap: float):
 
 
 def cmd_windows(a) -> int:
-    import numpy as np
-
     from species_map import birdnet_index_for, known_names
 
     labels = json.loads(Path(a.labels).read_text())
@@ -135,13 +133,47 @@ def cmd_windows(a) -> int:
         return 2
     an = make_analyzer(a.threads, a.verbose)
     idx = birdnet_index_for(labels, names, an.labels)
-    cols = [i for i in idx if i is not None]
     unknown = [lab for lab, i in zip(labels, idx) if i is None]
 
     t0 = time.perf_counter()
+    scores, best, audio_s, t_model = score_files(an, files, len(labels), idx, a)
+    wall = time.perf_counter() - t0
+    timing = {
+        "audio_s": audio_s,
+        "wall_s": wall,
+        "model_s": t_model,
+        "rtf_audio_per_wall_s": audio_s / wall,
+        "rtf_model_only": audio_s / t_model if t_model else None,
+        "threads": a.threads,
+    }
+    rel = [str(f.relative_to(root)) for f in files]
+    meta = {
+        "files": rel,
+        "labels": labels,
+        "birdnet_label": [an.labels[i] if i is not None else None for i in idx],
+        "unknown_labels": unknown,
+        "overlap_s": a.overlap,
+        "birdnet_top": {rel[w]: [lab, c] for w, lab, c in sorted(best)},
+        "timing": timing,
+    }
+    out = write_window_scores(Path(a.output), scores, meta)
+    print(
+        f"{len(files)} windows x {len(labels)} labels ({len(unknown)} unknown to BirdNET) -> {out}\n"
+        f"real-time factor: {timing['rtf_audio_per_wall_s']:.1f}x incl. decode/resample, "
+        f"{timing['rtf_model_only']:.1f}x model only ({a.threads} threads)"
+    )
+    return 0
+
+
+def score_files(an, files: list, n_labels: int, idx: list, a) -> tuple:
+    """Each file's max over its 3 s chunks, batched across files: the scores in our label order (NaN where
+    BirdNET lacks the label), each file's BirdNET top class, the audio seconds and the seconds in the model."""
+    import numpy as np
+
+    cols = [i for i in idx if i is not None]
     t_model = 0.0
     audio_s = 0.0
-    scores = np.full((len(files), len(labels)), np.nan, np.float32)
+    scores = np.full((len(files), n_labels), np.nan, np.float32)
     best = []
     pend, owners = [], []
 
@@ -171,26 +203,14 @@ def cmd_windows(a) -> int:
         if sum(len(c) for c in pend) >= a.batch:
             flush()
     flush()
-    wall = time.perf_counter() - t0
-    timing = {
-        "audio_s": audio_s,
-        "wall_s": wall,
-        "model_s": t_model,
-        "rtf_audio_per_wall_s": audio_s / wall,
-        "rtf_model_only": audio_s / t_model if t_model else None,
-        "threads": a.threads,
-    }
-    rel = [str(f.relative_to(root)) for f in files]
-    meta = {
-        "files": rel,
-        "labels": labels,
-        "birdnet_label": [an.labels[i] if i is not None else None for i in idx],
-        "unknown_labels": unknown,
-        "overlap_s": a.overlap,
-        "birdnet_top": {rel[w]: [lab, c] for w, lab, c in sorted(best)},
-        "timing": timing,
-    }
-    out = Path(a.output)
+    return scores, best, audio_s, t_model
+
+
+def write_window_scores(out: Path, scores, meta: dict) -> Path:
+    """OUT.json: the meta with the scores inline (NaN: a label BirdNET lacks, as null); any other suffix: the
+    scores as .npy and the meta beside it as .json."""
+    import numpy as np
+
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".json":
         meta["scores"] = [[None if np.isnan(v) else float(v) for v in row] for row in scores]
@@ -198,12 +218,7 @@ def cmd_windows(a) -> int:
     else:
         np.save(out, scores)
         out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
-    print(
-        f"{len(files)} windows x {len(labels)} labels ({len(unknown)} unknown to BirdNET) -> {out}\n"
-        f"real-time factor: {timing['rtf_audio_per_wall_s']:.1f}x incl. decode/resample, "
-        f"{timing['rtf_model_only']:.1f}x model only ({a.threads} threads)"
-    )
-    return 0
+    return out
 
 
 def cmd_recordings(a) -> int:
