@@ -36,7 +36,7 @@ RAY = ROOT / ".venv" / "bin" / "ray"
 PEER_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 XC_DIR = ROOT.parent / "shared" / "data" / "xc-puerto-rico"
 WORK = ROOT / "runs" / "bench-archive"
-AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg"}
+AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg"}    # what both tools read; birdlive alone reads more (base/files.py)
 # Keeps a Ray cluster, and every connection to it, on 127.0.0.1 (Ray otherwise uses the outward address), and
 # sends no usage report anywhere.
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}

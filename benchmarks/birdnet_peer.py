@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE))
 
 SR = 48000
 CHUNK_S = 3.0
-AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg"}
+AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg"}    # what both tools read; birdlive alone reads more (base/files.py)
 
 
 def _forbid_network() -> None:

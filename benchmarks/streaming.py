@@ -58,7 +58,7 @@ PEER_SCRIPT = ROOT / "benchmarks" / "birdnet_peer.py"
 XC_DIR = ROOT.parent / "shared" / "data" / "xc-puerto-rico"
 AUDIO_DIR = ROOT / "runs" / "bench-audio"
 OUT_DIR = AUDIO_DIR / "out"  # CSVs and stderr logs of the runs, overwritten each time
-AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg"}
+AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg"}    # what both tools read; birdlive alone reads more (base/files.py)
 
 # Short real recordings for "time to first event", tried in order until one prints an event. Events are
 # printed when they close, so a recording whose first call ends early measures start-up, not the recording.
