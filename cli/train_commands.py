@@ -52,7 +52,7 @@ def train(
                                                                   "common names, or a file with one per line."),
     holdout: Optional[Path] = typer.Option(None, "--holdout", help="JSON of files never trained on: 'exclude' (in "
                                            "no split), 'noise' (never a training background)."),
-    preset: str = typer.Option("cpu", "--preset", help="Model preset: tiny, cpu, lite0, full."),
+    preset: str = typer.Option("cpu", "--preset", help="Model preset: tiny, cpu, lite0, lite2, full."),
     init: Optional[str] = typer.Option(None, "--init", help="Start from these weights when the run has no state: "
                                        "a checkpoint (matching tensors; the head for the species it knows) or "
                                        "'imagenet' (the backbone)."),
@@ -62,6 +62,10 @@ def train(
     guide: Optional[str] = typer.Option(None, "--guide", help="A checkpoint of our own (STEM) that scores the "
                                         "training recordings once (RUN/guide.npz): crops around the calls it hears, "
                                         "and background species it hears as soft targets."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="A checkpoint of our own (STEM) whose clipwise "
+                                          "and framewise scores of each training window the network also learns "
+                                          "(distillation), for every species both know."),
+    distill: float = typer.Option(0.5, "--distill", help="With --teacher: the teacher's share of the loss, 0-1."),
     window: float = typer.Option(5.0, "--window", help="Training window, seconds."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps in the run (the learning-rate "
                                             "schedule's length)."),
@@ -131,8 +135,11 @@ def train(
     if init and init != "imagenet" and not (Path(init).is_dir() or Path(init + ".json").is_file()
                                             or Path(init).is_file()):
         _fail(f"--init {init}: no checkpoint there (give STEM of STEM.safetensors + STEM.json, or 'imagenet')")
-    if guide and not Path(guide + ".json").is_file() and not (Path(guide).is_dir() or Path(guide).is_file()):
-        _fail(f"--guide {guide}: no checkpoint there (give STEM of STEM.safetensors + STEM.json)")
+    for name, stem in (("guide", guide), ("teacher", teacher)):
+        if stem and not Path(stem + ".json").is_file() and not (Path(stem).is_dir() or Path(stem).is_file()):
+            _fail(f"--{name} {stem}: no checkpoint there (give STEM of STEM.safetensors + STEM.json)")
+    if not 0.0 <= distill <= 1.0:
+        _fail(f"--distill must be between 0 and 1, not {distill:g}")
     for value, name in ((max_steps, "max-steps"), (max_minutes, "max-minutes")):
         if value is not None and value <= 0:
             _fail(f"--{name} must be positive, not {value:g}")
@@ -168,7 +175,7 @@ def train(
     cfg = TrainConfig(run_dir=str(run), species=wanted, data=[str(p) for p in data or []],
                       snippets=[str(p) for p in snippets], noise_dir=str(noise_dir) if noise_dir else None,
                       holdout=str(holdout) if holdout else None, preset=preset, init=init, freeze=freeze,
-                      guide=guide, window_s=window, snippet_share=snippet_share,
+                      guide=guide, teacher=teacher, distill=distill, window_s=window, snippet_share=snippet_share,
                       epochs=validations, epoch_size=val_every, max_steps=max_steps, max_minutes=max_minutes,
                       batch_size=batch_size, lr=lr, val_fraction=val_fraction, test_fraction=test_fraction,
                       split_file=str(split) if split else None, seed=seed, frame_weight=frame_weight,

@@ -20,6 +20,8 @@ Masks: weak labels say nothing about *when* a present species calls, so framewis
 masked on recordings and only the composed snippet windows (strong labels) train them; a secondary (background)
 species is masked at clip level too, since it may or may not be in the crop — unless a `--guide` model of ours
 hears it in the crop: then its clip target is the guide's score there, a soft one (`guide.py`).
+With a `--teacher` of ours, L becomes (1 − distill) · L + distill · the BCE against the teacher's clipwise and
+framewise scores of the same window, over every species both know (`distill.py`).
 
 Schedule (nanoGPT's): the learning rate is a pure function of the step — linear warm-up, then cosine decay to
 `lr_floor` of the peak at `total_steps` (`lr_at`). `total_steps` is fixed once, when the run starts: `max_steps`,
@@ -72,6 +74,7 @@ from .cache import AudioCache
 from .composer import Composer, ComposerConfig, SnippetPool
 from .datasets import Holdout, Split, extend_split, split_groups
 from .evaluate import clip_metrics, macro_ap
+from .distill import Teacher, distill_loss
 from .guide import guide_pass
 from .evaluation import load_recordings
 from .threads import cpu_threads
@@ -99,6 +102,8 @@ class TrainConfig:
     freeze: int = 0                   # > 0: no gradients for the input BatchNorm's scale, the stem and the first
                                       # `freeze` - 1 blocks (for pretrained backbones: `freeze_early`)
     guide: str | None = None          # a checkpoint of our own guiding crops and background labels (`guide.py`)
+    teacher: str | None = None        # a checkpoint of ours whose scores the student also learns (`distill.py`)
+    distill: float = 0.5              # the teacher's share of the loss
     window_s: float = 5.0
     epochs: int = 30                  # validations in the run, when neither max_steps nor max_minutes is given
     epoch_size: int | None = None     # windows between validations; default: one per training file/run, ≥ 8 batches
@@ -422,6 +427,7 @@ class Stepper:
         self.amp = cfg.amp and device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+        self.teacher = Teacher(cfg.teacher, model.cfg, device) if cfg.teacher else None
 
     def __call__(self, batch: dict, lr: float) -> float:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -432,7 +438,11 @@ class Stepper:
             if "eq_db" in batch and batch["eq_db"].shape[-1] == logmel.shape[-1]:
                 logmel = logmel + batch["eq_db"][:, None, None, :].to(logmel.dtype)   # microphone EQ (dB)
             out = self.model.forward_logmel(logmel)
+            taught = self.teacher.targets(logmel) if self.teacher else None    # the log-mel before SpecAugment
         loss, _ = sed_loss(out, batch, self.cfg.frame_weight, self.cfg.focal_gamma)
+        if self.teacher and taught is not None:
+            loss = (1 - self.cfg.distill) * loss + self.cfg.distill * distill_loss(out, self.teacher, taught,
+                                                                                     self.cfg.frame_weight)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt)
@@ -526,14 +536,18 @@ def _start(cfg: TrainConfig, run: Path, resume: bool, console) -> tuple[TrainCon
     if resuming:
         saved = TrainConfig.from_dict(json.loads((run / "train.json").read_text()))
         given = {k: getattr(cfg, k) for k in TrainConfig.RESUMABLE}
-        if cfg.guide and cfg.guide != saved.guide:
-            console.print(f"[yellow]--guide {cfg.guide} ignored: the run keeps what it started with "
-                          f"({saved.guide or 'no guide'})[/]")
+        for name in ("guide", "teacher"):
+            if getattr(cfg, name) and getattr(cfg, name) != getattr(saved, name):
+                console.print(f"[yellow]--{name} {getattr(cfg, name)} ignored: the run keeps what it started with "
+                              f"({getattr(saved, name) or f'no {name}'})[/]")
         cfg = dataclasses.replace(saved, **{k: v for k, v in given.items() if v is not None or k == "max_minutes"})
     if not cfg.data and not cfg.snippets:
         raise TrainError("no training data: give at least one recordings dataset or snippet set")
-    if cfg.guide:
-        load_config(cfg.guide)      # a missing guide is said now, not after the audio is decoded
+    for checkpoint in (cfg.guide, cfg.teacher):
+        if checkpoint:
+            load_config(checkpoint)     # a missing guide or teacher is said now, not after the audio is decoded
+    if not 0.0 <= cfg.distill <= 1.0:
+        raise TrainError(f"--distill must be between 0 and 1, not {cfg.distill:g}")
     return cfg, resuming
 
 
@@ -773,7 +787,7 @@ def _provenance(cfg: TrainConfig, data: RunData, prog: Progress, row: dict) -> d
     return {
         "training": {"command": cfg.command, "data": cfg.data, "snippets": cfg.snippets, "noise_dir": cfg.noise_dir,
                      "holdout": cfg.holdout, "preset": cfg.preset, "window_s": cfg.window_s, "init": prog.init,
-                     "guide": cfg.guide,
+                     "guide": cfg.guide, "teacher": cfg.teacher, "distill": cfg.distill if cfg.teacher else None,
                      "step": prog.step, "total_steps": cfg.total_steps, "windows": prog.step * cfg.batch_size,
                      "cpu_hours": round(prog.cpu_s / 3600, 3), "split_seed": split.seed,
                      "val_fraction": split.val_fraction, "test_fraction": split.test_fraction,

@@ -351,7 +351,10 @@ def test_cli_errors_are_one_red_line(tmp_path):
                          [["train", tmp_path, "--max-steps", "0", "--run", tmp_path / "run"], "must be positive"],
                          [["train", tmp_path, "--keep-every", "-5", "--run", tmp_path / "run"], "--keep-every"],
                          [["train", tmp_path, "--snippet-share", "1.5", "--run", tmp_path / "run"],
-                          "between 0 and 1"]):
+                          "between 0 and 1"],
+                         [["train", tmp_path, "--teacher", tmp_path / "nothing", "--run", tmp_path / "run"],
+                          "--teacher"],
+                         [["train", tmp_path, "--distill", "2", "--run", tmp_path / "run"], "--distill"]):
         r = birdlive(*args)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr
