@@ -25,14 +25,18 @@ from birdlive.model import BirdSED, ModelConfig, load_checkpoint
 LOGMEL_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "logmel_floor_db")
 
 
+def check_teacher_logmel(path: str, teacher: ModelConfig, student: ModelConfig) -> None:
+    differ = [k for k in LOGMEL_FIELDS if getattr(teacher, k) != getattr(student, k)]
+    if differ:
+        raise BirdliveError(f"--teacher {path}: its log-mel differs from the student's in {', '.join(differ)}")
+
+
 class Teacher:
     """A checkpoint of ours, frozen, and the columns of the species it shares with the student."""
 
     def __init__(self, path: str, student: ModelConfig, device):
         net = load_checkpoint(path, device)
-        differ = [k for k in LOGMEL_FIELDS if getattr(net.cfg, k) != getattr(student, k)]
-        if differ:
-            raise BirdliveError(f"--teacher {path}: its log-mel differs from the student's in {', '.join(differ)}")
+        check_teacher_logmel(path, net.cfg, student)
         where = {lab: i for i, lab in enumerate(net.cfg.labels)}
         shared = [(s, where[lab]) for s, lab in enumerate(student.labels) if lab in where]
         if not shared:

@@ -74,7 +74,7 @@ from .cache import AudioCache
 from .composer import Composer, ComposerConfig, SnippetPool
 from .datasets import Holdout, Split, extend_split, split_groups
 from .evaluate import clip_metrics, macro_ap
-from .distill import Teacher, distill_loss
+from .distill import Teacher, check_teacher_logmel, distill_loss
 from .guide import guide_pass
 from .evaluation import load_recordings
 from .threads import cpu_threads
@@ -546,6 +546,9 @@ def _start(cfg: TrainConfig, run: Path, resume: bool, console) -> tuple[TrainCon
     for checkpoint in (cfg.guide, cfg.teacher):
         if checkpoint:
             load_config(checkpoint)     # a missing guide or teacher is said now, not after the audio is decoded
+    if cfg.teacher:
+        student = create_config(cfg.preset, [], **cfg.model_overrides)
+        check_teacher_logmel(cfg.teacher, load_config(cfg.teacher), student)   # before minutes of decoding
     if not 0.0 <= cfg.distill <= 1.0:
         raise TrainError(f"--distill must be between 0 and 1, not {cfg.distill:g}")
     return cfg, resuming

@@ -80,3 +80,12 @@ def test_training_with_a_teacher_moves_the_student_toward_its_scores(tmp_path):
         first = {name: float(load_checkpoint(run / "last")(wave)["clipwise"][:, 0].mean()) for name, run in
                  (("taught", taught), ("alone", alone))}
     assert first["taught"] > first["alone"] + 0.2, first
+
+
+def test_training_refuses_a_teacher_of_another_log_mel_before_reading_the_data(tmp_path):
+    common = small_run(tmp_path, max_steps=1)
+    save_checkpoint(tiny(["a"], n_mels=96), tmp_path / "mels")
+    with pytest.raises(BirdliveError, match="n_mels"):
+        train(TrainConfig(run_dir=str(tmp_path / "run"), teacher=str(tmp_path / "mels"), **common),
+              show_progress=False)
+    assert not (tmp_path / "run" / "split.json").exists() and not (tmp_path / "cache").exists()
