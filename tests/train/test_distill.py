@@ -1,5 +1,6 @@
 """`train --teacher`: the student learns a model of ours' scores on the species both know; a teacher that cannot
-read the student's log-mel, or knows none of its species, is refused before any audio is decoded."""
+read the student's log-mel is refused before any audio is decoded, one that knows none of its species when the
+network is built."""
 from __future__ import annotations
 
 import json
