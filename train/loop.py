@@ -543,12 +543,12 @@ def _start(cfg: TrainConfig, run: Path, resume: bool, console) -> tuple[TrainCon
         cfg = dataclasses.replace(saved, **{k: v for k, v in given.items() if v is not None or k == "max_minutes"})
     if not cfg.data and not cfg.snippets:
         raise TrainError("no training data: give at least one recordings dataset or snippet set")
-    for checkpoint in (cfg.guide, cfg.teacher):
-        if checkpoint:
-            load_config(checkpoint)     # a missing guide or teacher is said now, not after the audio is decoded
+    # a missing guide or teacher, or a teacher of another log-mel, is said now, not after the audio is decoded
+    if cfg.guide:
+        load_config(cfg.guide)
     if cfg.teacher:
         student = create_config(cfg.preset, [], **cfg.model_overrides)
-        check_teacher_logmel(cfg.teacher, load_config(cfg.teacher), student)   # before minutes of decoding
+        check_teacher_logmel(cfg.teacher, load_config(cfg.teacher), student)
     if not 0.0 <= cfg.distill <= 1.0:
         raise TrainError(f"--distill must be between 0 and 1, not {cfg.distill:g}")
     return cfg, resuming
