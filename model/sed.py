@@ -61,6 +61,12 @@ class AttentionHead(nn.Module):
         return self.cla(x), att
 
 
+def on_frames(track: torch.Tensor, n: int) -> torch.Tensor:
+    """A framewise track (B, T, K) resampled linearly onto n frames: the one way scores move between frame grids
+    (the network's steps onto the output grid; in training, one grid onto another that a rounding made longer)."""
+    return F.interpolate(track.transpose(1, 2), size=n, mode="linear", align_corners=False).transpose(1, 2)
+
+
 class BirdSED(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -98,6 +104,5 @@ class BirdSED(nn.Module):
         clipwise = (att * torch.sigmoid(frame_logit)).sum(dim=-1).clamp(1e-7, 1 - 1e-7)
         # Resample to the fixed output grid so that a window of w seconds always yields w*out_fps frames,
         # which is what lets the streamer stitch overlapping windows frame for frame.
-        frame_logit = F.interpolate(frame_logit, size=n_out, mode="linear", align_corners=False)
-        frame_logit = frame_logit.transpose(1, 2)            # (B, n_out, K)
+        frame_logit = on_frames(frame_logit.transpose(1, 2), n_out)   # (B, n_out, K)
         return {"clipwise": clipwise, "framewise": torch.sigmoid(frame_logit), "framewise_logit": frame_logit}

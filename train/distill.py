@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from birdlive.errors import BirdliveError
 from birdlive.model import BirdSED, ModelConfig, load_checkpoint
+from birdlive.model.sed import on_frames
 
 # What makes two networks' log-mels the same tensor: the teacher must read the student's input as it was trained.
 LOGMEL_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "logmel_floor_db")
@@ -60,6 +61,6 @@ def distill_loss(out: dict, teacher: Teacher, targets: dict, frame_weight: float
     logit = out["framewise_logit"].float()[:, :, teacher.student_cols]
     frames = targets["framewise"]
     if logit.shape[1] != frames.shape[1]:     # the two networks' output grids differ by a rounding: align
-        frames = F.interpolate(frames.transpose(1, 2), size=logit.shape[1], mode="linear").transpose(1, 2)
+        frames = on_frames(frames, logit.shape[1])
     frame_loss = F.binary_cross_entropy_with_logits(logit, frames)
     return clip_loss + frame_weight * frame_loss

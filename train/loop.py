@@ -68,6 +68,7 @@ from birdlive.errors import BirdliveError
 from birdlive.files import atomic_path
 from birdlive.model import BirdSED, create_config, load_checkpoint, pick_device, save_checkpoint
 from birdlive.model.checkpoint import load_config
+from birdlive.model.sed import on_frames
 
 from .augment import AugmentConfig, FieldBackgrounds, ImpulseResponses, NoiseBank, TempoPitchLogMel
 from .cache import AudioCache
@@ -171,7 +172,7 @@ def sed_loss(out: dict, batch: dict, frame_weight: float = 0.5, focal_gamma: flo
     ft, fm = batch["frame_target"], batch["frame_mask"]
     logit = out["framewise_logit"].float()
     if logit.shape[1] != ft.shape[1]:   # window length off by a rounding: align the frame grids
-        logit = F.interpolate(logit.transpose(1, 2), size=ft.shape[1], mode="linear").transpose(1, 2)
+        logit = on_frames(logit, ft.shape[1])
     lf = F.binary_cross_entropy_with_logits(logit, ft, reduction="none")
     lm = F.binary_cross_entropy_with_logits(logit.amax(dim=1), ct, reduction="none")   # max over time vs clip
     if focal_gamma > 0:

@@ -4,6 +4,8 @@ network is built."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ from birdlive.train import TrainConfig, train
 from birdlive.train.datasets import load_dataset
 from birdlive.train.distill import Teacher, distill_loss
 
-from .test_train_loop import small_run
+from .test_train_loop import small_run, weights
 
 
 def tiny(labels, seed=0, **overrides) -> BirdSED:
@@ -81,6 +83,33 @@ def test_training_with_a_teacher_moves_the_student_toward_its_scores(tmp_path):
         first = {name: float(load_checkpoint(run / "last")(wave)["clipwise"][:, 0].mean()) for name, run in
                  (("taught", taught), ("alone", alone))}
     assert first["taught"] > first["alone"] + 0.2, first
+
+
+@pytest.mark.training
+def test_a_stopped_teacher_run_resumes_with_its_teacher_bit_for_bit(tmp_path, monkeypatch):
+    """`--resume` with no other option reads the teacher and its weight from the run's train.json: stopping
+    after step 3 and resuming trains the same weights as one uninterrupted run (without the teacher they differ)."""
+    from birdlive.train.loop import Stepper
+    common = small_run(tmp_path, max_steps=6, checkpoint_minutes=60.0)
+    save_checkpoint(tiny(sorted(load_dataset(common["data"][0]).labels)), tmp_path / "teacher")
+    taught = dict(teacher=str(tmp_path / "teacher"), distill=0.5, **common)
+    train(TrainConfig(run_dir=str(tmp_path / "whole"), **taught), show_progress=False)
+    original, calls = Stepper.__call__, []
+
+    def stopped_after_step_3(self, batch, lr):
+        calls.append(lr)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch, lr)
+
+    monkeypatch.setattr(Stepper, "__call__", stopped_after_step_3)
+    assert train(TrainConfig(run_dir=str(tmp_path / "cut"), **taught), show_progress=False)["steps"] == 3
+    monkeypatch.setattr(Stepper, "__call__", original)
+    assert train(TrainConfig(run_dir=str(tmp_path / "cut")), resume=True, show_progress=False)["steps"] == 6
+    train(TrainConfig(run_dir=str(tmp_path / "alone"), **common), show_progress=False)
+    whole, cut, alone = (weights(tmp_path / r) for r in ("whole", "cut", "alone"))
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+    assert not all(torch.equal(whole[k], alone[k]) for k in whole)
 
 
 def test_training_refuses_a_teacher_of_another_log_mel_before_reading_the_data(tmp_path):
