@@ -21,11 +21,7 @@ class SharedScorer:
 
     def __init__(self, model: BirdSED, batch_size: int | None = None):
         self.device = next(model.parameters()).device
-        cfg = model.cfg
-        with torch.inference_mode():
-            example = model.frontend(0.1 * torch.randn(2, cfg.window_samples, generator=torch.Generator()
-                                                       .manual_seed(0)).to(self.device))
-        self.model = inference_copy(model, example)     # BatchNorm folded, channels-last: ~1.5× on a CPU
+        self.model = inference_copy(model)     # BatchNorm folded, channels-last: ~1.5× on a CPU
         # CPU: batches past 16 windows buy nothing and cost latency; a GPU wants them large.
         self.batch_size = batch_size or (256 if self.device.type == "cuda" else 16)
         self.windows_scored = 0
