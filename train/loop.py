@@ -68,6 +68,7 @@ from birdlive.errors import BirdliveError
 from birdlive.files import atomic_path
 from birdlive.model import BirdSED, create_config, load_checkpoint, pick_device, save_checkpoint
 from birdlive.model.checkpoint import load_config
+from birdlive.model.fuse import inference_copy
 from birdlive.model.sed import on_frames
 
 from .augment import AugmentConfig, FieldBackgrounds, ImpulseResponses, NoiseBank, TempoPitchLogMel
@@ -489,8 +490,9 @@ def validate(model: BirdSED, data: RunData, cfg: TrainConfig, device) -> dict:
     val_rec_track_* rank the recordings' species by their framewise peaks instead, as the events and the gate do."""
     if not data.val_items:
         return {}
-    scores, peaks = predict_items_and_peaks(model, data.val_items, cfg.batch_size, device)
-    model.train()
+    # scored as the detector scores (BatchNorm folded, channels-last): the pass costs about half
+    scores, peaks = predict_items_and_peaks(inference_copy(model), data.val_items, cfg.batch_size, device)
+    model.train()                      # inference_copy put the network in eval mode
     targets, masks = np.stack([it.target for it in data.val_items]), np.stack([it.mask for it in data.val_items])
     m = clip_metrics(scores, targets, masks, data.labels, model.cfg.threshold_on, data.names)
     row = {"val_map": m["macro_map"], "val_f1": m["f1_micro"], "val_top1": m["top1"], "val_f1_best": m["f1_best"],

@@ -142,6 +142,7 @@ def test_validation_reports_the_whole_recordings_apart_from_the_composed_windows
     peaks = scores.copy()
     peaks[0] = [.2, .6, .1]                                        # the first recording's track peaks on b
     monkeypatch.setattr(loop, "predict_items_and_peaks", lambda *a, **k: (scores, peaks))
+    monkeypatch.setattr(loop, "inference_copy", lambda model: model)
     model = SimpleNamespace(train=lambda: None, cfg=SimpleNamespace(threshold_on=0.5))
     data = SimpleNamespace(val_items=items, n_val_files=3, labels=["a", "b", "c"], names=["A", "B", "C"])
     row = loop.validate(model, data, SimpleNamespace(batch_size=4), "cpu")
