@@ -2,13 +2,14 @@
 loss, backward, AdamW), the same plus the teacher's forward pass as a plain eval network, and plus the teacher
 as the detector's inference copy (BatchNorm folded, channels-last: what `train/distill.py` uses).
 
-    .venv/bin/python benchmarks/distill_step_cost.py [--presets lite0,lite2] [--teacher model/weights/default_v3t_run/step14000]
-        [--steps 8] [--json benchmarks/results/distill_step_cost.json]
+    .venv/bin/python benchmarks/distill_step_cost.py [--presets lite0,lite2] [--steps 8]
+        [--teacher model/weights/default_v3t_run/step14000] [--json benchmarks/results/distill_step_cost.json]
 
-Random log-mel windows (16 × 5 s, the teacher's log-mel), the student from random weights with `--freeze 3` and channels-last memory as `train` builds it; the three variants alternate step by step,
-and each figure is the median CPU seconds of the process over `--steps` steps after one untimed step. Pause any
-training run first (`pkill -STOP -f "birdlive train"`): the figures are CPU time, but a busy machine still
-slows memory-bound passes.
+Random log-mel windows (16 × 5 s, the teacher's log-mel); the student from random weights with `--freeze 3` and
+channels-last memory, as `train` builds it. The three variants alternate step by step, and each figure is the
+median CPU seconds of the process over `--steps` steps after one untimed step. Pause any training run first
+(`pkill -STOP -f "birdlive train"`): the figures are CPU time, but a busy machine still slows memory-bound
+passes.
 """
 from __future__ import annotations
 
