@@ -14,9 +14,15 @@ rich, typer) lacks soundfile, soxr, cffi, librosa and torchlibrosa. So:
   2. here:        .venv/bin/python benchmarks/gpu_recipe.py command
      prints the `run` call: the command, carry=["runs/gpu-pack"] and the timeout;
   3. there:       python3 benchmarks/gpu_recipe.py train --pack runs/gpu-pack --out $OUT --minutes 6.5
+                  [--recipe RUN/train.json] [--freeze N]
      installs the wheels into /tmp/site, decodes the pack on 16 processes, trains (CUDA, bf16 autocast,
      DataLoader workers on 14 cores, `--max-minutes` turned into steps from a measured step time) and copies
-     best.*, last.*, metrics.jsonl, train.json, curves.png and the log to $OUT (8 files at most come back);
+     best.*, last.*, metrics.jsonl, train.json, curves.png and the log to $OUT (8 files at most come back).
+     `--recipe` trains as a run of ours did (`RECIPE_FIELDS`: its augmentations, composer, frozen stages,
+     teacher; a teacher is a checkpoint in the checkout, which travels), e.g. the distillation run's
+     `model/weights/lite2_kd_run/train.json` with a pack made with `--preset lite2`; `--freeze 0` trains the
+     whole backbone, as a GPU affords. Recordings are cut to their loudest stretch to fit, except those whose
+     call's time is known (the Alberta clips' song at 3.5-6.5 s), which stay whole;
   4. here:        the files under the reply's files_at: a checkpoint to evaluate, or `--init` for a CPU run.
 
 Why benchmarks/ and not birdlive.train: this is tooling for this workplace's device machine (its 64 MiB, its
@@ -43,6 +49,11 @@ TREE_LIMIT_MIB = 64.0           # what the device tool carries, working tree and
 MARGIN_MIB = 3.0                # for files the tree gains before the run (a new checkpoint, notes)
 OPUS_RATE = 48000               # Opus codes 8/12/16/24/48 kHz only
 WHEELS = ("soundfile", "cffi", "soxr", "librosa", "torchlibrosa")   # what the device's Python lacks
+# what a run learns with, taken from its train.json by `train --recipe` (data, split, schedule and machine stay the
+# pack's and the command line's; the preset must be the pack's, whose starting weights are for it)
+RECIPE_FIELDS = ("augment", "composer", "freeze", "teacher", "distill", "snippet_share", "balance", "frame_weight",
+                 "focal_gamma", "weight_decay", "warmup", "lr_floor", "clip_grad", "model_overrides", "window_s",
+                 "val_max_windows", "val_composed")
 RESULTS = ("best.safetensors", "best.json", "last.safetensors", "last.json", "metrics.jsonl", "train.json",
            "curves.png")
 
@@ -235,23 +246,31 @@ def _pack_recordings(rec_sets, chosen: set[str], cache, out: Path, args, budget_
     raise SystemExit(f"error: the recordings do not fit {budget_mib:.1f} MiB")
 
 
+# a recordings layout's table and its column of file paths: xeno-canto's metadata.csv, the Alberta clips' labels.csv
+TABLES = (("metadata.csv", "filepath"), ("labels.csv", "file"))
+
+
 def _write_recordings(ds, recs, cache, out: Path, kbps: float, cap: float, renamed: dict[str, str]) -> None:
+    """Each recording as Opus, cut to its loudest `cap` seconds unless its call's time is known (the Alberta
+    clips: the crops keep that song, so the clip stays whole), and its layout's table for the packed files."""
     root = Path(ds.root)
     dest = out / root.name
-    meta = root / "metadata.csv"
-    rows = list(csv.DictReader(open(meta, newline="", encoding="utf-8-sig"))) if meta.is_file() else []
-    by_file = {r.get("filepath"): r for r in rows}
+    table, column = next(((root / t, c) for t, c in TABLES if (root / t).is_file()), (None, "filepath"))
+    rows = list(csv.DictReader(open(table, newline="", encoding="utf-8-sig"))) if table else []
+    by_file = {r.get(column): r for r in rows}
     written = []
     for r in recs:
         rel = Path(r.path).relative_to(root)
         new = rel.with_suffix(".ogg")
-        write_opus(loudest(cache.load(r.path), cache.sample_rate, cap), cache.sample_rate, dest / new, kbps)
+        audio = cache.load(r.path)
+        keep = cap if r.call_s is None else max(cap, len(audio) / cache.sample_rate)
+        write_opus(loudest(audio, cache.sample_rate, keep), cache.sample_rate, dest / new, kbps)
         row = dict(by_file.get(rel.as_posix(), {"label": r.primary}))
-        row["filepath"] = new.as_posix()
+        row[column] = new.as_posix()
         written.append(row)
         renamed[r.group] = r.group.replace(rel.as_posix(), new.as_posix())
-    if written and rows:
-        with open(dest / "metadata.csv", "w", newline="") as f:
+    if written and table:
+        with open(dest / table.name, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(written)
@@ -291,7 +310,9 @@ def command(args) -> None:
     cmd = (f"set -o pipefail; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "
            f"--target /tmp/site {pack_rel}/wheels/*.whl && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 && "
            f"python3 benchmarks/gpu_recipe.py train --pack {pack_rel} --out $OUT --minutes {args.minutes:g} "
-           f"2>&1 | tee $OUT/log.txt")
+           + (f"--recipe {args.recipe} " if args.recipe else "")
+           + (f"--freeze {args.freeze} " if args.freeze is not None else "")
+           + "2>&1 | tee $OUT/log.txt")
     print(json.dumps({"command": cmd, "carry": [str(pack_rel)], "timeout_s": int(args.minutes * 60 + 60)}, indent=1))
 
 
@@ -319,6 +340,7 @@ def train_there(args) -> None:
         epoch_size=args.batch * args.val_every, workers=workers, threads=args.threads, device=args.device,
         cache_dir=args.cache, checkpoint_minutes=1.0, seed=args.seed,
         command="python3 benchmarks/gpu_recipe.py " + " ".join(sys.argv[1:]))
+    cfg = with_recipe(cfg, args.recipe, args.freeze)
     print(f"training on {torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}, "
           f"{workers} workers, batch {args.batch}", flush=True)
     from rich.console import Console
@@ -332,6 +354,21 @@ def train_there(args) -> None:
         if not (out / name).exists() and (Path(args.run) / name).is_file():
             shutil.copy2(Path(args.run) / name, out / name)
     print(json.dumps({k: v for k, v in summary.items() if k != "labels"}), flush=True)
+
+
+def with_recipe(cfg, recipe: str | None, freeze: int | None):
+    """`cfg` learning as the run of `recipe` (its train.json) did — augmentations, composer, frozen stages, teacher —
+    and `--freeze` over both. A teacher's path is the run's, relative to the checkout (it travels with the tree)."""
+    import dataclasses
+
+    from birdlive.train import TrainConfig
+    if recipe:
+        run = TrainConfig.from_dict(json.loads(Path(recipe).read_text()))
+        if run.preset != cfg.preset:
+            raise SystemExit(f"error: {recipe} trains preset {run.preset}; the pack's is {cfg.preset} "
+                             f"(pack again with --preset {run.preset})")
+        cfg = dataclasses.replace(cfg, **{k: getattr(run, k) for k in RECIPE_FIELDS})
+    return cfg if freeze is None else dataclasses.replace(cfg, freeze=freeze)
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -363,6 +400,9 @@ def main(argv=None) -> None:
     c.add_argument("--minutes", type=float, default=6.5, help="the training call; with the machine's start (1-2 "
                                                                 "min) and the install the lease stays under 10")
     t = sub.add_parser("train", help="train from a pack (on the device)")
+    for verb in (c, t):
+        verb.add_argument("--recipe", help="a run's train.json (in the checkout): train as it did (RECIPE_FIELDS)")
+        verb.add_argument("--freeze", type=int, help="frozen stages (default: the recipe's, else 0)")
     t.add_argument("--pack", default=str(PACK))
     t.add_argument("--out", required=True)
     t.add_argument("--run", default="/tmp/birdlive-run")

@@ -407,7 +407,8 @@ def gpu_recipe():
 
 def test_gpu_recipe_packs_and_trains_on_cpu(tmp_path, capsys):
     """The recipe end to end with a tiny budget: pack (Opus, the split's train and validation groups only, the
-    split rewritten for the packed files), the device command, and training from the pack into --out."""
+    split and the layouts' tables rewritten for the packed files), the device command, and training from the pack
+    into --out with another run's recipe."""
     recipe = gpu_recipe()
     rng = np.random.default_rng(4)
     xc, rows = tmp_path / "xc", ["filepath,label,common_name,also"]
@@ -418,6 +419,13 @@ def test_gpu_recipe_packs_and_trains_on_cpu(tmp_path, capsys):
             sf.write(xc / kind / f"XC{i}{kind}.wav", w, 44100)
             rows.append(f"{kind}/XC{i}{kind}.wav,{kind},{kind.title()},")
     (xc / "metadata.csv").write_text("\n".join(rows) + "\n")
+    alberta, rows = tmp_path / "alberta", ["file,localization_event_id,final_label"]   # the Alberta layout
+    (alberta / "clips").mkdir(parents=True)
+    for bird in range(4):
+        w, _ = make_scene(8.0, SR, [(CALL_TYPES[3], 4.0)], snr_db=12, rng=rng)
+        sf.write(alberta / "clips" / f"{bird}_oven.wav", w, SR)
+        rows.append(f"clips/{bird}_oven.wav,e{bird},{bird}")
+    (alberta / "labels.csv").write_text("\n".join(rows) + "\n")
     snip = write_calls(tmp_path / "snip", 2, seed=5, seconds=1.0)
     for kind in CALL_TYPES:                                   # runs from the file names: <species>_runRRRR_IIIII
         for i, f in enumerate(sorted((snip / kind).iterdir())):
@@ -425,7 +433,7 @@ def test_gpu_recipe_packs_and_trains_on_cpu(tmp_path, capsys):
     (tmp_path / "noise").mkdir()
     sf.write(tmp_path / "noise" / "hiss.wav", 0.01 * rng.standard_normal(3 * SR).astype(np.float32), SR)
     pack = tmp_path / "pack"
-    recipe.main(["pack", "--out", str(pack), "--data", str(xc), "--snippets", str(snip), "--noise-dir",
+    recipe.main(["pack", "--out", str(pack), "--data", str(xc), str(alberta), "--snippets", str(snip), "--noise-dir",
                  str(tmp_path / "noise"), "--species", "", "--holdout", "", "--val-fraction", "0.25",
                  "--test-fraction", "0.25", "--preset", "tiny", "--init", "", "--cap-max", "4",
                  "--cache-dir", str(tmp_path / "cache"), "--no-wheels"])
@@ -434,17 +442,34 @@ def test_gpu_recipe_packs_and_trains_on_cpu(tmp_path, capsys):
     assert len(packed) == 3 * 3 and split["test"] == []                  # one test recording per species stays
     assert sorted(g.split(":", 1)[1] for g in split["train"] + split["val"] if g.startswith("xc:")) == packed
     assert all(sf.info(str(pack / "xc" / p)).duration <= 4.1 for p in packed)   # cut to the loudest 4 s
+    clips = sorted(p.name for p in (pack / "alberta" / "clips").glob("*.ogg"))   # whole: their song's time is known
+    assert clips and all(sf.info(str(pack / "alberta" / "clips" / c)).duration > 7.9 for c in clips)
+    listed = [row.split(",")[0] for row in (pack / "alberta" / "labels.csv").read_text().splitlines()[1:]]
+    assert sorted(listed) == [f"clips/{c}" for c in clips]
     assert (pack / "noise" / "hiss.ogg").is_file() and (pack / "snip" / "snippets.csv").is_file()
     capsys.readouterr()
     recipe.main(["command"])
     call = json.loads(capsys.readouterr().out)
     assert call["carry"] == ["runs/gpu-pack"] and "--out $OUT" in call["command"] and len(call["command"]) < 2000
+    # --recipe: the augmentations and teacher of a run's train.json; the data, split and schedule the pack's
+    torch.manual_seed(0)
+    save_checkpoint(BirdSED(create_config("tiny", sorted(CALL_TYPES))), tmp_path / "teacher")
+    learnt = TrainConfig(run_dir="elsewhere", data=["not/packed"], preset="tiny", teacher=str(tmp_path / "teacher"),
+                         distill=0.3, lr=9.0)
+    learnt.augment.gain_db = (-30.0, 3.0)
+    (tmp_path / "train.json").write_text(json.dumps(learnt.to_dict()))
+    with pytest.raises(SystemExit, match="preset tiny; the pack's is lite0"):
+        recipe.with_recipe(TrainConfig(run_dir="r", preset="lite0"), str(tmp_path / "train.json"), None)
     out = tmp_path / "out"
     recipe.main(["train", "--pack", str(pack), "--out", str(out), "--run", str(tmp_path / "run"), "--cache",
                  str(tmp_path / "cache2"), "--max-steps", "3", "--batch", "4", "--val-every", "2", "--workers", "0",
-                 "--threads", "1", "--device", "cpu"])
+                 "--threads", "1", "--device", "cpu", "--recipe", str(tmp_path / "train.json")])
     assert sorted(p.name for p in out.iterdir()) == sorted(recipe.RESULTS)
+    trained = json.loads((out / "train.json").read_text())
+    assert (trained["teacher"], trained["distill"], trained["augment"]["gain_db"]) == (
+        str(tmp_path / "teacher"), 0.3, [-30.0, 3.0])
+    assert trained["lr"] == 3e-3 and trained["split_file"] == str(pack / "split.json")
     model = load_checkpoint(out / "best")
-    assert model.cfg.labels == sorted(CALL_TYPES)
+    assert model.cfg.labels == sorted([*CALL_TYPES, "ovenbird"])
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 2, 3]
