@@ -4,8 +4,6 @@ network is built."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -16,7 +14,7 @@ from birdlive.train import TrainConfig, train
 from birdlive.train.datasets import load_dataset
 from birdlive.train.distill import Teacher, distill_loss
 
-from .test_train_loop import small_run, weights
+from .test_train_loop import small_run, terminate_during_step, weights
 
 
 def tiny(labels, seed=0, **overrides) -> BirdSED:
@@ -94,15 +92,7 @@ def test_a_stopped_teacher_run_resumes_with_its_teacher_bit_for_bit(tmp_path, mo
     save_checkpoint(tiny(sorted(load_dataset(common["data"][0]).labels)), tmp_path / "teacher")
     taught = dict(teacher=str(tmp_path / "teacher"), distill=0.5, **common)
     train(TrainConfig(run_dir=str(tmp_path / "whole"), **taught), show_progress=False)
-    original, calls = Stepper.__call__, []
-
-    def stopped_after_step_3(self, batch, lr):
-        calls.append(lr)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, batch, lr)
-
-    monkeypatch.setattr(Stepper, "__call__", stopped_after_step_3)
+    original = terminate_during_step(monkeypatch, 3)
     assert train(TrainConfig(run_dir=str(tmp_path / "cut"), **taught), show_progress=False)["steps"] == 3
     monkeypatch.setattr(Stepper, "__call__", original)
     assert train(TrainConfig(run_dir=str(tmp_path / "cut")), resume=True, show_progress=False)["steps"] == 6

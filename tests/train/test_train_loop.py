@@ -215,19 +215,27 @@ def test_time_budget_becomes_steps_once_and_resume_keeps_the_schedule(tmp_path, 
                                                  max(1, int(0.05 * first["total_steps"])), 2e-3))
 
 
+def terminate_during_step(monkeypatch, n: int):
+    """The training process sends itself SIGTERM (as `kill PID` would) during its n-th optimizer step; returns
+    the step as it was, for the caller to put back before resuming."""
+    from birdlive.train.loop import Stepper
+    original, calls = Stepper.__call__, []
+
+    def terminated(self, batch, lr):
+        calls.append(lr)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch, lr)
+
+    monkeypatch.setattr(Stepper, "__call__", terminated)
+    return original
+
+
 def test_sigterm_stops_after_a_step_and_resume_is_bit_identical(tmp_path, monkeypatch):
     from birdlive.train.loop import Stepper
     common = small_run(tmp_path, max_steps=10, checkpoint_minutes=60.0, keep_every=3)
     train(TrainConfig(run_dir=str(tmp_path / "a"), **common), show_progress=False)
-    original, calls = Stepper.__call__, []
-
-    def terminated_at_step_4(self, batch, lr):
-        calls.append(lr)
-        if len(calls) == 4:
-            os.kill(os.getpid(), signal.SIGTERM)                            # as `kill PID` would
-        return original(self, batch, lr)
-
-    monkeypatch.setattr(Stepper, "__call__", terminated_at_step_4)
+    original = terminate_during_step(monkeypatch, 4)
     cut = train(TrainConfig(run_dir=str(tmp_path / "c"), **common), show_progress=False)
     assert cut["interrupted"] and cut["steps"] == 4                         # the step in flight finished
     monkeypatch.setattr(Stepper, "__call__", original)
