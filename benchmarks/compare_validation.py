@@ -57,7 +57,7 @@ from pathlib import Path
 
 import torch
 
-from birdlive.model import load_checkpoint
+from birdlive.model import load_for_inference
 from birdlive.train.cache import AudioCache
 from birdlive.train.datasets import Split
 from birdlive.train.evaluation import (ALBERTA_DIR, TRACK_ARRAYS, add_scoring_options, composed_figures, composed_set,
@@ -122,7 +122,7 @@ def _input(cfg) -> tuple:
 def load_candidate(spec: str):
     """One checkpoint, or `A+B[+C…]`: the output ensemble of those checkpoints."""
     paths = spec.split("+")
-    return load_checkpoint(paths[0]) if len(paths) == 1 else MeanOfModels([load_checkpoint(p) for p in paths])
+    return load_for_inference(paths[0]) if len(paths) == 1 else MeanOfModels([load_for_inference(p) for p in paths])
 
 
 def paired_top1(candidate: list[int], incumbent: list[int]) -> dict:
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     va_snip = [r for r in val.snippets if r.group not in heard]
     alberta = [r for r in va_long if r.group.split(":", 1)[0] == ALBERTA_DIR]
     va_long = [r for r in va_long if r not in alberta]
-    cand, inc = load_candidate(a.candidate), load_checkpoint(a.incumbent)
+    cand, inc = load_candidate(a.candidate), load_for_inference(a.incumbent)
     for k in ("sample_rate", "window_s"):
         if getattr(cand.cfg, k) != getattr(inc.cfg, k):
             raise SystemExit(f"the two models differ in {k}: no common windows")

@@ -61,7 +61,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from birdlive.model import load_checkpoint
+from birdlive.model import load_for_inference
 from birdlive.model.checkpoint import checkpoint_paths
 from birdlive.streamer import default_params, file_specs, make_runner
 from birdlive.train.cache import AudioCache
@@ -197,7 +197,7 @@ class Context:
 
 
 def setup(a: argparse.Namespace) -> Context:
-    model = load_checkpoint(a.model)
+    model = load_for_inference(a.model)
     run = load_run(a.run, a.split, a.holdout)
     cfg, test = run.cfg, run.subset()
     if test.labels != model.cfg.labels:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from evaluate_default import REPO, birdnet_top1, run_birdnet_windows, write_wav
 
-from birdlive.model import load_checkpoint
+from birdlive.model import load_for_inference
 from birdlive.train.cache import AudioCache
 from birdlive.train.evaluation import ALBERTA_DIR, add_scoring_options, load_run, na_field_stage, resolve
 from birdlive.train.threads import cpu_threads
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     root = Path(a.data_root) if a.data_root else Path(resolve(cfg.data[0])).parent
     res = {}
     for m in a.models:
-        model = load_checkpoint(m)
+        model = load_for_inference(m)
         cache = AudioCache(cfg.cache_dir, model.cfg.sample_rate)
         na_labels = [lab for lab in test.snippet_labels if lab in model.cfg.labels]
         with cpu_threads(a.threads):

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from birdlive.model import load_checkpoint
+from birdlive.model import load_for_inference
 from birdlive.train.augment import AugmentConfig, FieldBackgrounds, NoiseBank, db_to_gain, power
 from birdlive.train.cache import AudioCache
 from birdlive.train.composer import Composer, SnippetPool
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     run = load_run(a.run)
     cfg, test = run.cfg, run.subset()
-    models = {m: load_checkpoint(m) for m in a.models}
+    models = {m: load_for_inference(m) for m in a.models}
     known = set.intersection(*(set(m.cfg.labels) for m in models.values()))
     na = [lab for lab in test.snippet_labels if lab in known and lab != "ovenbird"]
     pr_labels = set(test.labels) - set(test.snippet_labels)

@@ -26,7 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-from birdlive.model import load_checkpoint
+from birdlive.model import load_for_inference
 from birdlive.train.cache import AudioCache
 from birdlive.train.evaluation import add_scoring_options, composed_figures, composed_set, load_run
 from birdlive.train.threads import cpu_threads
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {"settings": {"run": a.run, "per_species": a.per_species, "seed": a.seed, "regimes": REGIMES}}
     with cpu_threads(a.threads):
         for path in a.models:
-            model = load_checkpoint(path)
+            model = load_for_inference(path)
             cache = AudioCache(cfg.cache_dir, model.cfg.sample_rate)
             common = [lab for lab in val.labels if lab in model.cfg.labels]
             out[path] = {}

@@ -216,9 +216,9 @@ def evaluate(
 ):
     """Per-species AP, macro mAP, F1 at the model threshold, top-1, worst species; event F1; noise false positives."""
     needs_torch("birdlive evaluate")
-    from birdlive.model import DEFAULT_CHECKPOINT, load_checkpoint
+    from birdlive.model import DEFAULT_CHECKPOINT, load_for_inference
     from birdlive.train.evaluate import evaluate_model, fmt, results_table, write_json
-    net = load_checkpoint(model or DEFAULT_CHECKPOINT, device)
+    net = load_for_inference(model or DEFAULT_CHECKPOINT, device)
     for p in list(data) + [x for x in (split, strong) if x]:
         if not p.exists():
             _fail(f"{p}: no such file or folder")
@@ -276,7 +276,7 @@ def calibrate(
     """Per-species on/off thresholds from the model's validation split (best F-beta per species; see
     birdlive/train/calibrate.py), written into the checkpoint's JSON (--in-place) or a copy (--out)."""
     needs_torch("birdlive calibrate")
-    from birdlive.model import DEFAULT_CHECKPOINT, load_checkpoint
+    from birdlive.model import DEFAULT_CHECKPOINT, load_for_inference
     from birdlive.model.checkpoint import checkpoint_paths, load_config
     from birdlive.streamer.core.thresholds import write_thresholds
     from birdlive.train.cache import AudioCache
@@ -299,7 +299,7 @@ def calibrate(
             _fail(f"{p}: no such file or folder")
     path = model or DEFAULT_CHECKPOINT
     _refuse_writing_over_checkpoints({"report": report, "csv": csv_out}, [path] + ([out] if out else []))
-    net = load_checkpoint(path)
+    net = load_for_inference(path)
     beside = checkpoint_paths(path)[1].parent / "split.json"
     split = split or (beside if beside.is_file() else None)
     recs, snippet_paths, info = validation_recordings(net.cfg, [str(d) for d in data or []],

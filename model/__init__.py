@@ -10,6 +10,7 @@ from birdlive.lazy import lazy_exports
 _WHERE = {
     "BirdSED": "sed", "LogMelFrontend": "frontend", "ModelConfig": "config",
     "DEFAULT_CHECKPOINT": "checkpoint", "CheckpointError": "checkpoint", "load_checkpoint": "checkpoint",
+    "load_for_inference": "checkpoint",
     "load_config": "checkpoint", "pick_device": "checkpoint", "save_checkpoint": "checkpoint",
     "PRESETS": "registry", "create_config": "registry",
 }

@@ -154,3 +154,10 @@ def load_checkpoint(path: str | Path = DEFAULT_CHECKPOINT, device: str | torch.d
     except RuntimeError as e:
         raise CheckpointError(f"{weights}: tensor shapes do not match the config: {str(e).splitlines()[0]}") from None
     return model.to(device).eval()
+
+
+def load_for_inference(path: str | Path = DEFAULT_CHECKPOINT, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """`load_checkpoint`, then the network the detector runs (`fuse.inference_copy`: BatchNorm folded,
+    channels-last, ~1.5× on a CPU). Evaluation scores through it too, so what it measures is what ships."""
+    from .fuse import inference_copy
+    return inference_copy(load_checkpoint(path, device))
