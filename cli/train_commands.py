@@ -129,15 +129,8 @@ def train(
     needs_torch("birdlive train")
     if not resume and not data and not snippets:
         _fail("give at least one dataset (DATA or --snippets), or --resume")
-    for p in list(data or []) + list(snippets) + [x for x in (noise_dir, holdout, split) if x]:
-        if not p.exists():
-            _fail(f"{p}: no such file or folder")
-    if init and init != "imagenet" and not (Path(init).is_dir() or Path(init + ".json").is_file()
-                                            or Path(init).is_file()):
-        _fail(f"--init {init}: no checkpoint there (give STEM of STEM.safetensors + STEM.json, or 'imagenet')")
-    for name, stem in (("guide", guide), ("teacher", teacher)):
-        if stem and not Path(stem + ".json").is_file() and not (Path(stem).is_dir() or Path(stem).is_file()):
-            _fail(f"--{name} {stem}: no checkpoint there (give STEM of STEM.safetensors + STEM.json)")
+    _check_train_paths(list(data or []) + list(snippets) + [x for x in (noise_dir, holdout, split) if x],
+                       init, {"guide": guide, "teacher": teacher})
     if not 0.0 <= distill <= 1.0:
         _fail(f"--distill must be between 0 and 1, not {distill:g}")
     for value, name in ((max_steps, "max-steps"), (max_minutes, "max-minutes")):
@@ -147,26 +140,13 @@ def train(
         _fail(f"--snippet-share must be between 0 and 1, not {snippet_share:g}")
     if keep_every is not None and keep_every < 0:
         _fail(f"--keep-every must be 0 (keep none) or a number of steps, not {keep_every}")
-    from birdlive.train import AugmentConfig, ComposerConfig, TrainConfig  # torch: once the options are known good
+    from birdlive.train import TrainConfig  # torch: once the options are known good
     from birdlive.train import train as run_training
-    aug = AugmentConfig.preset(augment)     # our errors (OptionError, TrainError, …) reach `main` as one line
-    aug.snr_db = _range(snr, "snr")
-    if gain is not None:
-        aug.gain_db = _range(gain, "gain")
-    aug.pitch_semitones = pitch
-    for flag, fields in ((no_mix, ["mix_prob"]), (no_noise, ["noise_prob"]), (no_stretch, ["stretch_prob"]),
-                         (no_pitch, ["pitch_prob"]), (no_field_background, ["field_background_prob"]),
-                         (no_distance, ["distance_prob"]), (no_reverb, ["reverb_prob"]), (no_eq, ["eq_prob"])):
-        if flag:
-            for f in fields:
-                setattr(aug, f, 0.0)
-    if no_specaug:
-        aug.specaugment = False
-    composer = ComposerConfig()
-    if note_gap is not None:
-        composer.tempo_gap_s = _range(note_gap, "note-gap")
-        if composer.tempo_gap_s[0] <= 0:
-            _fail(f"--note-gap: gaps must be positive, not {note_gap!r}")
+    off = {"mix_prob": no_mix, "noise_prob": no_noise, "stretch_prob": no_stretch, "pitch_prob": no_pitch,
+           "field_background_prob": no_field_background, "distance_prob": no_distance, "reverb_prob": no_reverb,
+           "eq_prob": no_eq}
+    aug = _train_augment(augment, snr, gain, pitch, [f for f, flag in off.items() if flag], not no_specaug)
+    composer = _train_composer(note_gap)
     wanted = None
     if species:
         sp = Path(species)
@@ -191,6 +171,43 @@ def train(
                   f"→ {s['best']}")
     if s["interrupted"]:
         raise typer.Exit(130)
+
+
+def _check_train_paths(paths: list[Path], init: Optional[str], checkpoints: dict[str, Optional[str]]) -> None:
+    """One error line for a data path, an --init or a --guide/--teacher checkpoint that is not there."""
+    for p in paths:
+        if not p.exists():
+            _fail(f"{p}: no such file or folder")
+    if init and init != "imagenet" and not (Path(init).is_dir() or Path(init + ".json").is_file()
+                                            or Path(init).is_file()):
+        _fail(f"--init {init}: no checkpoint there (give STEM of STEM.safetensors + STEM.json, or 'imagenet')")
+    for name, stem in checkpoints.items():
+        if stem and not Path(stem + ".json").is_file() and not (Path(stem).is_dir() or Path(stem).is_file()):
+            _fail(f"--{name} {stem}: no checkpoint there (give STEM of STEM.safetensors + STEM.json)")
+
+
+def _train_augment(augment: str, snr: str, gain: Optional[str], pitch: float, off: list[str], specaugment: bool):
+    """The augmentation set `augment` with train's range options, the probabilities in `off` set to 0."""
+    from birdlive.train import AugmentConfig
+    aug = AugmentConfig.preset(augment)     # our errors (OptionError, TrainError, …) reach `main` as one line
+    aug.snr_db = _range(snr, "snr")
+    if gain is not None:
+        aug.gain_db = _range(gain, "gain")
+    aug.pitch_semitones = pitch
+    for field in off:
+        setattr(aug, field, 0.0)
+    aug.specaugment = aug.specaugment and specaugment
+    return aug
+
+
+def _train_composer(note_gap: Optional[str]):
+    from birdlive.train import ComposerConfig
+    composer = ComposerConfig()
+    if note_gap is not None:
+        composer.tempo_gap_s = _range(note_gap, "note-gap")
+        if composer.tempo_gap_s[0] <= 0:
+            _fail(f"--note-gap: gaps must be positive, not {note_gap!r}")
+    return composer
 
 
 def evaluate(

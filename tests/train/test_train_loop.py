@@ -349,6 +349,31 @@ def test_cli_augment_demo_writes_wav_and_png(tmp_path, cli):
     assert (tmp_path / "demo" / "mix.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_cli_train_options_reach_the_config(tmp_path, cli, monkeypatch):
+    """Each --no-X switches off its augmentation and no other; the ranges and the composer's tempo arrive."""
+    import birdlive.train
+    seen = {}
+
+    def fake_train(cfg, resume, console):
+        seen["cfg"] = cfg
+        return {"val_map": None, "interrupted": False, "steps": 0, "total_steps": 0, "time_s": 0.0, "cpu_s": 0.0,
+                "best_step": 0, "best": "-"}
+    monkeypatch.setattr(birdlive.train, "train", fake_train)
+    base = ["train", str(tmp_path), "--run", str(tmp_path / "run"), "--gain", "-30,6", "--snr", "5,15",
+            "--note-gap", "0.01,0.6", "--pitch", "1"]
+    r = CliRunner().invoke(cli, base + ["--no-mix", "--no-eq", "--no-specaug"])
+    assert r.exit_code == 0, r.output
+    aug, default = seen["cfg"].augment, birdlive.train.AugmentConfig.preset("all")
+    assert aug.gain_db == (-30.0, 6.0) and aug.snr_db == (5.0, 15.0) and aug.pitch_semitones == 1.0
+    assert aug.mix_prob == 0.0 and aug.eq_prob == 0.0 and not aug.specaugment
+    assert default.mix_prob > 0 and default.eq_prob > 0 and default.specaugment
+    for kept in ("noise_prob", "stretch_prob", "pitch_prob", "field_background_prob", "distance_prob", "reverb_prob"):
+        assert getattr(aug, kept) == getattr(default, kept) > 0, kept
+    assert seen["cfg"].composer.tempo_gap_s == (0.01, 0.6)
+    r = CliRunner().invoke(cli, base)
+    assert r.exit_code == 0 and seen["cfg"].augment.specaugment and seen["cfg"].augment.mix_prob > 0
+
+
 def test_cli_errors_are_one_red_line(tmp_path):
     """Through the real command: each mistake is one `error:` line on stderr and exit status 1."""
     for args, needle in ([["train", tmp_path / "missing", "--run", tmp_path / "run"], "missing: no such file"],
