@@ -407,6 +407,23 @@ def test_cli_evaluate_writes_table_and_json(trained, cli):
     assert "macro mAP" in r.output and "false positives" in r.output
 
 
+def test_run_validation_puts_a_checkpoint_on_its_runs_yardstick(trained, capsys):
+    """benchmarks/run_validation.py on the run's best gives the figure the run logged for it, and leaves the
+    run's folder as it was."""
+    import importlib.util
+    from tests.common import ROOT
+    base, cfg, s = trained
+    spec = importlib.util.spec_from_file_location("run_validation", ROOT / "benchmarks" / "run_validation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    before = {p.name: p.stat().st_mtime_ns for p in (base / "run").iterdir()}
+    out = base / "run_validation.json"
+    assert module.main(["--run", cfg.run_dir, "--models", str(base / "run" / "best"), "--out", str(out)]) == 0
+    row = json.loads(out.read_text())[str(base / "run" / "best")]
+    assert row["val_map"] == pytest.approx(s["val_map"], abs=1e-6)
+    assert {p.name: p.stat().st_mtime_ns for p in (base / "run").iterdir()} == before
+
+
 def test_cli_evaluate_event_f1_from_strong_labels(trained, cli, tmp_path):
     base, cfg, s = trained
     rng = np.random.default_rng(8)
