@@ -512,6 +512,20 @@ def test_tempo_probe_scores_each_model_under_three_note_gap_regimes(tmp_path):
     assert all(0 <= r["macro_map"] <= 1 for r in res.values())
 
 
+def test_fit_gap_scores_the_training_runs_beside_the_held_out_ones(tmp_path):
+    run, recs, split = tiny_run(tmp_path)
+    fit_gap = load_script("fit_gap")
+    out = tmp_path / "fit.json"
+    assert fit_gap.main(["--run", str(run), "--split", str(run / "split.json"), "--models", str(run / "best"),
+                         "--per-species", "2", "--threads", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())[str(run / "best")]
+    snippet_species = {name: {r.primary for r in split.select(recs, name) if "/ess/" in r.path}
+                       for name in ("train", "val")}
+    for name in ("train", "val"):
+        assert res[name]["species"] == len(snippet_species[name]) > 0
+        assert res[name]["windows"] == 2 * res[name]["species"] and 0 <= res[name]["macro_map"] <= 1
+
+
 def test_evaluate_default_scores_the_test_split_only(tmp_path):
     """benchmarks/evaluate_default.py end to end on a made-up run (random tiny model, no BirdNET): it reads the
     test groups and nothing else, refuses a split without them, and reports the never-trained-on noise apart."""
