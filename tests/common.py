@@ -14,6 +14,17 @@ TINY = ROOT / "tests" / "fixtures" / "tiny_calls"
 BIRDLIVE = [sys.executable, "-m", "birdlive"]
 
 
+def load_benchmark(name: str):
+    """A script of benchmarks/ (not a package) as a module, registered in sys.modules under its name: the
+    dataclasses it defines look their module up there."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def read_truth() -> list[tuple[str, float, float]]:
     with open(TRUTH, newline="") as f:
         return [(r["species"], float(r["onset_s"]), float(r["offset_s"])) for r in csv.DictReader(f)]

@@ -13,7 +13,7 @@ from birdlive.train.cache import AudioCache, AudioError
 from birdlive.train.datasets import (DatasetError, Holdout, Recording, Split, load_dataset, merge,
                                      parse_label_list, split_counts, split_groups, subset_sizes)
 
-from tests.common import ROOT
+from tests.common import ROOT, load_benchmark
 
 
 def wav(path, seconds=0.2, sr=22050, channels=1, freq=1000.0):
@@ -398,19 +398,9 @@ def tiny_run(tmp_path):
     return run, recs, split
 
 
-def load_script(name: str):
-    import importlib.util
-    import sys
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module          # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_gate_compares_two_models_on_the_validation_groups_of_the_species_both_know(tmp_path):
     run, recs, split = tiny_run(tmp_path)
-    gate = load_script("compare_validation")
+    gate = load_benchmark("compare_validation")
     out = tmp_path / "gate.json"
     assert gate.main(["--candidate", str(run / "best"), "--run", str(run), "--incumbent", str(run / "other"),
                       "--per-species", "1", "--threads", "1", "--out", str(out)]) == 0
@@ -446,7 +436,7 @@ def test_gate_scores_an_output_ensemble_as_the_mean_of_its_members_probabilities
 
     from birdlive.model import BirdSED, load_checkpoint, save_checkpoint
     run, _, _ = tiny_run(tmp_path)
-    gate = load_script("compare_validation")
+    gate = load_benchmark("compare_validation")
     a = load_checkpoint(run / "best")
     torch.manual_seed(2)
     save_checkpoint(BirdSED(a.cfg), run / "second")
@@ -502,7 +492,7 @@ def test_operating_points_count_right_recordings_and_wrong_pairs_and_match_the_i
 
 def test_tempo_probe_scores_each_model_under_three_note_gap_regimes(tmp_path):
     run, recs, split = tiny_run(tmp_path)
-    probe = load_script("tempo_probe")
+    probe = load_benchmark("tempo_probe")
     out = tmp_path / "tempo.json"
     assert probe.main(["--run", str(run), "--models", str(run / "best"), "--per-species", "2", "--threads", "1",
                        "--out", str(out)]) == 0
@@ -514,7 +504,7 @@ def test_tempo_probe_scores_each_model_under_three_note_gap_regimes(tmp_path):
 
 def test_fit_gap_scores_the_training_runs_beside_the_held_out_ones(tmp_path):
     run, recs, split = tiny_run(tmp_path)
-    fit_gap = load_script("fit_gap")
+    fit_gap = load_benchmark("fit_gap")
     out = tmp_path / "fit.json"
     assert fit_gap.main(["--run", str(run), "--split", str(run / "split.json"), "--models", str(run / "best"),
                          "--per-species", "2", "--threads", "1", "--out", str(out)]) == 0
@@ -531,7 +521,7 @@ def test_evaluate_default_scores_the_test_split_only(tmp_path):
     test groups and nothing else, refuses a split without them, and reports the never-trained-on noise apart."""
     from pathlib import Path
     run, recs, split = tiny_run(tmp_path)
-    ev = load_script("evaluate_default")
+    ev = load_benchmark("evaluate_default")
 
     args = ["--model", str(run / "best"), "--run", str(run), "--minutes", "0.2", "--per-species", "1",
             "--noise-minutes", "0.05", "--threads", "1", "--rtf-threads", "1", "--out", str(tmp_path / "r.json")]
@@ -552,7 +542,7 @@ def test_average_checkpoints_is_the_mean_of_the_weights_and_refuses_other_specie
     import torch
 
     from birdlive.model import BirdSED, create_config, load_checkpoint, save_checkpoint
-    soup = load_script("average_checkpoints")
+    soup = load_benchmark("average_checkpoints")
     torch.manual_seed(0)
     for name in ("a", "b"):
         save_checkpoint(BirdSED(create_config("tiny", ["x", "y"])), tmp_path / name)

@@ -22,7 +22,7 @@ from birdlive.train.loop import STATE, init_weights, lr_at, steps_for_budget
 from birdlive.train.evaluate import RefEvent, evaluate_events, evaluate_model
 from birdlive.train.synthetic import CALL_TYPES, make_scene
 
-from tests.common import BIRDLIVE, birdlive
+from tests.common import BIRDLIVE, birdlive, load_benchmark
 
 pytestmark = pytest.mark.training
 
@@ -407,15 +407,11 @@ def test_cli_evaluate_writes_table_and_json(trained, cli):
     assert "macro mAP" in r.output and "false positives" in r.output
 
 
-def test_run_validation_puts_a_checkpoint_on_its_runs_yardstick(trained, capsys):
+def test_run_validation_puts_a_checkpoint_on_its_runs_yardstick(trained):
     """benchmarks/run_validation.py on the run's best gives the figure the run logged for it, and leaves the
     run's folder as it was."""
-    import importlib.util
-    from tests.common import ROOT
     base, cfg, s = trained
-    spec = importlib.util.spec_from_file_location("run_validation", ROOT / "benchmarks" / "run_validation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("run_validation")
     before = {p.name: p.stat().st_mtime_ns for p in (base / "run").iterdir()}
     out = base / "run_validation.json"
     assert module.main(["--run", cfg.run_dir, "--models", str(base / "run" / "best"), "--out", str(out)]) == 0
@@ -446,20 +442,11 @@ def test_cli_evaluate_event_f1_from_strong_labels(trained, cli, tmp_path):
 
 # ------------------------------------------------------------------------------------------ GPU recipe
 
-def gpu_recipe():
-    import importlib.util
-    from tests.common import ROOT
-    spec = importlib.util.spec_from_file_location("gpu_recipe", ROOT / "benchmarks" / "gpu_recipe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_gpu_recipe_packs_and_trains_on_cpu(tmp_path, capsys):
     """The recipe end to end with a tiny budget: pack (Opus, the split's train and validation groups only, the
     split and the layouts' tables rewritten for the packed files), the device command, and training from the pack
     into --out with another run's recipe."""
-    recipe = gpu_recipe()
+    recipe = load_benchmark("gpu_recipe")
     rng = np.random.default_rng(4)
     xc, rows = tmp_path / "xc", ["filepath,label,common_name,also"]
     for kind in CALL_TYPES[:3]:
